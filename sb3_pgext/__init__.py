@@ -1,0 +1,10 @@
+"""sb3_pgext: policy-gradient extensions for Stable-Baselines3."""
+
+import os
+
+from sb3_pgext.ppokl import PPOKL
+
+with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
+    __version__ = file_handler.read().strip()
+
+__all__ = ["PPOKL"]

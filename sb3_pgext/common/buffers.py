@@ -1,0 +1,72 @@
+"""Rollout buffers that remember which samples they just returned.
+
+SB3's :meth:`RolloutBuffer.get` shuffles the flattened rollout and yields minibatches without their
+indices. Per-sample data that the algorithm computes itself (the rollout policy's distribution
+parameters for an analytic KL, a control-variate weight, ...) is indexed with
+:attr:`BatchIndicesMixin.batch_inds`. Sampling, shuffling and the random stream are SB3's own.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class BatchIndicesMixin:
+    """Records the indices (into the flattened rollout) of the last minibatch returned."""
+
+    batch_inds: np.ndarray | None = None
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None):  # type: ignore[no-untyped-def]
+        self.batch_inds = batch_inds
+        return super()._get_samples(batch_inds, env)  # type: ignore[misc]
+
+
+class IndexedRolloutBuffer(BatchIndicesMixin, RolloutBuffer):
+    """:class:`RolloutBuffer` that records the indices of its last minibatch."""
+
+
+class IndexedDictRolloutBuffer(BatchIndicesMixin, DictRolloutBuffer):
+    """:class:`DictRolloutBuffer` that records the indices of its last minibatch."""
+
+
+@lru_cache(maxsize=None)
+def with_batch_indices(buffer_class: type[RolloutBuffer]) -> type[RolloutBuffer]:
+    """
+    Return a subclass of ``buffer_class`` that records its minibatch indices.
+
+    :param buffer_class: a rollout buffer class (SB3's or the user's)
+    :return: ``buffer_class`` itself when it already records them, else a subclass that does
+    """
+    if issubclass(buffer_class, BatchIndicesMixin):
+        return buffer_class
+    if buffer_class is RolloutBuffer:
+        return IndexedRolloutBuffer
+    if buffer_class is DictRolloutBuffer:
+        return IndexedDictRolloutBuffer
+    return type(buffer_class.__name__, (BatchIndicesMixin, buffer_class), {})
+
+
+def flat_observations(buffer: RolloutBuffer) -> np.ndarray | dict[str, np.ndarray]:
+    """
+    The buffer's observations in the flattened order that :meth:`RolloutBuffer.get` indexes.
+
+    :param buffer: a full rollout buffer, before or after its first ``get()``
+    :return: an array (or dict of arrays) of shape ``(buffer_size * n_envs, *obs_shape)``
+    """
+    if buffer.generator_ready:
+        return buffer.observations
+    if isinstance(buffer.observations, dict):
+        return {key: buffer.swap_and_flatten(obs) for key, obs in buffer.observations.items()}
+    return buffer.swap_and_flatten(buffer.observations)
+
+
+def flat_actions(buffer: RolloutBuffer) -> np.ndarray:
+    """
+    The buffer's actions in the flattened order that :meth:`RolloutBuffer.get` indexes.
+
+    :param buffer: a full rollout buffer, before or after its first ``get()``
+    :return: an array of shape ``(buffer_size * n_envs, action_dim)``
+    """
+    return buffer.actions if buffer.generator_ready else buffer.swap_and_flatten(buffer.actions)

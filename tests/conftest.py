@@ -1,0 +1,28 @@
+import pytest
+import torch as th
+
+from sb3_pgext import PPOKL
+
+# One thread: the default suite runs on 2 cores, in parallel workers
+th.set_num_threads(1)
+
+# The algorithms every generic test runs on; OffPAC and CVPG join as they arrive
+MODEL_LIST = [PPOKL]
+
+# Tiny settings per algorithm, so that a few hundred steps exercise whole updates
+TINY_KWARGS = {
+    PPOKL: dict(n_steps=32, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16])),
+}
+
+
+def tiny(model_class, **overrides):
+    """The tiny constructor kwargs of ``model_class``, updated with ``overrides``."""
+    kwargs = {**TINY_KWARGS[model_class], **overrides}
+    if "policy_kwargs" in overrides:
+        kwargs["policy_kwargs"] = {**TINY_KWARGS[model_class].get("policy_kwargs", {}), **overrides["policy_kwargs"]}
+    return kwargs
+
+
+@pytest.fixture(params=MODEL_LIST, ids=lambda cls: cls.__name__)
+def model_class(request):
+    return request.param
