@@ -26,13 +26,11 @@ import torch as th
 import yaml
 from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3 import PPO
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecNormalize
 
 import rl_zoo3
 from sb3_pgext import PPOKL
 from sb3_pgext.common.hyperparams import load_hyperparams
+from sb3_pgext.train import build_model, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("PPOKL-penalty", "PPOKL-clip", "PPO")
@@ -48,28 +46,13 @@ def zoo_ppo_clip_range(env_id: str) -> Any:
     return entry.get("clip_range", 0.2)
 
 
-def build(variant: str, env_id: str, seed: int, device: str = "cpu"):
-    """The model of ``variant`` on ``env_id``, with its training budget and whether obs are normalised."""
+def build(variant: str, env_id: str, seed: int):
+    """The model of ``variant`` on ``env_id`` with the ppokl.yml entry, and its training budget."""
     hyperparams = load_hyperparams("ppokl", env_id)
-    kwargs = dict(hyperparams.model_kwargs)
     if variant != "PPOKL-penalty":
-        kwargs.update(ExperimentManager._preprocess_schedules({"clip_range": zoo_ppo_clip_range(env_id)}))
-    env = make_vec_env(env_id, n_envs=hyperparams.n_envs, seed=seed)
-    if hyperparams.normalize:
-        env = VecNormalize(env, gamma=kwargs.get("gamma", 0.99), **hyperparams.normalize_kwargs)
-    algo = PPO if variant == "PPO" else PPOKL
-    model = algo(hyperparams.policy, env, seed=seed, device=device, **kwargs)
+        hyperparams.model_kwargs.update(ExperimentManager._preprocess_schedules({"clip_range": zoo_ppo_clip_range(env_id)}))
+    model = build_model(PPO if variant == "PPO" else PPOKL, env_id, hyperparams, seed, device="cpu")
     return model, hyperparams.n_timesteps
-
-
-def evaluate(model, env_id: str, seed: int) -> tuple[float, float]:
-    eval_env = make_vec_env(env_id, n_envs=1, seed=10_000 + seed)
-    train_env = model.get_env()
-    if isinstance(train_env, VecNormalize):
-        eval_env = VecNormalize(eval_env, training=False, norm_reward=False)
-        eval_env.obs_rms = train_env.obs_rms
-    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=N_EVAL_EPISODES, deterministic=True)
-    return float(mean), float(std)
 
 
 def learning_run(job: tuple[str, str, int]) -> dict[str, Any]:
@@ -79,7 +62,7 @@ def learning_run(job: tuple[str, str, int]) -> dict[str, Any]:
     start = time.perf_counter()
     model.learn(n_timesteps)
     seconds = time.perf_counter() - start
-    mean, std = evaluate(model, env_id, seed)
+    mean, std = evaluate(model, env_id, seed, N_EVAL_EPISODES)
     result = dict(variant=variant, env=env_id, seed=seed, steps=n_timesteps, mean_return=mean, std_return=std)
     result.update(train_seconds=round(seconds, 1), final_kl_coef=getattr(model, "kl_coef", None))
     print(json.dumps(result), flush=True)

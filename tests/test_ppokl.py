@@ -22,7 +22,7 @@ from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_pgext import PPOKL
 from sb3_pgext.common import kl as kl_module
-from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, sampled_kl
+from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, mean_kl_from_fixed, sampled_kl
 
 N_MC = 200_000  # Monte-Carlo samples: the tolerance below is 5 standard errors of the mean
 
@@ -174,6 +174,33 @@ def test_analytic_kl_equals_torch(name):
     q_params, q_factors = DistributionParams.capture(q), _factors(q)
     expected = sum(th.distributions.kl_divergence(fp, fq).reshape(1, -1).sum(-1) for fp, fq in zip(p_factors, q_factors))
     th.testing.assert_close(analytic_kl(p_params, q_params), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_gaussian_kl_gradcheck():
+    gen = th.Generator().manual_seed(0)
+    loc_p, scale_p = th.randn(6, 3, generator=gen, dtype=th.double), th.rand(6, 3, generator=gen, dtype=th.double) + 0.3
+    loc_q = th.randn(6, 3, generator=gen, dtype=th.double, requires_grad=True)
+    scale_q = (th.rand(6, 3, generator=gen, dtype=th.double) + 0.3).requires_grad_()
+    old = DistributionParams([("normal", (loc_p, scale_p))])
+    assert th.autograd.gradcheck(lambda mu, sigma: mean_kl_from_fixed(old, DistributionParams([("normal", (mu, sigma))])), (loc_q, scale_q))
+
+
+@pytest.mark.parametrize("name", ["DiagGaussian", "StateDependentNoise", "MultiCategorical", "Bernoulli"])
+def test_mean_kl_from_fixed_equals_autograd_formula(name):
+    """The penalty's mean KL (fused for Gaussians) has the value and gradient of analytic_kl(...).mean()."""
+    old = DistributionParams.capture(DISTRIBUTIONS[name](1)(8))
+    new_params = DistributionParams.capture(DISTRIBUTIONS[name](2)(8))
+    leaves = [tuple(t.detach().clone().requires_grad_() for t in tensors) for _, tensors in new_params.components]
+    values, grads = [], []
+    for kl_fn in (mean_kl_from_fixed, lambda p, q: analytic_kl(p, q).mean()):
+        new = DistributionParams([(kind, leaf) for (kind, _), leaf in zip(new_params.components, leaves)])
+        flat = [t for leaf in leaves for t in leaf]
+        value = kl_fn(old, new)
+        values.append(value)
+        grads.append(th.autograd.grad(value, flat))
+    th.testing.assert_close(values[0], values[1])
+    for fused, reference in zip(*grads):
+        th.testing.assert_close(fused, reference)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])

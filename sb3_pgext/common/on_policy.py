@@ -19,6 +19,7 @@ from sb3_pgext.common.kl import (
     DistributionParams,
     adapt_kl_coef,
     analytic_kl,
+    mean_kl_from_fixed,
     sampled_kl,
     validate_kl_penalty_args,
 )
@@ -148,10 +149,11 @@ class PPOBase(PPO):
         if clip_range is None:
             self.clip_range = None  # type: ignore[assignment]
         self._old_params: DistributionParams | None = None
+        self._last_minibatch_kl = th.zeros(())
         self._train_logs: dict[str, list[float]] = defaultdict(list)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_params", "_train_logs"]
+        return [*super()._excluded_save_params(), "_old_params", "_last_minibatch_kl", "_train_logs"]
 
     @property
     def penalty_active(self) -> bool:
@@ -283,9 +285,9 @@ class PPOBase(PPO):
         self._train_logs["policy_gradient_loss"].append(policy_loss.item())
 
         if self.penalty_active:
-            kl = self._minibatch_kl(rollout_data, log_prob, distribution).mean()
-            self._train_logs["minibatch_kl"].append(kl.item())
-            policy_loss = policy_loss + self.kl_coef * kl
+            kl = self._minibatch_kl(rollout_data, log_prob, distribution)
+            self._last_minibatch_kl = kl.detach()
+            policy_loss = th.add(policy_loss, kl, alpha=self.kl_coef)
             if self.kl_hinge_coef > 0:
                 # modular_rl / Stein-PPO hinge: a steep extra cost for KL beyond 2 · d_targ
                 policy_loss = policy_loss + self.kl_hinge_coef * F.relu(kl - 2.0 * self.kl_target).pow(2)
@@ -294,7 +296,7 @@ class PPOBase(PPO):
     def _after_gradient_step(self) -> None:
         """Called after each optimizer step; adapts β per minibatch when ``kl_update="minibatch"``."""
         if self.adaptive_kl and self.kl_update == "minibatch":
-            kl = self._train_logs["minibatch_kl"][-1]
+            kl = self._last_minibatch_kl.item()
             self.kl_coef = adapt_kl_coef(self.kl_coef, kl, self.kl_target, self.kl_coef_bounds)
 
     def _begin_update(self) -> None:
@@ -347,17 +349,20 @@ class PPOBase(PPO):
 
     def _minibatch_kl(self, rollout_data: RolloutBufferSamples, log_prob: th.Tensor, distribution: Any) -> th.Tensor:
         """
-        Per-sample KL between π_old and π_θ on a minibatch, in ``kl_direction``.
+        Mean KL between π_old and π_θ over a minibatch, in ``kl_direction``, differentiable in θ.
 
         Closed form when π_old's parameters were kept, else the sampled ``kl_estimator``.
         """
         if self._old_params is not None:
             assert isinstance(self.rollout_buffer, BatchIndicesMixin) and self.rollout_buffer.batch_inds is not None
-            indices = th.as_tensor(self.rollout_buffer.batch_inds, device=self.device)
+            old_params = self._old_params[th.from_numpy(self.rollout_buffer.batch_inds).to(self.device)]
             new_params = DistributionParams.capture(distribution, detach=False)
             assert new_params is not None, "π_θ is of π_old's family"
-            return self._analytic_kl(self._old_params[indices], new_params)
-        return sampled_kl(log_prob - rollout_data.old_log_prob, self._sampled_estimator, self.kl_direction)  # type: ignore[arg-type]
+            if self.kl_direction == "forward":
+                return mean_kl_from_fixed(old_params, new_params)
+            return analytic_kl(new_params, old_params).mean()
+        log_ratio = log_prob - rollout_data.old_log_prob
+        return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean()  # type: ignore[arg-type]
 
     @property
     def _sampled_estimator(self) -> str:
