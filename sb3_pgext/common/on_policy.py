@@ -360,7 +360,7 @@ class PPOBase(PPO):
             assert new_params is not None, "π_θ is of π_old's family"
             if self.kl_direction == "forward":
                 return mean_kl_from_fixed(old_params, new_params)
-            return analytic_kl(new_params, old_params).mean()
+            return self._analytic_kl(old_params, new_params).mean()
         log_ratio = log_prob - rollout_data.old_log_prob
         return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean()  # type: ignore[arg-type]
 
