@@ -2,9 +2,10 @@
 
 import os
 
+from sb3_pgext.offpac import OffPAC
 from sb3_pgext.ppokl import PPOKL
 
 with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["PPOKL"]
+__all__ = ["OffPAC", "PPOKL"]

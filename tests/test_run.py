@@ -17,7 +17,9 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from tests.conftest import tiny
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from tests.conftest import ACTION_SPACES, tiny
 
 ACTION_SPACE_ENVS = {
     "Discrete": lambda: IdentityEnv(3),
@@ -33,6 +35,8 @@ def params_of(model) -> th.Tensor:
 
 @pytest.mark.parametrize("space", ACTION_SPACE_ENVS)
 def test_action_spaces(model_class, space):
+    if space not in ACTION_SPACES[model_class]:
+        pytest.skip(f"{model_class.__name__} does not support {space} actions (tested in its own tests)")
     env = make_vec_env(ACTION_SPACE_ENVS[space], n_envs=2, seed=0)
     model = model_class("MlpPolicy", env, seed=0, **tiny(model_class))
     before = params_of(model)
@@ -57,11 +61,18 @@ def test_several_envs_with_time_limit(model_class):
     model.learn(3 * 32 * 2)
     lengths = [info["l"] for info in model.ep_info_buffer]
     assert lengths and set(lengths) == {limit}, "every episode is cut by the TimeLimit"
-    # SB3 bootstraps a truncated episode: r + γ V(terminal obs) at the limit, the env's 0/1 reward elsewhere
-    rewards = model.rollout_buffer.rewards  # (n_steps, n_envs), the last rollout: global steps 32..63
-    at_limit = (np.arange(32, 64) + 1) % limit == 0
-    assert not np.isin(rewards[at_limit], [0.0, 1.0]).any()
-    assert np.isin(rewards[~at_limit], [0.0, 1.0]).all()
+    at_limit = (np.arange(32, 64) + 1) % limit == 0  # global steps 32..63 of each env
+    if isinstance(model, OnPolicyAlgorithm):
+        # SB3 bootstraps a truncated episode: r + γ V(terminal obs) at the limit, the env's 0/1 reward elsewhere
+        rewards = model.rollout_buffer.rewards  # (n_steps, n_envs), the last rollout: global steps 32..63
+        assert not np.isin(rewards[at_limit], [0.0, 1.0]).any()
+        assert np.isin(rewards[~at_limit], [0.0, 1.0]).all()
+    else:
+        # The replay buffer marks a truncation as a timeout, so the critic target bootstraps there
+        buffer = model.replay_buffer
+        assert (buffer.timeouts[32:64][at_limit] == 1).all() and (buffer.timeouts[32:64][~at_limit] == 0).all()
+        sample = buffer.sample(512)
+        assert sample.dones.sum() == 0, "a truncation is not a termination"
 
 
 def test_same_seed_same_result(model_class):
@@ -87,7 +98,8 @@ def test_save_load_round_trip(model_class, tmp_path):
     assert th.equal(params_of(model), params_of(loaded))
     loaded_actions, _ = loaded.predict(observations, deterministic=True)
     np.testing.assert_array_equal(actions, loaded_actions)
-    for name in ("n_steps", "batch_size", "n_epochs", "gamma"):
+    names = ("n_steps", "n_epochs") if isinstance(model, OnPolicyAlgorithm) else ("buffer_size", "tau", "learning_starts")
+    for name in ("batch_size", "gamma", *names):
         assert getattr(loaded, name) == getattr(model, name)
 
     # learning continues from where it stopped
@@ -131,6 +143,7 @@ def test_vec_normalize(model_class, tmp_path):
 
 IDENTITY_SETTINGS = {
     "PPOKL": dict(n_steps=64, batch_size=64, n_epochs=4, learning_rate=3e-3, policy_kwargs=dict(net_arch=[32])),
+    "OffPAC": dict(learning_starts=100, batch_size=64, learning_rate=3e-3, gamma=0.5, policy_kwargs=dict(net_arch=[32])),
 }
 
 

@@ -1,0 +1,430 @@
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.noise import ActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from torch.nn import functional as F
+
+from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
+from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
+
+SelfOffPAC = TypeVar("SelfOffPAC", bound="OffPAC")
+
+ACTOR_GRADIENTS = ("auto", "likelihood", "reparameterization", "expected")
+SUPPORTED_ACTION_SPACES = (spaces.Discrete, spaces.Box)
+#: target_entropy="auto" for Discrete actions: this fraction of the uniform policy's entropy log|A|
+DISCRETE_TARGET_ENTROPY_FRACTION = 0.5
+#: n_action_samples=None: K fresh actions per state for the score-function estimator (1 otherwise)
+DEFAULT_LIKELIHOOD_SAMPLES = 4
+
+
+class PolicySample(NamedTuple):
+    """What the current policy gives at the batch's states, drawn once per gradient step."""
+
+    neg_entropy: th.Tensor  # −H(π(·|s)) (exact for Discrete, −log π(a|s) sampled for Box), shape (batch, 1)
+    actions: th.Tensor | None  # fresh actions, sample-major (K * batch, ...); None for "expected"
+    log_prob: th.Tensor  # log π(a|s) of ``actions``; for "expected" log π(·|s), shape (batch, n_actions)
+    probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
+
+
+def repeat_observations(obs: PyTorchObs, n_times: int) -> PyTorchObs:
+    """Stack ``n_times`` copies of a batch of observations (tensor or dict of tensors) along dim 0."""
+    if n_times == 1:
+        return obs
+    if isinstance(obs, dict):
+        return {key: value.repeat(n_times, *([1] * (value.dim() - 1))) for key, value in obs.items()}
+    return obs.repeat(n_times, *([1] * (obs.dim() - 1)))
+
+
+class OffPAC(OffPolicyAlgorithm):
+    """
+    Off-policy actor-critic with a Q critic, for Discrete and Box actions.
+
+    Lecture notes seed 000, Algorithm 20 and eq. 4.4.2–4.4.5; seed 004 section 3 for the pathwise
+    estimator. A stochastic actor π_θ and ``n_critics`` critics Q_φ are learned from SB3's replay
+    buffer (n-step returns and HER through SB3's buffers)::
+
+        critic: y = r + γ (1 − d) E_{a'∼π(s')}[ min_j Q_φ̄j(s', a') − α log π(a'|s') ]
+        actor : ∇_θ J ≈ (1/N) Σ_i ∇_θ E_{a∼π_θ(s_i)}[ min_j Q_φj(s_i, a) ] + α ∇_θ H(π_θ(s_i))
+
+    The action a' of the target and the actions of the actor update come from the *current* policy,
+    never from the buffer (eq. 4.4.2 and 4.4.4). For Discrete actions the critics output Q(s, ·)
+    and the target's expectation over a' is an exact sum. With ``actor_gradient="reparameterization"``,
+    one action sample and Box actions, an update is SAC's (bit for bit, given the same seed).
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate for the Adam optimizers of actor, critics and α;
+        it can be a function of the current progress remaining (from 1 to 0)
+    :param buffer_size: size of the replay buffer
+    :param learning_starts: how many steps of the model to collect transitions for before learning starts
+    :param batch_size: Minibatch size for each gradient update
+    :param tau: the soft update coefficient ("Polyak update", between 0 and 1) of the target critics
+    :param gamma: the discount factor
+    :param train_freq: Update the model every ``train_freq`` steps, or a tuple like ``(5, "step")``
+        or ``(2, "episode")``
+    :param gradient_steps: How many gradient steps to do after each rollout (``-1``: as many as env steps)
+    :param action_noise: the action noise type (None by default), Box actions only
+    :param replay_buffer_class: Replay buffer class to use (for instance ``HerReplayBuffer``);
+        None: chosen from the observation space and ``n_steps``
+    :param replay_buffer_kwargs: Keyword arguments to pass to the replay buffer on creation
+    :param optimize_memory_usage: Enable a memory efficient variant of the replay buffer
+    :param n_steps: n-step returns for the critic target (SB3's NStepReplayBuffer) when > 1
+    :param actor_gradient: the estimator of ∇_θ E_{a∼π_θ}[Q(s, a)]:
+        "likelihood" (score function with ``n_action_samples`` fresh actions per state and a
+        leave-one-out baseline, seed 000 eq. 4.4.5; any action space),
+        "reparameterization" (pathwise through a = f_θ(s, ξ), seed 004 section 3; Box),
+        "expected" (the exact sum Σ_a π(a|s) Q(s, a); Discrete),
+        "auto" (default: "expected" for Discrete, "reparameterization" for Box).
+        See :mod:`sb3_pgext.common.estimators`.
+    :param n_action_samples: K, the number of fresh actions per state for the sampled estimators
+        ("likelihood", "reparameterization"); None: 4 for "likelihood", 1 for "reparameterization".
+        Unused by "expected". Must be >= 1; K > 1 is not available with gSDE (its exploration matrix
+        is shared by all samples).
+    :param ent_coef: Entropy coefficient α: a float >= 0 (0.0 turns entropy regularisation off), or
+        "auto" to learn it towards ``target_entropy`` ("auto_0.1": learned, starting at 0.1)
+    :param target_update_interval: update the target critics every ``target_update_interval`` gradient steps
+    :param target_entropy: target entropy when learning ``ent_coef``; "auto": −dim(A) for Box actions,
+        0.5 · log|A| for Discrete actions (half the uniform policy's entropy)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE), Box actions only
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
+    :param use_sde_at_warmup: Whether to use gSDE instead of uniform sampling before learning starts
+    :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
+        the reported success rate, mean episode length, and mean reward over
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation, e.g. ``net_arch``
+        and ``n_critics`` (default 2, must be >= 1; the target takes their minimum)
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run ("auto": the GPU if possible)
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: OffPACPolicy
+
+    def __init__(
+        self,
+        policy: str | type[OffPACPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        buffer_size: int = 1_000_000,
+        learning_starts: int = 100,
+        batch_size: int = 256,
+        tau: float = 0.005,
+        gamma: float = 0.99,
+        train_freq: int | tuple[int, str] = 1,
+        gradient_steps: int = 1,
+        action_noise: ActionNoise | None = None,
+        replay_buffer_class: type[ReplayBuffer] | None = None,
+        replay_buffer_kwargs: dict[str, Any] | None = None,
+        optimize_memory_usage: bool = False,
+        n_steps: int = 1,
+        actor_gradient: str = "auto",
+        n_action_samples: int | None = None,
+        ent_coef: str | float = "auto",
+        target_update_interval: int = 1,
+        target_entropy: str | float = "auto",
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        use_sde_at_warmup: bool = False,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        _check_arguments(actor_gradient, n_action_samples, ent_coef, target_entropy, policy_kwargs)
+        super().__init__(
+            policy,
+            env,
+            learning_rate,
+            buffer_size,
+            learning_starts,
+            batch_size,
+            tau,
+            gamma,
+            train_freq,
+            gradient_steps,
+            action_noise,
+            replay_buffer_class=replay_buffer_class,
+            replay_buffer_kwargs=replay_buffer_kwargs,
+            optimize_memory_usage=optimize_memory_usage,
+            n_steps=n_steps,
+            policy_kwargs=policy_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            use_sde_at_warmup=use_sde_at_warmup,
+            supported_action_spaces=None,  # checked below, with a ValueError naming what is supported
+            support_multi_env=True,
+        )
+        self.actor_gradient = actor_gradient
+        self.n_action_samples = n_action_samples
+        self.target_entropy = target_entropy
+        self.log_ent_coef: th.Tensor | None = None
+        self.ent_coef = ent_coef
+        self.target_update_interval = target_update_interval
+        self.ent_coef_optimizer: th.optim.Adam | None = None
+        if env is not None:  # None only while loading without an env: the saved values are restored
+            self._resolve_for_action_space()
+
+        if _init_setup_model:
+            self._setup_model()
+
+    def _resolve_for_action_space(self) -> None:
+        """Check the action space, then resolve "auto" / None defaults of the estimator for it."""
+        if not isinstance(self.action_space, SUPPORTED_ACTION_SPACES):
+            raise ValueError(
+                f"OffPAC supports Discrete and Box action spaces, not {type(self.action_space).__name__} "
+                f"(env action_space={self.action_space})"
+            )
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        if self.actor_gradient == "auto":
+            self.actor_gradient = "expected" if discrete else "reparameterization"
+        if self.actor_gradient == "reparameterization" and discrete:
+            raise ValueError(
+                'actor_gradient="reparameterization" needs Box actions (a = f_θ(s, ξ) must be differentiable); '
+                'use "expected" or "likelihood" for Discrete actions'
+            )
+        if self.actor_gradient == "expected" and not discrete:
+            raise ValueError(
+                'actor_gradient="expected" sums over every action and needs Discrete actions; '
+                'use "reparameterization" or "likelihood" for Box actions'
+            )
+        if self.n_action_samples is None:
+            self.n_action_samples = DEFAULT_LIKELIHOOD_SAMPLES if self.actor_gradient == "likelihood" else 1
+        if self.use_sde and self.n_action_samples > 1 and self.actor_gradient != "expected":
+            raise ValueError(
+                f"n_action_samples={self.n_action_samples} needs independent samples, but gSDE's exploration "
+                "matrix is shared by all of them: use n_action_samples=1 with use_sde=True"
+            )
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self.actor = self.policy.actor
+        self.critic = self.policy.critic
+        self.critic_target = self.policy.critic_target
+        self.batch_norm_stats = get_parameters_by_name(self.critic, ["running_"])
+        self.batch_norm_stats_target = get_parameters_by_name(self.critic_target, ["running_"])
+
+        if self.target_entropy == "auto":
+            if isinstance(self.action_space, spaces.Discrete):
+                self.target_entropy = float(DISCRETE_TARGET_ENTROPY_FRACTION * np.log(self.action_space.n))
+            else:
+                self.target_entropy = float(-np.prod(self.action_space.shape).astype(np.float32))  # type: ignore[union-attr]
+        else:
+            self.target_entropy = float(self.target_entropy)
+
+        if isinstance(self.ent_coef, str):  # "auto" or "auto_<initial value>", checked in the constructor
+            init_value = float(self.ent_coef.split("_")[1]) if "_" in self.ent_coef else 1.0
+            self.log_ent_coef = th.log(th.ones(1, device=self.device) * init_value).requires_grad_(True)
+            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))
+        else:
+            self.ent_coef_tensor = th.tensor(float(self.ent_coef), device=self.device)
+
+    # --- the pieces of one gradient step -------------------------------------------------------
+
+    def _sample_policy(self, obs: PyTorchObs) -> PolicySample:
+        """The current policy at the batch's states: fresh actions (or the whole distribution)."""
+        assert self.n_action_samples is not None
+        if isinstance(self.action_space, spaces.Box):
+            reparameterize = self.actor_gradient == "reparameterization"
+            actions, log_prob = self.policy.sample_log_prob(obs, self.n_action_samples, reparameterize)
+            if self.n_action_samples == 1:
+                neg_entropy = log_prob.reshape(-1, 1)
+            else:
+                neg_entropy = log_prob.reshape(self.n_action_samples, -1).mean(dim=0).reshape(-1, 1)
+            return PolicySample(neg_entropy, actions, log_prob, None)
+        # SB3 distributions are reused objects: keep the torch distribution, not the wrapper
+        distribution = self.actor.distribution(obs).distribution  # type: ignore[union-attr]
+        log_probs = distribution.logits  # torch keeps Categorical logits normalised: log π(·|s)
+        probs = distribution.probs
+        neg_entropy = (probs * log_probs).sum(dim=1, keepdim=True)
+        if self.actor_gradient == "expected":
+            return PolicySample(neg_entropy, None, log_probs, probs)
+        actions = distribution.sample((self.n_action_samples,))  # (K, batch)
+        log_prob = distribution.log_prob(actions)
+        return PolicySample(neg_entropy, actions.reshape(-1), log_prob.reshape(-1), probs)
+
+    def _soft_state_value(self, obs: PyTorchObs, ent_coef: th.Tensor) -> th.Tensor:
+        """E_{a∼π(s)}[ min_j Q_φ̄j(s, a) − α log π(a|s) ] with fresh a from the current policy (eq. 4.4.2)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            distribution = self.actor.distribution(obs)  # type: ignore[union-attr]
+            log_probs = distribution.distribution.logits  # torch keeps Categorical logits normalised: log π(·|s)
+            q_values = self.policy.min_q(self.critic_target, obs)
+            return (distribution.distribution.probs * (q_values - ent_coef * log_probs)).sum(dim=1, keepdim=True)
+        next_actions, next_log_prob = self.actor.action_log_prob(obs)
+        next_q_values = self.policy.min_q(self.critic_target, obs, next_actions)
+        return next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+
+    def _replay_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, ...]:
+        """Each critic's Q(s, a) at the buffer's actions, shape (batch, 1)."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return tuple(q.gather(1, actions.long()) for q in self.critic(obs))  # type: ignore[call-arg]
+        return self.critic(obs, actions)
+
+    def _actor_loss(self, obs: PyTorchObs, sample: PolicySample, ent_coef: th.Tensor) -> th.Tensor:
+        """The surrogate of the chosen estimator, with the critics as they are after this step's update."""
+        if self.actor_gradient == "expected":
+            assert sample.probs is not None
+            with th.no_grad():
+                q_values = self.policy.min_q(self.critic, obs)
+            return expected_policy_loss(sample.probs, sample.log_prob, q_values, ent_coef)
+        assert sample.actions is not None and self.n_action_samples is not None
+        if self.actor_gradient == "reparameterization":
+            obs_k = repeat_observations(obs, self.n_action_samples)
+            q_values = self.policy.min_q(self.critic, obs_k, sample.actions)
+            return reparameterization_loss(sample.log_prob.reshape(-1, 1), q_values, ent_coef)
+        # "likelihood": f(s, a) = Q(s, a) − α log π(a|s), the soft value whose expectation is ascended
+        with th.no_grad():
+            if isinstance(self.action_space, spaces.Discrete):
+                q_table = self.policy.min_q(self.critic, obs).repeat(self.n_action_samples, 1)
+                q_values = q_table.gather(1, sample.actions.long().reshape(-1, 1))
+            else:
+                obs_k = repeat_observations(obs, self.n_action_samples)
+                q_values = self.policy.min_q(self.critic, obs_k, sample.actions)
+            soft_q = q_values.reshape(-1) - ent_coef * sample.log_prob
+        shape = (self.n_action_samples, -1)
+        return likelihood_ratio_loss(sample.log_prob.reshape(shape), soft_q.reshape(shape))
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        self.policy.set_training_mode(True)
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+        self._update_learning_rate(optimizers)
+
+        ent_coef_losses, ent_coefs, entropies = [], [], []
+        actor_losses, critic_losses, q_means = [], [], []
+        for gradient_step in range(gradient_steps):
+            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            # n-step replay: the discount is γ^n (when the episode did not end earlier)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            if self.use_sde:  # log_std may have changed since the last step
+                self.actor.reset_noise()  # type: ignore[union-attr]
+
+            sample = self._sample_policy(replay_data.observations)
+
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                ent_coef = th.exp(self.log_ent_coef.detach())
+                assert isinstance(self.target_entropy, float)
+                # Detached: only log α learns from this loss (softlearning issue 60)
+                ent_coef_loss = -(self.log_ent_coef * (sample.neg_entropy + self.target_entropy).detach()).mean()
+                ent_coef_losses.append(ent_coef_loss.item())
+                self.ent_coef_optimizer.zero_grad()
+                ent_coef_loss.backward()
+                self.ent_coef_optimizer.step()
+            else:
+                ent_coef = self.ent_coef_tensor
+            ent_coefs.append(ent_coef.item())
+            entropies.append(-sample.neg_entropy.mean().item())
+
+            with th.no_grad():
+                next_values = self._soft_state_value(replay_data.next_observations, ent_coef)
+                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_values
+
+            current_q_values = self._replay_q_values(replay_data.observations, replay_data.actions)
+            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+            assert isinstance(critic_loss, th.Tensor)
+            critic_losses.append(critic_loss.item())
+            q_means.append(current_q_values[0].mean().item())
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            actor_loss = self._actor_loss(replay_data.observations, sample, ent_coef)
+            actor_losses.append(actor_loss.item())
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+
+            if gradient_step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Copy running stats, see SB3 issue #996
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        self._n_updates += gradient_steps
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", np.mean(ent_coefs))
+        self.logger.record("train/entropy", np.mean(entropies))
+        self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        self.logger.record("train/q_mean", np.mean(q_means))
+        if len(ent_coef_losses) > 0:
+            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+
+    def learn(
+        self: SelfOffPAC,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 4,
+        tb_log_name: str = "OffPAC",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfOffPAC:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "actor", "critic", "critic_target"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
+        if self.ent_coef_optimizer is not None:
+            return [*state_dicts, "ent_coef_optimizer"], ["log_ent_coef"]
+        return state_dicts, ["ent_coef_tensor"]
+
+
+def _check_arguments(
+    actor_gradient: str,
+    n_action_samples: int | None,
+    ent_coef: str | float,
+    target_entropy: str | float,
+    policy_kwargs: dict[str, Any] | None,
+) -> None:
+    """ValueErrors for bad arguments that do not depend on the environment."""
+    if actor_gradient not in ACTOR_GRADIENTS:
+        raise ValueError(f"actor_gradient must be one of {ACTOR_GRADIENTS}, got {actor_gradient!r}")
+    if n_action_samples is not None and (not isinstance(n_action_samples, (int, np.integer)) or n_action_samples < 1):
+        raise ValueError(f"n_action_samples must be an integer >= 1 (or None for the default), got {n_action_samples!r}")
+    n_critics = (policy_kwargs or {}).get("n_critics", 2)
+    if not isinstance(n_critics, (int, np.integer)) or n_critics < 1:
+        raise ValueError(f"n_critics (in policy_kwargs) must be an integer >= 1, got {n_critics!r}")
+    if isinstance(ent_coef, str):
+        valid = ent_coef == "auto"
+        if ent_coef.startswith("auto_"):
+            try:
+                valid = float(ent_coef[len("auto_") :]) > 0
+            except ValueError:
+                valid = False
+        if not valid:
+            raise ValueError(
+                f'ent_coef must be a float >= 0, "auto" or "auto_<initial value > 0>" (e.g. "auto_0.1"), got {ent_coef!r}'
+            )
+    elif not float(ent_coef) >= 0:
+        raise ValueError(f"ent_coef must be >= 0 when fixed (0.0 turns entropy regularisation off), got {ent_coef!r}")
+    if isinstance(target_entropy, str) and target_entropy != "auto":
+        raise ValueError(f'target_entropy must be a float or "auto", got {target_entropy!r}')
