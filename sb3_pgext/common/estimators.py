@@ -24,7 +24,7 @@ def leave_one_out_baseline(values: th.Tensor) -> th.Tensor:
     return (values.sum(dim=0, keepdim=True) - values) / (n_samples - 1)
 
 
-def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor) -> th.Tensor:
+def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor, baseline: bool = True) -> th.Tensor:
     """
     Score-function (likelihood-ratio) estimator, seed 000 eq. 4.4.5 with a leave-one-out baseline:
 
@@ -32,10 +32,13 @@ def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor) -> th.Tensor:
 
     :param log_prob: log π_θ(a_ik|s_i) of shape (K, batch), differentiable in θ, actions held fixed
     :param values: f(s_i, a_ik) of shape (K, batch) (treated as constants)
+    :param baseline: subtract the leave-one-out baseline (False: b = 0, the plain eq. 4.4.5)
     :return: the surrogate loss, −mean of log π · (f − b)
     """
     values = values.detach()
-    return -(log_prob * (values - leave_one_out_baseline(values))).mean()
+    if baseline:
+        values = values - leave_one_out_baseline(values)
+    return -(log_prob * values).mean()
 
 
 def reparameterization_loss(log_prob: th.Tensor, q_values: th.Tensor, ent_coef: th.Tensor) -> th.Tensor:

@@ -2,6 +2,7 @@
 
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,6 +15,7 @@ from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples, 
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from torch.nn import functional as F
 
+from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, flat_observations, with_batch_indices
 from sb3_pgext.common.kl import (
     DistributionParams,
@@ -28,7 +30,7 @@ from sb3_pgext.common.kl import (
 _FULL_ROLLOUT_CHUNK = 2048
 
 
-class PPOBase(PPO):
+class PPOBase(GradientVarianceMixin, PPO):
     """
     Base of the PPO family (PPOKL, CVPG): SB3's :class:`~stable_baselines3.PPO` whose ``train()`` owns
     the epoch / minibatch loop, the gradient clipping, SB3's ``target_kl`` early stop and the logging,
@@ -82,6 +84,7 @@ class PPOBase(PPO):
         kl_hinge_coef: float = 0.0,
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
+        log_grad_var: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -129,6 +132,7 @@ class PPOBase(PPO):
         self.kl_hinge_coef = kl_hinge_coef
         self.kl_estimator = kl_estimator
         self.kl_direction = kl_direction
+        self.log_grad_var = log_grad_var
 
         if _init_setup_model:
             self._setup_model()
@@ -175,6 +179,8 @@ class PPOBase(PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         self._train_logs = defaultdict(list)
+        if self.log_grad_var:  # on the rollout, at the parameters that collected it
+            self._train_logs["grad_var"] = [gradient_variance(self)["variance"]]
         self._begin_update()
         # the parameters to clip, listed once per update rather than walking the modules every step
         parameters = list(self.policy.parameters())
@@ -323,7 +329,7 @@ class PPOBase(PPO):
     def _record_train_logs(self, clip_range: float | None, clip_range_vf: float | None) -> None:
         """Record SB3 PPO's ``train/`` keys, and ``train/kl``, ``train/kl_coef`` when the KL is tracked."""
         logs = self._train_logs
-        for key in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction", "loss"):
+        for key in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction", "loss", "grad_var"):
             if logs[key]:
                 self.logger.record(f"train/{key}", np.mean(logs[key]))
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
@@ -338,6 +344,31 @@ class PPOBase(PPO):
         if self._tracks_kl():
             self.logger.record("train/kl", logs["kl"][0])
             self.logger.record("train/kl_coef", self.kl_coef)
+
+    # ------------------------------------------------------------------ measured gradient variance
+
+    def _pg_parameters(self) -> list[th.nn.Parameter]:
+        return [param for param in self.policy.parameters() if param.requires_grad]
+
+    def _pg_minibatches(self, n_minibatches: int) -> Iterator[RolloutBufferSamples]:
+        """``n_minibatches`` disjoint minibatches of the last rollout (collected first if there is none)."""
+        if not self.rollout_buffer.full:
+            _, callback = self._setup_learn(self.n_steps * self.n_envs, None, reset_num_timesteps=False)
+            self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)  # type: ignore[arg-type]
+        minibatch_size = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs // n_minibatches
+        if minibatch_size < 1:
+            raise ValueError(f"n_minibatches={n_minibatches} exceeds the rollout's {self.n_steps * self.n_envs} samples")
+        for index, rollout_data in enumerate(self.rollout_buffer.get(minibatch_size)):
+            if index == n_minibatches:
+                break  # the remainder, when the rollout does not split evenly
+            yield rollout_data
+
+    def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
+        """−mean[log π_θ(a|s) Â] (raw advantages); without the control variate Â + V(s), the returns."""
+        actions = self._prepare_actions(rollout_data.actions)
+        _, log_prob, _ = self.policy.evaluate_actions(rollout_data.observations, actions)
+        weights = rollout_data.advantages if control_variate else rollout_data.returns
+        return -(log_prob * weights).mean()
 
     # ------------------------------------------------------------------ KL bookkeeping
 

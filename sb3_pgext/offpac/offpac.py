@@ -1,3 +1,4 @@
+from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -7,10 +8,11 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
+from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
 
@@ -42,7 +44,7 @@ def repeat_observations(obs: PyTorchObs, n_times: int) -> PyTorchObs:
     return obs.repeat(n_times, *([1] * (obs.dim() - 1)))
 
 
-class OffPAC(OffPolicyAlgorithm):
+class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 
@@ -92,6 +94,8 @@ class OffPAC(OffPolicyAlgorithm):
     :param target_update_interval: update the target critics every ``target_update_interval`` gradient steps
     :param target_entropy: target entropy when learning ``ent_coef``; "auto": −dim(A) for Box actions,
         0.5 · log|A| for Discrete actions (half the uniform policy's entropy)
+    :param log_grad_var: Log ``train/grad_var`` each update: the variance of the actor-gradient estimator
+        over ``batch_size`` replay minibatches (see :func:`sb3_pgext.gradient_variance`)
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE), Box actions only
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
     :param use_sde_at_warmup: Whether to use gSDE instead of uniform sampling before learning starts
@@ -135,6 +139,7 @@ class OffPAC(OffPolicyAlgorithm):
         ent_coef: str | float = "auto",
         target_update_interval: int = 1,
         target_entropy: str | float = "auto",
+        log_grad_var: bool = False,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         use_sde_at_warmup: bool = False,
@@ -181,6 +186,7 @@ class OffPAC(OffPolicyAlgorithm):
         self.log_ent_coef: th.Tensor | None = None
         self.ent_coef = ent_coef
         self.target_update_interval = target_update_interval
+        self.log_grad_var = log_grad_var
         self.ent_coef_optimizer: th.optim.Adam | None = None
         if env is not None:  # None only while loading without an env: the saved values are restored
             self._resolve_for_action_space()
@@ -280,8 +286,11 @@ class OffPAC(OffPolicyAlgorithm):
             return tuple(q.gather(1, actions.long()) for q in self.critic(obs))  # type: ignore[call-arg]
         return self.critic(obs, actions)
 
-    def _actor_loss(self, obs: PyTorchObs, sample: PolicySample, ent_coef: th.Tensor) -> th.Tensor:
-        """The surrogate of the chosen estimator, with the critics as they are after this step's update."""
+    def _actor_loss(self, obs: PyTorchObs, sample: PolicySample, ent_coef: th.Tensor, baseline: bool = True) -> th.Tensor:
+        """
+        The surrogate of the chosen estimator, with the critics as they are (in ``train``: after this
+        step's critic update); ``baseline=False`` drops the leave-one-out baseline of "likelihood".
+        """
         if self.actor_gradient == "expected":
             assert sample.probs is not None
             with th.no_grad():
@@ -302,7 +311,7 @@ class OffPAC(OffPolicyAlgorithm):
                 q_values = self.policy.min_q(self.critic, obs_k, sample.actions)
             soft_q = q_values.reshape(-1) - ent_coef * sample.log_prob
         shape = (self.n_action_samples, -1)
-        return likelihood_ratio_loss(sample.log_prob.reshape(shape), soft_q.reshape(shape))
+        return likelihood_ratio_loss(sample.log_prob.reshape(shape), soft_q.reshape(shape), baseline)
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         self.policy.set_training_mode(True)
@@ -310,6 +319,9 @@ class OffPAC(OffPolicyAlgorithm):
         if self.ent_coef_optimizer is not None:
             optimizers += [self.ent_coef_optimizer]
         self._update_learning_rate(optimizers)
+
+        if self.log_grad_var:  # before the update, on fresh replay minibatches of batch_size
+            self.logger.record("train/grad_var", gradient_variance(self)["variance"])
 
         ent_coef_losses, ent_coefs, entropies = [], [], []
         actor_losses, critic_losses, q_means = [], [], []
@@ -369,6 +381,26 @@ class OffPAC(OffPolicyAlgorithm):
         self.logger.record("train/q_mean", np.mean(q_means))
         if len(ent_coef_losses) > 0:
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+
+    # --- measured gradient variance (sb3_pgext.gradient_variance) ---------------------------------
+
+    def _pg_parameters(self) -> list[th.nn.Parameter]:
+        return list(self.actor.parameters())
+
+    def _pg_minibatches(self, n_minibatches: int) -> Iterator[ReplayBufferSamples]:
+        """``n_minibatches`` fresh replay samples of ``batch_size`` transitions."""
+        if self.replay_buffer is None or self.replay_buffer.size() == 0:
+            raise ValueError("the replay buffer is empty: gradient_variance needs OffPAC to have collected data (call learn)")
+        for _ in range(n_minibatches):
+            yield self.replay_buffer.sample(self.batch_size, env=self._vec_normalize_env)
+
+    def _pg_surrogate(self, replay_data: ReplayBufferSamples, control_variate: bool) -> th.Tensor:
+        if self.log_ent_coef is not None:
+            ent_coef = th.exp(self.log_ent_coef.detach())
+        else:
+            ent_coef = self.ent_coef_tensor
+        obs = replay_data.observations
+        return self._actor_loss(obs, self._sample_policy(obs), ent_coef, baseline=control_variate)
 
     def learn(
         self: SelfOffPAC,

@@ -62,6 +62,8 @@ class PPOKL(PPOBase):
         for a distribution with none), "k1" or "k3" (sampled estimators on the taken actions,
         see :func:`sb3_pgext.common.kl.sampled_kl`)
     :param kl_direction: "forward" for KL(π_old ‖ π_θ) (the paper's, default) or "reverse" for KL(π_θ ‖ π_old)
+    :param log_grad_var: Log ``train/grad_var`` each update: the variance of the policy-gradient
+        estimator measured on the rollout (see :func:`sb3_pgext.gradient_variance`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -107,6 +109,7 @@ class PPOKL(PPOBase):
         kl_hinge_coef: float = 0.0,
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
+        log_grad_var: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -148,6 +151,7 @@ class PPOKL(PPOBase):
             kl_hinge_coef=kl_hinge_coef,
             kl_estimator=kl_estimator,
             kl_direction=kl_direction,
+            log_grad_var=log_grad_var,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,

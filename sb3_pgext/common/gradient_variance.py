@@ -1,0 +1,88 @@
+"""
+Measured variance of a policy-gradient estimator (lecture notes seed 000 sections 3.1.3–3.1.4 and
+4.2.1; Tucker et al. 2018, "The Mirage of Action-Dependent Baselines": a claimed variance
+reduction has to be measured).
+
+One batch is split into K minibatches; the estimator's gradient ĝ_k is computed on each, and
+
+    variance     = tr Cov_k(ĝ_k) = Σ_j 1/(K − 1) Σ_k (ĝ_kj − ḡ_j)²   (per-minibatch estimator variance)
+    mean_sq_norm = ‖ḡ‖²,  ḡ = (1/K) Σ_k ĝ_k
+
+An algorithm takes part by providing three methods (see :class:`GradientVarianceMixin`).
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch as th
+
+
+class GradientVarianceMixin:
+    """
+    The hooks :func:`gradient_variance` calls. An algorithm implements:
+
+    - ``_pg_parameters()``: the parameters the policy gradient is taken with respect to;
+    - ``_pg_minibatches(n_minibatches)``: ``n_minibatches`` equal, disjoint minibatches of one batch
+      of data (the data the model last trained on, or freshly collected);
+    - ``_pg_surrogate(batch, control_variate)``: a loss whose gradient is minus the estimator on
+      ``batch``; ``control_variate=False`` gives the same estimator without its baseline / control variate.
+    """
+
+    def _pg_parameters(self) -> list[th.nn.Parameter]:
+        raise NotImplementedError
+
+    def _pg_minibatches(self, n_minibatches: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _pg_surrogate(self, batch: Any, control_variate: bool) -> th.Tensor:
+        raise NotImplementedError
+
+
+def minibatch_gradient_statistics(gradients: th.Tensor) -> dict[str, float]:
+    """
+    ``variance`` (trace of the covariance, unbiased over the K rows) and ``mean_sq_norm`` (‖mean‖²)
+    of K gradient estimates, given as the rows of a (K, n_parameters) tensor.
+    """
+    if gradients.shape[0] < 2:
+        raise ValueError(f"n_minibatches must be >= 2 to measure a variance, got {gradients.shape[0]}")
+    mean = gradients.mean(dim=0)
+    return dict(
+        variance=float(gradients.var(dim=0, unbiased=True).sum()),
+        mean_sq_norm=float(mean.dot(mean)),
+    )
+
+
+def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> dict[str, float]:
+    """
+    Variance of the model's policy-gradient estimator, measured on one batch split into minibatches.
+
+    On-policy models (PPOKL) use the rollout they last trained on (a fresh rollout is collected when
+    there is none yet); the estimator is ∇_θ mean[log π_θ(a|s) Â] at the current parameters, with
+    the raw (not normalized) advantages, and ``control_variate=False`` drops the value baseline
+    (Â + V(s), the returns). OffPAC uses ``n_minibatches`` fresh replay samples of ``batch_size``
+    and its actor loss; ``control_variate=False`` drops the leave-one-out baseline of "likelihood".
+    Nothing is trained and the global random streams are left as they were.
+
+    :param model: a model of the package (PPOKL, OffPAC)
+    :param n_minibatches: K, the number of minibatches (>= 2)
+    :param control_variate: whether the estimator keeps its baseline / control variate
+    :return: ``variance`` (trace of the covariance of the K minibatch gradients), ``mean_sq_norm``
+        (squared norm of their mean), ``n_minibatches`` and ``minibatch_size``
+    """
+    if not isinstance(n_minibatches, (int, np.integer)) or n_minibatches < 2:
+        raise ValueError(f"n_minibatches must be an integer >= 2, got {n_minibatches!r}")
+    parameters = model._pg_parameters()
+    numpy_state, torch_state = np.random.get_state(), th.random.get_rng_state()
+    try:
+        rows, minibatch_size = [], 0
+        for batch in model._pg_minibatches(n_minibatches):
+            loss = model._pg_surrogate(batch, control_variate)
+            grads = th.autograd.grad(loss, parameters, allow_unused=True)
+            rows.append(th.cat([(-g if g is not None else th.zeros_like(p)).flatten() for g, p in zip(grads, parameters)]))
+            minibatch_size = len(batch.actions)
+    finally:
+        np.random.set_state(numpy_state)
+        th.random.set_rng_state(torch_state)
+    statistics = minibatch_gradient_statistics(th.stack(rows).double().cpu())
+    return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size)
