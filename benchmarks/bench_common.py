@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 
 from sb3_pgext.train import evaluate
 
@@ -23,16 +24,38 @@ N_EVAL_EPISODES = 10
 Builder = Callable[[str, str, int], tuple[BaseAlgorithm, int]]
 
 
-def learning_run(build: Builder, variant: str, env_id: str, seed: int) -> dict[str, Any]:
+class TrainLogTrace(BaseCallback):
+    """Keeps the listed ``train/`` values of every update (read when the next rollout starts), with the step count."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        super().__init__()
+        self.keys = keys
+        self.trace: dict[str, list[float]] = {"timesteps": [], **{key: [] for key in keys}}
+
+    def _on_rollout_start(self) -> None:
+        values = self.model.logger.name_to_value
+        if self.keys and all(key in values for key in self.keys):
+            self.trace["timesteps"].append(self.num_timesteps)
+            for key in self.keys:
+                self.trace[key].append(float(values[key]))
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def learning_run(build: Builder, variant: str, env_id: str, seed: int, trace_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train one (variant, env, seed) for its budget, then evaluate it deterministically."""
     th.set_num_threads(1)
     model, n_timesteps = build(variant, env_id, seed)
+    trace = TrainLogTrace(trace_keys)
     start = time.perf_counter()
-    model.learn(n_timesteps)
+    model.learn(n_timesteps, callback=trace)
     seconds = time.perf_counter() - start
     mean, std = evaluate(model, env_id, seed, N_EVAL_EPISODES)
     result = dict(variant=variant, env=env_id, seed=seed, steps=n_timesteps, mean_return=mean, std_return=std)
     result.update(train_seconds=round(seconds, 1))
+    if trace_keys:
+        result["trace"] = trace.trace
     print(json.dumps(result), flush=True)
     return result
 
@@ -120,6 +143,9 @@ class Benchmark:
     :param speed_repeats: default alternating repeats
     :param learning_note: what the report says under the learning heading
     :param speed_note: what the report says under the speed heading
+    :param trace_keys: ``train/`` keys recorded at every update of a learning run (kept in the results)
+    :param speed_build: the builder of the speed runs (None: ``build``)
+    :param extra_report: more report lines made from the learning runs (e.g. from their traces)
     """
 
     name: str
@@ -136,21 +162,25 @@ class Benchmark:
     speed_repeats: int
     learning_note: str = ""
     speed_note: str = ""
+    trace_keys: tuple[str, ...] = ()
+    speed_build: Builder | None = None
+    extra_report: Callable[[list[dict[str, Any]]], list[str]] | None = None
 
 
 def run_learning(bench: Benchmark, args: argparse.Namespace) -> None:
     jobs = [(v, e, s) for e in args.envs for v in args.variants for s in args.seeds]
-    run_learning_jobs(RESULTS / f"{bench.name}_learning.json", partial(_learning_worker, bench.build), jobs, args.workers)
+    worker = partial(_learning_worker, bench.build, bench.trace_keys)
+    run_learning_jobs(RESULTS / f"{bench.name}_learning.json", worker, jobs, args.workers)
 
 
-def _learning_worker(build: Builder, job: tuple[str, str, int]) -> dict[str, Any]:
-    return learning_run(build, *job)
+def _learning_worker(build: Builder, trace_keys: tuple[str, ...], job: tuple[str, str, int]) -> dict[str, Any]:
+    return learning_run(build, *job, trace_keys=trace_keys)
 
 
 def run_speed(bench: Benchmark, args: argparse.Namespace) -> None:
     results: dict[str, Any] = {}
     for env_id in args.envs:
-        rates = alternating_speed(bench.build, bench.speed_variants, env_id, args.steps, args.repeats)
+        rates = alternating_speed(bench.speed_build or bench.build, bench.speed_variants, env_id, args.steps, args.repeats)
         results[env_id] = speed_summary(rates, bench.reference)
         print(env_id, {v: round(c["ratio"], 3) for v, c in results[env_id].items()}, flush=True)
     (RESULTS / f"{bench.name}_speed.json").write_text(
@@ -165,7 +195,10 @@ def run_report(bench: Benchmark, _: argparse.Namespace) -> None:
     if path.exists():
         lines += [f"## Learning: final deterministic evaluation ({N_EVAL_EPISODES} episodes per seed)", ""]
         lines += [bench.learning_note, ""] if bench.learning_note else []
-        lines += [*learning_table(json.loads(path.read_text()), bench.variants, bench.thresholds), ""]
+        runs = json.loads(path.read_text())
+        lines += [*learning_table(runs, bench.variants, bench.thresholds), ""]
+        if bench.extra_report is not None:
+            lines += [*bench.extra_report(runs), ""]
     path = RESULTS / f"{bench.name}_speed.json"
     if path.exists():
         speed = json.loads(path.read_text())

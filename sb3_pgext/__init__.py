@@ -3,10 +3,11 @@
 import os
 
 from sb3_pgext.common.gradient_variance import gradient_variance
+from sb3_pgext.cvpg import CVPG
 from sb3_pgext.offpac import OffPAC
 from sb3_pgext.ppokl import PPOKL
 
 with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["OffPAC", "PPOKL", "gradient_variance"]
+__all__ = ["CVPG", "OffPAC", "PPOKL", "gradient_variance"]

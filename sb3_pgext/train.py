@@ -17,10 +17,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_pgext import PPOKL, OffPAC
+from sb3_pgext import CVPG, PPOKL, OffPAC
 from sb3_pgext.common.hyperparams import ZooHyperparams, load_hyperparams
 
-ALGOS = {"ppokl": PPOKL, "offpac": OffPAC}
+ALGOS = {"ppokl": PPOKL, "offpac": OffPAC, "cvpg": CVPG}
 
 
 def build_model(model_class: type[BaseAlgorithm], env_id: str, hyperparams: ZooHyperparams, seed: int, **kwargs: Any):

@@ -1,24 +1,29 @@
 import pytest
 import torch as th
 
-from sb3_pgext import PPOKL, OffPAC
+from sb3_pgext import CVPG, PPOKL, OffPAC
 
 # One thread: the default suite runs on 2 cores, in parallel workers
 th.set_num_threads(1)
 
 # The algorithms every generic test runs on; OffPAC and CVPG join as they arrive
-MODEL_LIST = [PPOKL, OffPAC]
+MODEL_LIST = [PPOKL, OffPAC, CVPG]
 
 # Tiny settings per algorithm, so that a few hundred steps exercise whole updates
 TINY_KWARGS = {
     PPOKL: dict(n_steps=32, batch_size=32, n_epochs=2, policy_kwargs=dict(net_arch=[16])),
     OffPAC: dict(learning_starts=32, batch_size=32, buffer_size=2_000, policy_kwargs=dict(net_arch=[16])),
+    CVPG: dict(
+        n_steps=32, batch_size=32, n_epochs=2, qf_gradient_steps=2, qf_batch_size=16, qf_buffer_size=2_000, qf_net_arch=[16],
+        policy_kwargs=dict(net_arch=[16]),
+    ),
 }
 
 # The action spaces each algorithm supports (the generic suite skips the others)
 ACTION_SPACES = {
     PPOKL: ("Discrete", "Box", "MultiDiscrete", "MultiBinary"),
     OffPAC: ("Discrete", "Box"),
+    CVPG: ("Discrete", "Box"),
 }
 
 

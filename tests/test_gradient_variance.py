@@ -132,4 +132,4 @@ def test_offpac_expected_has_no_action_noise():
     model = OffPAC("MlpPolicy", "CartPole-v1", seed=0, learning_starts=64, batch_size=64, policy_kwargs=dict(net_arch=[16]))
     model.learn(256)
     stats = [gradient_variance(model, n_minibatches=8, control_variate=flag) for flag in (True, False)]
-    assert stats[0] == stats[1]
+    assert stats[0]["variance"] == stats[1]["variance"] and th.equal(stats[0]["mean"], stats[1]["mean"])

@@ -5,7 +5,7 @@ import yaml
 from gymnasium import spaces
 from stable_baselines3.common.env_util import make_vec_env
 
-from sb3_pgext import PPOKL, OffPAC
+from sb3_pgext import CVPG, PPOKL, OffPAC
 from sb3_pgext.common.hyperparams import hyperparams_path, load_hyperparams
 from sb3_pgext.train import ALGOS, main
 
@@ -17,6 +17,7 @@ def entries(algo: str) -> list[str]:
 
 PPOKL_ENTRIES = entries("ppokl")
 OFFPAC_ENTRIES = entries("offpac")
+CVPG_ENTRIES = entries("cvpg")
 
 # Envs whose simulators (box2d, mujoco) are not dependencies: their entries are built on a stand-in
 # env with the same kind of action space, which checks every constructor argument
@@ -40,8 +41,21 @@ def test_offpac_yml_has_the_required_entries():
     assert set(OFFPAC_ENTRIES) == set(ACTION_SPACE)
 
 
+def test_cvpg_yml_has_the_envs_of_ppokl_yml():
+    assert CVPG_ENTRIES == PPOKL_ENTRIES
+
+
 def test_every_algorithm_is_trainable():
-    assert ALGOS == {"ppokl": PPOKL, "offpac": OffPAC}
+    assert ALGOS == {"ppokl": PPOKL, "offpac": OffPAC, "cvpg": CVPG}
+
+
+@pytest.mark.parametrize("env_id", CVPG_ENTRIES)
+def test_every_cvpg_entry_builds_a_model(env_id):
+    hyperparams = load_hyperparams("cvpg", env_id)
+    env = make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=hyperparams.n_envs)
+    model = CVPG(hyperparams.policy, env, **hyperparams.model_kwargs)
+    expected = "expected" if ACTION_SPACE[env_id] is spaces.Discrete else "taylor"
+    assert model.control_variate == expected and model.surrogate == "clip" and model.q_net is not None
 
 
 @pytest.mark.parametrize("env_id", PPOKL_ENTRIES)
@@ -68,7 +82,7 @@ def test_unknown_env_is_a_clear_error():
         load_hyperparams("ppokl", "MountainCar-v0")
 
 
-@pytest.mark.parametrize("algo, n_timesteps", [("ppokl", 512), ("offpac", 1_200)])
+@pytest.mark.parametrize("algo, n_timesteps", [("ppokl", 512), ("offpac", 1_200), ("cvpg", 512)])
 def test_train_entry_point(capsys, tmp_path, algo, n_timesteps):
     argv = ["--algo", algo, "--env", "CartPole-v1", "-n", str(n_timesteps), "--eval-episodes", "2", "--save", str(tmp_path / "m")]
     mean = main(argv)

@@ -144,6 +144,10 @@ def test_vec_normalize(model_class, tmp_path):
 IDENTITY_SETTINGS = {
     "PPOKL": dict(n_steps=64, batch_size=64, n_epochs=4, learning_rate=3e-3, policy_kwargs=dict(net_arch=[32])),
     "OffPAC": dict(learning_starts=100, batch_size=64, learning_rate=3e-3, gamma=0.5, policy_kwargs=dict(net_arch=[32])),
+    "CVPG": dict(
+        n_steps=64, batch_size=64, n_epochs=4, learning_rate=3e-3, qf_gradient_steps=16, qf_batch_size=64, qf_net_arch=[32],
+        policy_kwargs=dict(net_arch=[32]),
+    ),
 }
 
 

@@ -70,3 +70,20 @@ def flat_actions(buffer: RolloutBuffer) -> np.ndarray:
     :return: an array of shape ``(buffer_size * n_envs, action_dim)``
     """
     return buffer.actions if buffer.generator_ready else buffer.swap_and_flatten(buffer.actions)
+
+
+def flat_array(buffer: RolloutBuffer, name: str) -> np.ndarray:
+    """The buffer's per-sample array ``name`` (e.g. "advantages") in the flattened order, shape (buffer_size * n_envs,)."""
+    values = getattr(buffer, name)
+    return (values if buffer.generator_ready else buffer.swap_and_flatten(values)).reshape(-1)
+
+
+def set_flat(buffer: RolloutBuffer, name: str, values: np.ndarray) -> None:
+    """
+    Write per-sample ``values``, given in the flattened order of :func:`flat_observations`, into the
+    buffer's array ``name`` (e.g. "advantages"), before or after the buffer's first ``get()``.
+    """
+    if buffer.generator_ready:
+        getattr(buffer, name)[...] = values.reshape(getattr(buffer, name).shape)
+    else:  # flat index = env * buffer_size + step
+        setattr(buffer, name, values.reshape(buffer.n_envs, buffer.buffer_size).T.astype(np.float32).copy())

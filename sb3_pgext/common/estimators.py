@@ -69,3 +69,61 @@ def expected_policy_loss(probs: th.Tensor, log_probs: th.Tensor, q_values: th.Te
     :return: the surrogate loss mean_i Σ_a π (α log π − Q)
     """
     return (probs * (ent_coef * log_probs - q_values.detach())).sum(dim=1).mean()
+
+
+# --- control variates for on-policy policy gradients (CVPG) ------------------------------------------
+#
+#     ∇J ≈ (1/N) Σ ∇ log π(a|s) (Â(s,a) − η Ā(s,a))  +  (1/N) Σ η ∇_θ E_{a∼π_θ(s)}[ Q_w(s, a) ]
+#
+# (seed 000 eq. 4.2.5–4.2.6; Q-Prop, Gu et al. 2017; Stein control variates, Liu et al. 2018). Ā is the
+# action-dependent part of the critic, computed once per rollout; the analytic term is written as a
+# surrogate in θ whose gradient is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (or Q-Prop's first-order version of it).
+
+
+def taylor_control_variate(q_grad: th.Tensor, actions: th.Tensor, mean_actions: th.Tensor) -> th.Tensor:
+    """
+    Q-Prop's first-order Taylor control variate Ā(s, a) = ∇_a Q_w(s, μ(s))ᵀ (a − μ(s)).
+
+    :param q_grad: ∇_a Q_w(s, a) at a = μ(s), shape (batch, action_dim)
+    :param actions: the taken actions, shape (batch, action_dim)
+    :param mean_actions: μ(s), the rollout policy's mean action, shape (batch, action_dim)
+    :return: Ā, shape (batch,)
+    """
+    return (q_grad * (actions - mean_actions)).sum(dim=1)
+
+
+def taylor_analytic_term(q_grad: th.Tensor, mean_actions: th.Tensor) -> th.Tensor:
+    """
+    Q-Prop's analytic term as a surrogate: mean_i ∇_a Q_w(s_i, μ_old(s_i))ᵀ μ_θ(s_i), whose gradient in θ
+    is (1/N) Σ ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s), i.e. ∇_θ Q_w(s, μ_θ(s)) at θ = θ_old.
+
+    :param q_grad: ∇_a Q_w(s, μ_old(s)), constants of shape (batch, action_dim)
+    :param mean_actions: μ_θ(s), differentiable, shape (batch, action_dim)
+    """
+    return (q_grad.detach() * mean_actions).sum(dim=1).mean()
+
+
+def centered_control_variate(q_taken: th.Tensor, q_expected: th.Tensor) -> th.Tensor:
+    """
+    Ā(s, a) = Q_w(s, a) − E_{a'∼π(s)}[Q_w(s, a')]: the Stein control variate with φ = Q_w
+    ("reparameterization", the expectation estimated by sampling) and the exact one for Discrete
+    actions ("expected"). Subtracting a function of s alone leaves the estimator unbiased.
+    """
+    return q_taken - q_expected
+
+
+def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str) -> th.Tensor:
+    """
+    Q-Prop's weight η of the control variate: "ones" (η = 1), "conservative" (η = 1 where
+    Ĉov(Â, Ā) > 0, else 0) or "aggressive" (η = sign Ĉov(Â, Ā)), the covariance taken over the rollout.
+
+    :return: η as a 0-d tensor
+    """
+    if rule == "ones":
+        return th.ones((), device=advantages.device)
+    covariance = ((advantages - advantages.mean()) * (control_variate - control_variate.mean())).mean()
+    if rule == "conservative":
+        return (covariance > 0).to(advantages.dtype)
+    if rule == "aggressive":
+        return th.sign(covariance)
+    raise ValueError(f"eta must be 'ones', 'conservative' or 'aggressive', got {rule!r}")

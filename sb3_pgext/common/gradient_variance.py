@@ -53,7 +53,7 @@ def minibatch_gradient_statistics(gradients: th.Tensor) -> dict[str, float]:
     )
 
 
-def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> dict[str, float]:
+def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> dict[str, Any]:
     """
     Variance of the model's policy-gradient estimator, measured on one batch split into minibatches.
 
@@ -68,7 +68,8 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     :param n_minibatches: K, the number of minibatches (>= 2)
     :param control_variate: whether the estimator keeps its baseline / control variate
     :return: ``variance`` (trace of the covariance of the K minibatch gradients), ``mean_sq_norm``
-        (squared norm of their mean), ``n_minibatches`` and ``minibatch_size``
+        (squared norm of their mean), ``n_minibatches``, ``minibatch_size`` and ``mean`` (the mean
+        gradient of ascent, a float64 tensor over ``_pg_parameters()`` flattened in order)
     """
     if not isinstance(n_minibatches, (int, np.integer)) or n_minibatches < 2:
         raise ValueError(f"n_minibatches must be an integer >= 2, got {n_minibatches!r}")
@@ -84,5 +85,6 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     finally:
         np.random.set_state(numpy_state)
         th.random.set_rng_state(torch_state)
-    statistics = minibatch_gradient_statistics(th.stack(rows).double().cpu())
-    return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size)
+    gradients = th.stack(rows).double().cpu()
+    statistics = minibatch_gradient_statistics(gradients)
+    return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size, mean=gradients.mean(dim=0))

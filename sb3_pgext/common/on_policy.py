@@ -179,9 +179,9 @@ class PPOBase(GradientVarianceMixin, PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         self._train_logs = defaultdict(list)
+        self._begin_update()
         if self.log_grad_var:  # on the rollout, at the parameters that collected it
             self._train_logs["grad_var"] = [gradient_variance(self)["variance"]]
-        self._begin_update()
         # the parameters to clip, listed once per update rather than walking the modules every step
         parameters = list(self.policy.parameters())
 

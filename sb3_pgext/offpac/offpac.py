@@ -12,6 +12,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
+from sb3_pgext.common.utils import repeat_observations
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
@@ -33,15 +34,6 @@ class PolicySample(NamedTuple):
     actions: th.Tensor | None  # fresh actions, sample-major (K * batch, ...); None for "expected"
     log_prob: th.Tensor  # log π(a|s) of ``actions``; for "expected" log π(·|s), shape (batch, n_actions)
     probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
-
-
-def repeat_observations(obs: PyTorchObs, n_times: int) -> PyTorchObs:
-    """Stack ``n_times`` copies of a batch of observations (tensor or dict of tensors) along dim 0."""
-    if n_times == 1:
-        return obs
-    if isinstance(obs, dict):
-        return {key: value.repeat(n_times, *([1] * (value.dim() - 1))) for key, value in obs.items()}
-    return obs.repeat(n_times, *([1] * (obs.dim() - 1)))
 
 
 class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
