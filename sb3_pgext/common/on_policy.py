@@ -353,8 +353,7 @@ class PPOBase(GradientVarianceMixin, PPO):
     def _pg_minibatches(self, n_minibatches: int) -> Iterator[RolloutBufferSamples]:
         """``n_minibatches`` disjoint minibatches of the last rollout (collected first if there is none)."""
         if not self.rollout_buffer.full:
-            _, callback = self._setup_learn(self.n_steps * self.n_envs, None, reset_num_timesteps=False)
-            self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)  # type: ignore[arg-type]
+            self._collect_fresh_rollout()
         minibatch_size = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs // n_minibatches
         if minibatch_size < 1:
             raise ValueError(f"n_minibatches={n_minibatches} exceeds the rollout's {self.n_steps * self.n_envs} samples")
@@ -362,6 +361,11 @@ class PPOBase(GradientVarianceMixin, PPO):
             if index == n_minibatches:
                 break  # the remainder, when the rollout does not split evenly
             yield rollout_data
+
+    def _collect_fresh_rollout(self) -> None:
+        """One rollout with the current policy, for gradient_variance on a model that has none yet."""
+        _, callback = self._setup_learn(self.n_steps * self.n_envs, None, reset_num_timesteps=False)
+        self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)  # type: ignore[arg-type]
 
     def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
         """−mean[log π_θ(a|s) Â] (raw advantages); without the control variate Â + V(s), the returns."""

@@ -1,4 +1,3 @@
-from collections.abc import Iterator
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -472,12 +471,9 @@ class CVPG(PPOBase):
 
     # ------------------------------------------------------------------ measured gradient variance
 
-    def _pg_minibatches(self, n_minibatches: int) -> Iterator[RolloutBufferSamples]:
-        if not self.rollout_buffer.full:
-            _, callback = self._setup_learn(self.n_steps * self.n_envs, None, reset_num_timesteps=False)
-            self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)  # type: ignore[arg-type]
-            self._begin_update()
-        return super()._pg_minibatches(n_minibatches)
+    def _collect_fresh_rollout(self) -> None:
+        super()._collect_fresh_rollout()
+        self._begin_update()  # the critic's update and the control variate of this rollout
 
     def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
         """
