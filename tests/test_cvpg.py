@@ -12,6 +12,7 @@ from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityE
 
 from sb3_pgext import CVPG, gradient_variance
 from sb3_pgext.common.estimators import qprop_eta
+from sb3_pgext.common.gradient_variance import flatten_gradients
 
 TINY = dict(n_steps=32, batch_size=32, n_epochs=2, qf_gradient_steps=2, qf_batch_size=16, qf_buffer_size=1_000,
             qf_net_arch=[16], policy_kwargs=dict(net_arch=[16]))
@@ -86,7 +87,7 @@ def exact_gradient(model) -> th.Tensor:
     else:  # E[−(a − 2)²] = −(μ − 2)² − σ²
         objective = (-((distribution.mean - 2.0) ** 2) - distribution.variance).sum()
     grads = th.autograd.grad(objective, params, allow_unused=True)
-    return th.cat([(g if g is not None else th.zeros_like(p)).flatten() for g, p in zip(grads, params)]).double()
+    return flatten_gradients(grads, params).double()
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,7 @@ def test_taylor_term_is_autograd_of_q_at_the_mean():
     ours = th.autograd.grad(model._analytic_term(obs, distribution, th.arange(32)), params, allow_unused=True)
     # reference: ∇_θ mean_s Q_w(s, μ_θ(s)) with Q_w fixed
     reference = th.autograd.grad(model.q_net(obs, model.policy.get_distribution(obs).distribution.mean)[0].mean(), params, allow_unused=True)
-    flat = [th.cat([(g if g is not None else th.zeros_like(p)).flatten() for g, p in zip(gs, params)]) for gs in (ours, reference)]
+    flat = [flatten_gradients(gs, params) for gs in (ours, reference)]
     assert flat[1].norm() > 1e-4
     assert th.allclose(flat[0], flat[1], atol=1e-6, rtol=1e-5)
 

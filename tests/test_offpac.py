@@ -14,6 +14,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from sb3_pgext import OffPAC
 from sb3_pgext.common.estimators import leave_one_out_baseline, likelihood_ratio_loss
+from sb3_pgext.common.gradient_variance import flatten_gradients
 
 TINY = dict(learning_starts=32, batch_size=32, buffer_size=2_000, policy_kwargs=dict(net_arch=[16]))
 
@@ -23,7 +24,8 @@ def flat_params(model) -> th.Tensor:
 
 
 def flat_grad(module: th.nn.Module) -> th.Tensor:
-    return th.cat([p.grad.flatten() if p.grad is not None else th.zeros_like(p).flatten() for p in module.parameters()])
+    parameters = list(module.parameters())
+    return flatten_gradients(tuple(p.grad for p in parameters), parameters)
 
 
 # --- with the extension off, OffPAC is SAC ---------------------------------------------------------

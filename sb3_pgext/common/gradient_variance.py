@@ -39,6 +39,11 @@ class GradientVarianceMixin:
         raise NotImplementedError
 
 
+def flatten_gradients(gradients: tuple[th.Tensor | None, ...], parameters: list[th.nn.Parameter]) -> th.Tensor:
+    """One vector of ``th.autograd.grad(..., allow_unused=True)``'s output, zeros for unused parameters."""
+    return th.cat([(g if g is not None else th.zeros_like(p)).flatten() for g, p in zip(gradients, parameters)])
+
+
 def minibatch_gradient_statistics(gradients: th.Tensor) -> dict[str, float]:
     """
     ``variance`` (trace of the covariance, unbiased over the K rows) and ``mean_sq_norm`` (‖mean‖²)
@@ -80,7 +85,7 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
         for batch in model._pg_minibatches(n_minibatches):
             loss = model._pg_surrogate(batch, control_variate)
             grads = th.autograd.grad(loss, parameters, allow_unused=True)
-            rows.append(th.cat([(-g if g is not None else th.zeros_like(p)).flatten() for g, p in zip(grads, parameters)]))
+            rows.append(-flatten_gradients(grads, parameters))  # the loss descends: its negative is the estimate
             minibatch_size = len(batch.actions)
     finally:
         np.random.set_state(numpy_state)

@@ -239,6 +239,12 @@ class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
 
     # --- the pieces of one gradient step -------------------------------------------------------
 
+    def _current_ent_coef(self) -> th.Tensor:
+        """α as it is now: the learned exp(log α), detached, or the fixed coefficient."""
+        if self.log_ent_coef is not None:
+            return th.exp(self.log_ent_coef.detach())
+        return self.ent_coef_tensor
+
     def _sample_policy(self, obs: PyTorchObs) -> PolicySample:
         """The current policy at the batch's states: fresh actions (or the whole distribution)."""
         assert self.n_action_samples is not None
@@ -326,8 +332,8 @@ class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
 
             sample = self._sample_policy(replay_data.observations)
 
+            ent_coef = self._current_ent_coef()  # α of this step, before its own update (as SAC)
             if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                ent_coef = th.exp(self.log_ent_coef.detach())
                 assert isinstance(self.target_entropy, float)
                 # Detached: only log α learns from this loss (softlearning issue 60)
                 ent_coef_loss = -(self.log_ent_coef * (sample.neg_entropy + self.target_entropy).detach()).mean()
@@ -335,8 +341,6 @@ class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
                 self.ent_coef_optimizer.zero_grad()
                 ent_coef_loss.backward()
                 self.ent_coef_optimizer.step()
-            else:
-                ent_coef = self.ent_coef_tensor
             ent_coefs.append(ent_coef.item())
             entropies.append(-sample.neg_entropy.mean().item())
 
@@ -387,12 +391,8 @@ class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
             yield self.replay_buffer.sample(self.batch_size, env=self._vec_normalize_env)
 
     def _pg_surrogate(self, replay_data: ReplayBufferSamples, control_variate: bool) -> th.Tensor:
-        if self.log_ent_coef is not None:
-            ent_coef = th.exp(self.log_ent_coef.detach())
-        else:
-            ent_coef = self.ent_coef_tensor
         obs = replay_data.observations
-        return self._actor_loss(obs, self._sample_policy(obs), ent_coef, baseline=control_variate)
+        return self._actor_loss(obs, self._sample_policy(obs), self._current_ent_coef(), baseline=control_variate)
 
     def learn(
         self: SelfOffPAC,
