@@ -159,7 +159,7 @@ def test_taylor_term_is_autograd_of_q_at_the_mean():
     obs = th.as_tensor(model.rollout_buffer.observations.reshape(32, -1))
     params = model._pg_parameters()
     distribution = model.policy.get_distribution(obs)
-    ours = th.autograd.grad(model._analytic_term(obs, distribution, th.arange(32)), params, allow_unused=True)
+    ours = th.autograd.grad(model._analytic_term(obs, distribution, th.arange(32)).mean(), params, allow_unused=True)
     # reference: ∇_θ mean_s Q_w(s, μ_θ(s)) with Q_w fixed
     reference = th.autograd.grad(model.q_net(obs, model.policy.get_distribution(obs).distribution.mean)[0].mean(), params, allow_unused=True)
     flat = [flatten_gradients(gs, params) for gs in (ours, reference)]

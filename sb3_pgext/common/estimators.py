@@ -94,13 +94,14 @@ def taylor_control_variate(q_grad: th.Tensor, actions: th.Tensor, mean_actions: 
 
 def taylor_analytic_term(q_grad: th.Tensor, mean_actions: th.Tensor) -> th.Tensor:
     """
-    Q-Prop's analytic term as a surrogate: mean_i ∇_a Q_w(s_i, μ_old(s_i))ᵀ μ_θ(s_i), whose gradient in θ
-    is (1/N) Σ ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s), i.e. ∇_θ Q_w(s, μ_θ(s)) at θ = θ_old.
+    Q-Prop's analytic term as a surrogate, per state: ∇_a Q_w(s_i, μ_old(s_i))ᵀ μ_θ(s_i), whose gradient in θ
+    is ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s), i.e. ∇_θ Q_w(s, μ_θ(s)) at θ = θ_old.
 
     :param q_grad: ∇_a Q_w(s, μ_old(s)), constants of shape (batch, action_dim)
     :param mean_actions: μ_θ(s), differentiable, shape (batch, action_dim)
+    :return: shape (batch,); its mean is the minibatch's surrogate
     """
-    return (q_grad.detach() * mean_actions).sum(dim=1).mean()
+    return (q_grad.detach() * mean_actions).sum(dim=1)
 
 
 def centered_control_variate(q_taken: th.Tensor, q_expected: th.Tensor) -> th.Tensor:

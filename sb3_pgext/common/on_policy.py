@@ -15,6 +15,7 @@ from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples, 
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from torch.nn import functional as F
 
+from sb3_pgext.common.compat import LegacyLoadMixin
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, flat_observations, with_batch_indices
 from sb3_pgext.common.kl import (
@@ -30,7 +31,7 @@ from sb3_pgext.common.kl import (
 _FULL_ROLLOUT_CHUNK = 2048
 
 
-class PPOBase(GradientVarianceMixin, PPO):
+class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
     """
     Base of the PPO family (PPOKL, CVPG): SB3's :class:`~stable_baselines3.PPO` whose ``train()`` owns
     the epoch / minibatch loop, the gradient clipping, SB3's ``target_kl`` early stop and the logging,

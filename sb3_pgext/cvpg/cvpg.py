@@ -1,3 +1,6 @@
+import io
+import pathlib
+import warnings
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -6,6 +9,7 @@ from gymnasium import spaces
 from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import polyak_update
 from torch import nn
@@ -76,7 +80,11 @@ class CVPG(PPOBase):
     y = r + γ (1 − d) E_{a'∼π(s')}[Q_w̄(s', a')] and a Polyak-averaged target network, for
     ``qf_gradient_steps`` steps before each policy update; Ā and η are then computed once per rollout.
     The corrected advantage Â − ηĀ goes into the chosen surrogate (its per-minibatch normalisation
-    also scales the analytic term, so the two stay consistent).
+    also scales the analytic term, so the two stay consistent). With PPO's clipping, a sample's analytic
+    term counts only while its ratio is inside [1 − ε, 1 + ε]: at θ_old that is every sample (the
+    estimator above), and later epochs cannot follow the critic past the clipped trust region. The
+    critic sees the action the env executes, Q_w(s, clip(a)) for Box actions, so its gradient never
+    pushes the mean past the action bounds.
 
     With ``control_variate="none"``, ``surrogate="clip"`` and ``baseline="value"``, training is
     bit-identical to SB3's PPO with the same seed. The policy is SB3's ``ActorCriticPolicy``.
@@ -294,6 +302,10 @@ class CVPG(PPOBase):
         self.q_net: ContinuousCritic | DiscreteCritic | None = None
         self._cv: dict[str, Any] | None = None
         self._rollout_end: tuple[th.Tensor, np.ndarray] | None = None
+        self._action_low = self._action_high = None
+        if isinstance(self.action_space, spaces.Box):  # the bounds the env's actions are clipped to
+            self._action_low = th.as_tensor(self.action_space.low, dtype=th.float32, device=self.device)
+            self._action_high = th.as_tensor(self.action_space.high, dtype=th.float32, device=self.device)
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
         self.q_net = self._make_q_net()
@@ -359,10 +371,17 @@ class CVPG(PPOBase):
         buffer.advantages = reward_to_go - reward_to_go.mean() if self.baseline == "mean" else reward_to_go.copy()
 
     def _q_values(self, q_net: nn.Module, obs: PyTorchObs, actions: th.Tensor | None = None) -> th.Tensor:
-        """Q(s, a) of shape (batch,) for Box actions; Q(s, ·) of shape (batch, n_actions) for Discrete."""
+        """
+        Q(s, a) of shape (batch,) for Box actions; Q(s, ·) of shape (batch, n_actions) for Discrete.
+
+        Box: the critic sees the action the env executes, clip(a) to the action space's bounds (as SB3's
+        rollout does), so Q(s, a) = Q_w(s, clip(a)). Its gradient in a vanishes outside the bounds: the
+        Taylor and pathwise terms never push the policy's mean past them.
+        """
         if isinstance(self.action_space, spaces.Discrete):
             return q_net(obs)[0]
-        return q_net(obs, actions)[0].flatten()
+        assert actions is not None and self._action_low is not None and self._action_high is not None
+        return q_net(obs, th.clamp(actions, self._action_low, self._action_high))[0].flatten()
 
     def _train_q_critic(self) -> float:
         """``qf_gradient_steps`` TD updates of Q_w with y = r + γ (1 − d) E_{a'∼π(s')}[Q_w̄(s', a')]."""
@@ -431,14 +450,14 @@ class CVPG(PPOBase):
     # ------------------------------------------------------------------ per minibatch
 
     def _analytic_term(self, obs: PyTorchObs, distribution: Any, batch_inds: th.Tensor) -> th.Tensor:
-        """A surrogate whose gradient is (1/n) Σ ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] over the minibatch."""
+        """Per sample, a surrogate whose gradient is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)]: shape (batch,)."""
         assert self._cv is not None
         torch_distribution = distribution.distribution
         if self.control_variate == "expected":
-            return (torch_distribution.probs * self._cv["constants"][batch_inds]).sum(dim=1).mean()
+            return (torch_distribution.probs * self._cv["constants"][batch_inds]).sum(dim=1)
         if self.control_variate == "taylor":
             return taylor_analytic_term(self._cv["constants"][batch_inds], torch_distribution.mean)
-        return self._q_values(self.q_net, obs, torch_distribution.rsample()).mean()  # a = μ_θ + σ_θ ξ
+        return self._q_values(self.q_net, obs, torch_distribution.rsample())  # a = μ_θ + σ_θ ξ
 
     def _batch_inds(self) -> th.Tensor:
         assert isinstance(self.rollout_buffer, BatchIndicesMixin) and self.rollout_buffer.batch_inds is not None
@@ -453,7 +472,12 @@ class CVPG(PPOBase):
         distribution: Any,
         clip_range: float | None,
     ) -> th.Tensor:
-        """The surrogate on Â − ηĀ (``advantages``), minus η times the analytic term."""
+        """
+        The surrogate on Â − ηĀ (``advantages``), minus η times the analytic term. With PPO's clipping
+        the analytic term is clipped too: a sample's term counts while its ratio is inside [1 − ε, 1 + ε]
+        (all do at θ_old, where the estimator is Q-Prop's), so the critic cannot carry the policy past the
+        trust region the clipped surrogate keeps, epoch after epoch.
+        """
         policy_loss = super()._policy_loss(rollout_data, advantages, ratio, log_prob, distribution, clip_range)
         if self._cv is None:
             return policy_loss
@@ -461,7 +485,9 @@ class CVPG(PPOBase):
         if self.normalize_advantage and len(rollout_data.advantages) > 1:
             scale = 1.0 / (rollout_data.advantages.std() + 1e-8)  # the same scale as the normalised Â − ηĀ
         analytic = self._analytic_term(rollout_data.observations, distribution, self._batch_inds())
-        return policy_loss - self._cv["eta"] * scale * analytic
+        if clip_range is not None:
+            analytic = analytic * ((ratio - 1).abs() <= clip_range).detach()
+        return policy_loss - self._cv["eta"] * scale * analytic.mean()
 
     def _record_train_logs(self, clip_range: float | None, clip_range_vf: float | None) -> None:
         super()._record_train_logs(clip_range, clip_range_vf)
@@ -488,7 +514,7 @@ class CVPG(PPOBase):
         if not control_variate:
             return -(log_prob * self._cv["advantages"][batch_inds]).mean()
         analytic = self._analytic_term(rollout_data.observations, self.policy.action_dist, batch_inds)
-        return -(log_prob * rollout_data.advantages).mean() - self._cv["eta"] * analytic
+        return -(log_prob * rollout_data.advantages).mean() - self._cv["eta"] * analytic.mean()
 
     # ------------------------------------------------------------------ save / load
 
@@ -511,13 +537,40 @@ class CVPG(PPOBase):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "q_optimizer", "_cv", "_rollout_end"]
+        return [*super()._excluded_save_params(), "q_net", "q_net_target", "q_optimizer", "_cv", "_rollout_end", "_action_low", "_action_high"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
         if self.control_variate != "none":
             state_dicts = [*state_dicts, "q_net", "q_net_target", "q_optimizer"]
         return state_dicts, variables
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, Any],
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        SB3's ``set_parameters``; parameters without a Q critic (a PPO or PPOKL checkpoint, or CVPG with
+        ``control_variate="none"``) warm-start the policy and value function, strictly, and leave the Q
+        critic freshly initialised, with a warning. This is how ``CVPG.load("ppo.zip", env=env)`` and the
+        zoo's ``train --algo cvpg -i ppo.zip`` continue from a PPO agent.
+        """
+        params = load_path_or_dict
+        if not isinstance(params, dict):
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        critic = {"q_net", "q_net_target", "q_optimizer"}
+        if exact_match and self.q_net is not None and not critic & params.keys():
+            expected = set(self._get_torch_save_params()[0]) - critic
+            if params.keys() != expected:
+                raise ValueError(f"Names of parameters do not match agents' parameters: expected {expected}, got {set(params)}")
+            shapes = {key: tuple(value.shape) for key, value in self.policy.state_dict().items()}
+            if shapes != {key: tuple(value.shape) for key, value in params["policy"].items()}:
+                raise ValueError("the checkpoint's policy does not match this CVPG's (another net_arch or policy_kwargs?)")
+            warnings.warn("the checkpoint has no Q critic (a PPO agent?): its policy and value function are loaded, Q_w starts fresh")
+            exact_match = False
+        super().set_parameters(params, exact_match=exact_match, device=device)
 
 
 def _check_names(**arguments: tuple[str, tuple[str, ...]]) -> None:

@@ -12,6 +12,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
+from sb3_pgext.common.compat import LegacyLoadMixin
 from sb3_pgext.common.utils import repeat_observations
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
@@ -36,7 +37,7 @@ class PolicySample(NamedTuple):
     probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
 
 
-class OffPAC(GradientVarianceMixin, OffPolicyAlgorithm):
+class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 

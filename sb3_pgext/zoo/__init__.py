@@ -1,0 +1,67 @@
+"""
+The RL Zoo plugin: this package's algorithms in rl_zoo3's commands.
+
+rl_zoo3 2.9.2 has no plugin mechanism: its scripts read ``ALGOS`` (``rl_zoo3/utils.py``),
+``HYPERPARAMS_SAMPLER`` and ``HYPERPARAMS_CONVERTER`` (``rl_zoo3/hyperparams_opt.py``) when they
+build their argparse ``choices``, before ``--gym-packages`` is imported, and look hyperparameters up
+inside rl_zoo3 unless ``--conf-file`` is given. :func:`register` fills those dicts and points the
+zoo's ``ExperimentManager`` at the package's ``hyperparams/<algo>.yml``; ``python -m sb3_pgext.zoo``
+(or ``sb3-pgext-zoo``) registers, then runs rl_zoo3's own script with every flag intact.
+"""
+
+from typing import Any
+
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_pgext import CVPG, OffPAC, PPOKL
+from sb3_pgext.common.hyperparams import hyperparams_path
+from sb3_pgext.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
+
+# Zoo names: the lowercased class names
+ALGOS: dict[str, type[BaseAlgorithm]] = {cls.__name__.lower(): cls for cls in (PPOKL, OffPAC, CVPG)}
+
+
+def register() -> None:
+    """
+    Add this package's algorithms to rl_zoo3's ``ALGOS``, ``HYPERPARAMS_SAMPLER`` and
+    ``HYPERPARAMS_CONVERTER``; make ``ExperimentManager`` read ``hyperparams/<algo>.yml`` from this
+    package for them when no ``--conf-file`` is given, with ``null`` accepted where a schedule may be
+    None (e.g. PPOKL's ``clip_range``); fix the zoo's hub scripts (see
+    :mod:`sb3_pgext.zoo.hub`). SB3's and sb3-contrib's algorithms are left as they are. Idempotent.
+    """
+    import rl_zoo3.exp_manager as zoo_exp_manager
+    import rl_zoo3.hyperparams_opt as zoo_opt
+    import rl_zoo3.utils as zoo_utils
+
+    from sb3_pgext.zoo import hub
+
+    zoo_utils.ALGOS.update(ALGOS)
+    zoo_opt.HYPERPARAMS_SAMPLER.update(SAMPLERS)
+    zoo_opt.HYPERPARAMS_CONVERTER.update(CONVERTERS)
+
+    manager = zoo_exp_manager.ExperimentManager
+    if not getattr(manager.__init__, "_sb3_pgext", False):
+        zoo_init = manager.__init__
+
+        def __init__(self: Any, args: Any, algo: str, *init_args: Any, config: str | None = None, **kwargs: Any) -> None:
+            if config is None and algo in ALGOS:
+                config = str(hyperparams_path(algo))
+            zoo_init(self, args, algo, *init_args, config=config, **kwargs)
+
+        __init__._sb3_pgext = True  # type: ignore[attr-defined]
+        manager.__init__ = __init__  # type: ignore[method-assign]
+
+        zoo_schedules = manager._preprocess_schedules
+
+        def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
+            # null keeps its meaning (PPOKL's clip_range: None is the penalty without clipping; a
+            # stored trial can hold it) where the zoo only accepts a number or "lin_<x>"
+            nones = [key for key, value in hyperparams.items() if value is None]
+            converted = zoo_schedules({key: value for key, value in hyperparams.items() if value is not None})
+            return {**converted, **dict.fromkeys(nones)}
+
+        manager._preprocess_schedules = staticmethod(_preprocess_schedules)  # type: ignore[method-assign]
+    hub.install(set(ALGOS))
+
+
+__all__ = ["ALGOS", "register"]

@@ -1,0 +1,82 @@
+"""
+``python -m sb3_pgext.zoo <command> [zoo flags]`` (console script ``sb3-pgext-zoo``): rl_zoo3's own
+commands, with this package's algorithms registered (see :func:`sb3_pgext.zoo.register`).
+
+Commands: train (``-optimize``, ``--trial-id`` ...), enjoy, record_video, record_training,
+push_to_hub, load_from_hub, plot_train, plot_from_file, all_plots. Agents saved with ``gym`` (SB3
+1.x, the hub's ``sb3/*`` agents) load as they are: the command runs with ``gym`` mapped to
+``gymnasium`` (see :func:`sb3_pgext.common.compat.gym_as_gymnasium`).
+"""
+
+import ast
+import importlib
+import sys
+from pathlib import Path
+
+from sb3_pgext.common.compat import gym_as_gymnasium
+from sb3_pgext.zoo import register
+
+# command -> (rl_zoo3 module, its entry function, or None where the script is a ``__main__`` block)
+COMMANDS: dict[str, tuple[str, str | None]] = {
+    "train": ("rl_zoo3.train", "train"),
+    "enjoy": ("rl_zoo3.enjoy", "enjoy"),
+    "record_video": ("rl_zoo3.record_video", None),
+    "record_training": ("rl_zoo3.record_training", None),
+    "push_to_hub": ("rl_zoo3.push_to_hub", None),
+    "load_from_hub": ("rl_zoo3.load_from_hub", None),
+    "plot_train": ("rl_zoo3.plots.plot_train", "plot_train"),
+    "plot_from_file": ("rl_zoo3.plots.plot_from_file", "plot_from_file"),
+    "all_plots": ("rl_zoo3.plots.all_plots", "all_plots"),
+}
+
+USAGE = f"usage: python -m sb3_pgext.zoo {{{','.join(COMMANDS)}}} [rl_zoo3 flags ...]"
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    test = node.test if isinstance(node, ast.If) else None
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and len(test.comparators) == 1
+        and isinstance(test.comparators[0], ast.Constant)
+        and test.comparators[0].value == "__main__"
+    )
+
+
+def run_main_block(module_name: str) -> None:
+    """
+    Run the ``if __name__ == "__main__":`` block of an rl_zoo3 script in the imported module's own
+    namespace, so that the module's functions, patched by :func:`register`, are the ones it calls.
+    """
+    module = importlib.import_module(module_name)
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"), filename=module.__file__)
+    body = [statement for node in tree.body if _is_main_guard(node) for statement in node.body]  # type: ignore[attr-defined]
+    if not body:
+        raise RuntimeError(f"{module_name} has no __main__ block to run")
+    exec(compile(ast.Module(body=body, type_ignores=[]), module.__file__, "exec"), module.__dict__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Register the algorithms, then run the rl_zoo3 command ``argv[0]`` with the flags ``argv[1:]``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        print(__doc__)
+        return
+    command, flags = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise SystemExit(f"unknown command {command!r}\n{USAGE}")
+    module_name, function = COMMANDS[command]
+    register()
+    saved_argv = sys.argv
+    sys.argv = [f"sb3_pgext.zoo {command}", *flags]
+    try:
+        with gym_as_gymnasium():
+            if function is None:
+                run_main_block(module_name)
+            else:
+                getattr(importlib.import_module(module_name), function)()
+    finally:
+        sys.argv = saved_argv

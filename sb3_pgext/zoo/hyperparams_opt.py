@@ -1,0 +1,104 @@
+"""
+Optuna samplers and converters for the RL Zoo's ``-optimize`` and ``--trial-id``, one per algorithm.
+
+Each sampler draws raw values with ``trial.suggest_*`` and returns ``CONVERTERS[algo](trial.params)``,
+so that the zoo's ``--trial-id`` (which converts a stored trial's raw ``params``) rebuilds exactly the
+hyperparameters the trial trained with. The PPO-family samplers draw the RL Zoo's PPO search space and
+convert with the zoo's own ``convert_onpolicy_params``; OffPAC draws the zoo's SAC space and converts
+with ``convert_offpolicy_params``. Every trial records the worker that ran it (``worker`` =
+``host:pid``), which tells the workers of a distributed study apart.
+"""
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from rl_zoo3.hyperparams_opt import convert_offpolicy_params, convert_onpolicy_params
+
+Sampler = Callable[[optuna.Trial, int, int, dict[str, Any]], dict[str, Any]]
+
+
+def _record_worker(trial: optuna.Trial) -> None:
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+
+
+def _suggest_on_policy(trial: optuna.Trial) -> None:
+    """The RL Zoo's PPO search space (without its clip range), minibatches of 32 to 512."""
+    trial.suggest_int("batch_size_pow", 5, 9)
+    trial.suggest_int("n_steps_pow", 5, 11)
+    trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
+    trial.suggest_float("one_minus_gae_lambda", 0.0001, 0.1, log=True)
+    trial.suggest_float("learning_rate", 1e-5, 0.002, log=True)
+    trial.suggest_float("ent_coef", 1e-8, 0.1, log=True)
+    trial.suggest_categorical("n_epochs", [1, 5, 10, 20])
+    trial.suggest_float("max_grad_norm", 0.3, 2)
+    trial.suggest_categorical("net_arch", ["tiny", "small", "medium"])
+    trial.suggest_categorical("activation_fn", ["tanh", "relu"])
+
+
+def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    PPOKL: the zoo's PPO space, plus the adaptive penalty's target d_targ and initial β, and PPO's
+    clipping on or off (``clip_range`` None: the penalty alone, Schulman et al. 2017 section 4).
+    """
+    _record_worker(trial)
+    _suggest_on_policy(trial)
+    trial.suggest_float("kl_target", 0.002, 0.05, log=True)
+    trial.suggest_float("kl_coef", 0.1, 10.0, log=True)
+    trial.suggest_categorical("clip_range", [None, 0.1, 0.2, 0.3])
+    return convert_ppokl_params(trial.params)
+
+
+def convert_ppokl_params(params: dict[str, Any]) -> dict[str, Any]:
+    """PPOKL's raw trial values to constructor arguments (the zoo's on-policy conversion)."""
+    return convert_onpolicy_params(params)
+
+
+def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """CVPG: the zoo's PPO space with its clip range, plus the Q critic's learning rate and steps, and η's rule."""
+    _record_worker(trial)
+    _suggest_on_policy(trial)
+    trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4])
+    trial.suggest_float("qf_learning_rate", 1e-4, 3e-3, log=True)
+    trial.suggest_categorical("qf_gradient_steps", [32, 64, 128, 256])
+    trial.suggest_categorical("eta", ["conservative", "aggressive", "ones"])
+    return convert_cvpg_params(trial.params)
+
+
+def convert_cvpg_params(params: dict[str, Any]) -> dict[str, Any]:
+    """CVPG's raw trial values to constructor arguments (the zoo's on-policy conversion)."""
+    return convert_onpolicy_params(params)
+
+
+def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
+    """
+    OffPAC: the zoo's SAC space (one gradient step per env step), plus the actor's gradient estimator
+    and, for the likelihood-ratio one, its number of actions per state. ``n_actions`` is 0 for Discrete
+    actions (the zoo counts only Box dimensions).
+    """
+    _record_worker(trial)
+    trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
+    trial.suggest_int("batch_size_pow", 5, 10)
+    trial.suggest_float("learning_rate", 1e-5, 0.002, log=True)
+    trial.suggest_int("train_freq", 1, 10)
+    trial.suggest_float("tau", 0.001, 0.08, log=True)
+    trial.suggest_categorical("net_arch", ["small", "medium", "big"])
+    estimators = ["reparameterization", "likelihood"] if n_actions > 0 else ["expected", "likelihood"]
+    if trial.suggest_categorical("actor_gradient", estimators) == "likelihood":
+        trial.suggest_categorical("n_action_samples", [1, 2, 4, 8])
+    return convert_offpac_params(trial.params)
+
+
+def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
+    """OffPAC's raw trial values to constructor arguments (the zoo's off-policy conversion)."""
+    return convert_offpolicy_params(params)
+
+
+SAMPLERS: dict[str, Sampler] = {"cvpg": sample_cvpg_params, "offpac": sample_offpac_params, "ppokl": sample_ppokl_params}
+CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "cvpg": convert_cvpg_params,
+    "offpac": convert_offpac_params,
+    "ppokl": convert_ppokl_params,
+}
