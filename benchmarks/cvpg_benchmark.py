@@ -34,7 +34,7 @@ from sb3_pgext.train import build_model
 
 # The issue's budgets: Pendulum-v1 100k steps, HalfCheetah-v5 200k steps
 BUDGETS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 200_000}
-TRACE_KEYS = ("train/grad_var", "train/grad_var_no_cv")
+TRACE_KEYS = ("train/grad_var", "train/grad_var_no_cv", "train/cv_corr", "train/eta_mean")
 
 
 def _build(variant: str, env_id: str, seed: int, log_grad_var: bool):
@@ -64,19 +64,24 @@ def build_for_speed(variant: str, env_id: str, seed: int):
 
 
 def variance_report(runs: list[dict[str, Any]]) -> list[str]:
-    """Per env and control variate: the ratio var(with CV) / var(without) over all updates of all seeds."""
+    """
+    Per env and control variate: the ratio var(with CV) / var(without) over all updates of all seeds, and
+    how well the critic's Ā tracks Â (``train/cv_corr``) and how often η was 1 (``train/eta_mean``).
+    """
     lines = [
         "## Gradient variance with / without the control variate, along training",
         "",
         "At every update, on the same rollout: tr Cov of the 16 minibatch policy-gradient estimates with the control "
-        "variate, over the same without it. Updates of all seeds pooled; first / last third of training separately.",
+        "variate, over the same without it. Updates of all seeds pooled; first / last third of training separately. "
+        "corr(Â, Ā): the correlation of the rollout's advantages with the critic's control variate (median over "
+        "updates); η = 1: the share of updates where the conservative rule switched the control variate on.",
         "",
-        "| env | variant | updates | median ratio | first third | last third | updates with ratio < 1 |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| env | variant | updates | median ratio | first third | last third | updates with ratio < 1 | corr(Â, Ā) | η = 1 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for env_id in dict.fromkeys(r["env"] for r in runs):
         for variant in dict.fromkeys(r["variant"] for r in runs if r["env"] == env_id and "trace" in r):
-            ratios, early, late = [], [], []
+            ratios, early, late, corr, eta = [], [], [], [], []
             for run in (r for r in runs if r["env"] == env_id and r["variant"] == variant):
                 trace = run["trace"]
                 ratio = np.array(trace["train/grad_var"]) / np.array(trace["train/grad_var_no_cv"])
@@ -84,12 +89,16 @@ def variance_report(runs: list[dict[str, Any]]) -> list[str]:
                 ratios += list(ratio)
                 early += list(ratio[:third])
                 late += list(ratio[-third:])
+                corr += trace.get("train/cv_corr", [])
+                eta += trace.get("train/eta_mean", [])
             if not ratios:
                 continue
             below = np.mean(np.array(ratios) < 1)
+            corr_cell = f"{np.median(corr):.3f}" if corr else "—"
+            eta_cell = f"{np.mean(np.array(eta) == 1):.0%}" if eta else "—"
             lines.append(
                 f"| {env_id} | {variant} | {len(ratios)} | {np.median(ratios):.3f} | {np.median(early):.3f} "
-                f"| {np.median(late):.3f} | {below:.0%} |"
+                f"| {np.median(late):.3f} | {below:.0%} | {corr_cell} | {eta_cell} |"
             )
     return lines
 

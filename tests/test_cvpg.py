@@ -167,6 +167,50 @@ def test_taylor_term_is_autograd_of_q_at_the_mean():
     assert th.allclose(flat[0], flat[1], atol=1e-6, rtol=1e-5)
 
 
+def test_critic_sees_the_executed_action():
+    """Q(s, a) = Q_w(s, clip(a)): beyond Pendulum's ±2 the value is the boundary's and its action gradient is 0."""
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate="taylor", **TINY)
+    obs = th.as_tensor(np.random.default_rng(0).normal(size=(3, 3)), dtype=th.float32)
+    outside = th.tensor([[5.0], [-2.5], [100.0]], requires_grad=True)
+    q_outside = model._q_values(model.q_net, obs, outside)
+    assert th.equal(q_outside, model._q_values(model.q_net, obs, th.tensor([[2.0], [-2.0], [2.0]])))
+    assert th.equal(th.autograd.grad(q_outside.sum(), outside)[0], th.zeros(3, 1))
+    inside = th.full((3, 1), 0.5, requires_grad=True)
+    assert th.autograd.grad(model._q_values(model.q_net, obs, inside).sum(), inside)[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("control_variate", ["taylor", "reparameterization"])
+def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
+    """
+    With PPO's clip, a sample's analytic term counts only while its ratio is within [1 − ε, 1 + ε]. The ratio is
+    passed as a constant here, so the clipped surrogate has no gradient and what remains is the analytic term's.
+    """
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate=control_variate, eta="ones", use_sde=False, **TINY)
+    model.learn(32)
+    model._begin_update()
+    data = next(model.rollout_buffer.get(32))
+    params = model._pg_parameters()
+
+    def gradient(ratio: th.Tensor, clip_range: float | None) -> th.Tensor:
+        th.manual_seed(0)  # the same reparameterization noise in every call
+        distribution = model.policy.get_distribution(data.observations)
+        log_prob = distribution.log_prob(data.actions)
+        loss = model._policy_loss(data, data.advantages, ratio, log_prob, distribution, clip_range)
+        return flatten_gradients(th.autograd.grad(loss, params, allow_unused=True), params)
+
+    inside, outside, half = th.ones(32), th.full((32,), 1.5), th.cat([th.ones(16), th.full((16,), 0.5)])
+    assert gradient(inside, 0.2).norm() > 1e-6
+    assert th.equal(gradient(outside, 0.2), th.zeros_like(gradient(inside, 0.2)))
+    assert th.allclose(gradient(outside, None), gradient(inside, 0.2), atol=1e-7)  # no clipping: every sample counts
+    # half the samples inside: the gradient of those samples' terms alone
+    th.manual_seed(0)
+    distribution = model.policy.get_distribution(data.observations)
+    terms = model._analytic_term(data.observations, distribution, model._batch_inds())
+    scale = 1.0 / (data.advantages.std() + 1e-8)
+    reference = th.autograd.grad(-scale * (terms * (half == 1)).mean(), params, allow_unused=True)
+    assert th.allclose(gradient(half, 0.2), flatten_gradients(reference, params), atol=1e-7)
+
+
 def test_reward_to_go_baselines():
     advantages = {}
     for baseline in ("none", "mean", "value"):

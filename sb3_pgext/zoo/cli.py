@@ -2,8 +2,9 @@
 ``python -m sb3_pgext.zoo <command> [zoo flags]`` (console script ``sb3-pgext-zoo``): rl_zoo3's own
 commands, with this package's algorithms registered (see :func:`sb3_pgext.zoo.register`).
 
-Commands: train (``-optimize``, ``--trial-id`` ...), enjoy, record_video, record_training,
-push_to_hub, load_from_hub, plot_train, plot_from_file, all_plots. Agents saved with ``gym`` (SB3
+Commands: train (``-optimize``, ``--trial-id`` ...), enjoy, record_video, push_to_hub,
+load_from_hub, plot_train, plot_from_file, all_plots. (rl_zoo3's record_training is left out: it
+starts ``python -m rl_zoo3.record_video`` in a subprocess, where this package is not registered.) Agents saved with ``gym`` (SB3
 1.x, the hub's ``sb3/*`` agents) load as they are: the command runs with ``gym`` mapped to
 ``gymnasium`` (see :func:`sb3_pgext.common.compat.gym_as_gymnasium`).
 """
@@ -21,7 +22,6 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "train": ("rl_zoo3.train", "train"),
     "enjoy": ("rl_zoo3.enjoy", "enjoy"),
     "record_video": ("rl_zoo3.record_video", None),
-    "record_training": ("rl_zoo3.record_training", None),
     "push_to_hub": ("rl_zoo3.push_to_hub", None),
     "load_from_hub": ("rl_zoo3.load_from_hub", None),
     "plot_train": ("rl_zoo3.plots.plot_train", "plot_train"),
