@@ -1,0 +1,101 @@
+"""Benchmark suite definitions: ``zoo_configs/<name>.yml`` (installed as ``sb3_pgext.zoo_configs``)."""
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Each of ours beside its nearest SB3 peer: the first of the list that runs on the env
+DEFAULT_PEERS: dict[str, list[str]] = {"ppokl": ["ppo"], "cvpg": ["ppo"], "offpac": ["sac", "dqn"]}
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """
+    One env of a suite.
+
+    :param env_id: the Gymnasium id
+    :param n_timesteps: the training budget of every algorithm on it
+    :param threshold: the return that counts as solved, for "steps to threshold"
+    :param algos: zoo names of the algorithms run on it (ours and SB3's)
+    """
+
+    env_id: str
+    n_timesteps: int
+    threshold: float
+    algos: tuple[str, ...]
+
+
+@dataclass
+class Suite:
+    """
+    A benchmark suite: same envs, budgets, seeds and evaluation for every algorithm of an env.
+
+    :param name: the suite's name (its file's stem)
+    :param path: the file it was read from
+    :param description: one line on what it covers
+    :param seeds: the seeds every (env, algorithm) cell runs
+    :param eval_freq: env steps between deterministic evaluations
+    :param eval_episodes: episodes per evaluation
+    :param envs: the envs, in report order
+    :param peers: for each of our algorithms, its SB3 peers in order of preference
+    :param zoo_entry_aliases: envs whose SB3 hyperparameters are the zoo's entry of another id (v5 → v4)
+    """
+
+    name: str
+    path: Path
+    description: str
+    seeds: list[int]
+    eval_freq: int
+    eval_episodes: int
+    envs: list[EnvSpec]
+    peers: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PEERS))
+    zoo_entry_aliases: dict[str, str] = field(default_factory=dict)
+
+    def peer(self, algo: str, env: EnvSpec) -> str | None:
+        """The SB3 peer ``algo`` is compared with on ``env`` (None for SB3's own algorithms)."""
+        return next((peer for peer in self.peers.get(algo, []) if peer in env.algos), None)
+
+
+def suite_path(name_or_path: str | Path) -> Path:
+    """A suite file: a path, or the name of one of the package's suites ("quick", "standard")."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = Path(str(resources.files("sb3_pgext.zoo_configs").joinpath(f"{name_or_path}.yml")))
+    if packaged.is_file():
+        return packaged
+    available = sorted(p.name[:-4] for p in resources.files("sb3_pgext.zoo_configs").iterdir() if p.name.endswith(".yml"))
+    raise ValueError(f"suite must be a file or one of {available}, got {str(name_or_path)!r}")
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """Read and check a suite file; ValueError names the bad key."""
+    path = suite_path(name_or_path)
+    with open(path) as file:
+        raw: dict[str, Any] = yaml.safe_load(file)
+    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    envs = []
+    for env_id, entry in raw["envs"].items():
+        missing = {"n_timesteps", "threshold", "algos"} - set(entry)
+        if missing:
+            raise ValueError(f"{path}: env {env_id} lacks {sorted(missing)}")
+        envs.append(EnvSpec(env_id, int(entry["n_timesteps"]), float(entry["threshold"]), tuple(entry["algos"])))
+    seeds = [int(seed) for seed in raw["seeds"]]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {raw['seeds']}")
+    return Suite(
+        name=path.stem,
+        path=path,
+        description=raw.get("description", ""),
+        seeds=seeds,
+        eval_freq=int(raw["eval_freq"]),
+        eval_episodes=int(raw["eval_episodes"]),
+        envs=envs,
+        peers={**DEFAULT_PEERS, **raw.get("peers", {})},
+        zoo_entry_aliases=dict(raw.get("zoo_entry_aliases", {})),
+    )

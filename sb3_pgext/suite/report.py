@@ -1,0 +1,317 @@
+"""
+The report of a suite: ``benchmark.md`` with PNG plots beside it.
+
+Per env and algorithm: the final deterministic evaluation (the last of the zoo's periodic evaluations,
+``evaluations.npz``, at the budget) as mean and IQM over seeds with 95% stratified-bootstrap CIs
+(rliable), the env steps to reach the env's threshold, and env steps per second with its ratio to the
+algorithm's SB3 peer. Per env, learning curves. Over envs, on scores normalised from a random agent (0)
+to the RL Zoo's reference score (1) (:mod:`sb3_pgext.suite.scores`): IQM, mean and optimality gap
+with CIs, and the probability that each of ours beats its peer.
+"""
+
+import platform
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sb3_pgext.suite.config import EnvSpec, Suite
+from sb3_pgext.suite.runner import jobs_of, read_result
+from sb3_pgext.suite.scores import SCORE_RANGES, normalize
+from sb3_pgext.zoo import ALGOS as OUR_ALGOS
+
+BOOTSTRAP_REPS = 2000
+NAMES = {"ppokl": "PPOKL", "cvpg": "CVPG", "offpac": "OffPAC", "ppo": "PPO", "a2c": "A2C", "sac": "SAC", "dqn": "DQN"}
+
+
+def display(algo: str) -> str:
+    return NAMES.get(algo, algo.upper())
+
+
+@dataclass
+class Cell:
+    """The finished runs of one algorithm on one env."""
+
+    env: EnvSpec
+    algo: str
+    seeds: list[int]
+    timesteps: np.ndarray  # (n_evals,), the evaluation points every run shares
+    returns: np.ndarray  # (n_seeds, n_evals): mean return of each evaluation
+    fps: list[float]
+
+    @property
+    def finals(self) -> np.ndarray:
+        return self.returns[:, -1]
+
+    def steps_to_threshold(self) -> list[int | None]:
+        reached = self.returns >= self.env.threshold
+        return [int(self.timesteps[np.argmax(row)]) if row.any() else None for row in reached]
+
+
+def collect(suite: Suite, out: Path) -> dict[tuple[str, str], Cell]:
+    """The finished runs of every cell (runs still missing are left out and counted in the report)."""
+    runs: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray, float | None]]] = {}
+    for job in jobs_of(suite):
+        result = read_result(job, out)
+        if result is None:
+            continue
+        with np.load(job.log_dir(out) / "evaluations.npz") as data:
+            timesteps, returns = data["timesteps"], data["results"].mean(axis=1)
+        runs.setdefault((job.env.env_id, job.algo), []).append((job.seed, timesteps, returns, result["fps"]))
+    cells = {}
+    envs = {env.env_id: env for env in suite.envs}
+    for (env_id, algo), entries in runs.items():
+        n_evals = min(len(timesteps) for _, timesteps, _, _ in entries)
+        cells[(env_id, algo)] = Cell(
+            env=envs[env_id],
+            algo=algo,
+            seeds=[seed for seed, *_ in entries],
+            timesteps=entries[0][1][:n_evals],
+            returns=np.stack([returns[:n_evals] for _, _, returns, _ in entries]),
+            fps=[fps for *_, fps in entries if fps is not None],
+        )
+    return cells
+
+
+def _interval(scores: np.ndarray, statistic: str) -> tuple[float, float, float]:
+    """Point estimate and 95% stratified-bootstrap CI of ``statistic`` ("mean" / "iqm") of a (runs, tasks) matrix."""
+    from rliable import library as rly
+    from rliable import metrics
+
+    func = {"mean": metrics.aggregate_mean, "iqm": metrics.aggregate_iqm, "gap": metrics.aggregate_optimality_gap}[statistic]
+    point, interval = rly.get_interval_estimates(
+        {"x": scores}, lambda x: np.array([func(x)]), reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
+    )
+    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    n_seeds = len(suite.seeds)
+    lines = [
+        f"### {env.env_id}",
+        "",
+        f"Budget {env.n_timesteps:,} env steps; threshold {env.threshold:g}; final deterministic evaluation "
+        f"({suite.eval_episodes} episodes at the budget).",
+        "",
+        "| algorithm | peer | seeds | final: mean [95% CI] | IQM [95% CI] | per seed | steps to threshold (median, reached) "
+        "| env steps/s | ratio to peer |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for algo in env.algos:
+        cell = cells.get((env.env_id, algo))
+        peer = suite.peer(algo, env)
+        if cell is None:
+            lines.append(f"| {display(algo)} | {display(peer) if peer else ''} | 0/{n_seeds} | not run yet | | | | | |")
+            continue
+        mean, low, high = _interval(cell.finals[:, None], "mean")
+        iqm, iqm_low, iqm_high = _interval(cell.finals[:, None], "iqm")
+        steps = cell.steps_to_threshold()
+        reached = [step for step in steps if step is not None]
+        to_threshold = f"{int(np.median(reached)):,} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
+        fps = float(np.median(cell.fps)) if cell.fps else float("nan")
+        ratio = ""
+        peer_cell = cells.get((env.env_id, peer)) if peer else None
+        if peer_cell is not None and peer_cell.fps and cell.fps:
+            ratio = f"{fps / float(np.median(peer_cell.fps)):.2f}"
+        lines.append(
+            f"| {display(algo)} | {display(peer) if peer else ''} | {len(cell.seeds)}/{n_seeds} "
+            f"| {_fmt(mean)} [{_fmt(low)}, {_fmt(high)}] | {_fmt(iqm)} [{_fmt(iqm_low)}, {_fmt(iqm_high)}] "
+            f"| {', '.join(_fmt(x) for x in cell.finals)} | {to_threshold} | {fps:.0f} | {ratio} |"
+        )
+    return lines + [""]
+
+
+def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """One plain sentence for every cell where one of ours has a lower final mean than its peer."""
+    lines = []
+    for env in suite.envs:
+        for algo in env.algos:
+            peer = suite.peer(algo, env)
+            ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
+            if ours is None or theirs is None:
+                continue
+            ours_mean, ours_low, ours_high = _interval(ours.finals[:, None], "mean")
+            peer_mean, peer_low, peer_high = _interval(theirs.finals[:, None], "mean")
+            if ours_mean < peer_mean:
+                overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
+                lines.append(
+                    f"- **{display(algo)} trails {display(peer)} on {env.env_id}**: {_fmt(ours_mean)} "
+                    f"[{_fmt(ours_low)}, {_fmt(ours_high)}] vs {_fmt(peer_mean)} [{_fmt(peer_low)}, {_fmt(peer_high)}] ({overlap})."
+                )
+    return lines
+
+
+def _normalized(suite: Suite, cells: dict[tuple[str, str], Cell], per_env_algo: dict[str, str]) -> np.ndarray | None:
+    """(seeds, envs) normalised final scores of the algorithm ``per_env_algo[env]`` on every env; None if any is missing."""
+    columns = []
+    for env in suite.envs:
+        cell = cells.get((env.env_id, per_env_algo.get(env.env_id, "")))
+        if cell is None or env.env_id not in SCORE_RANGES:
+            return None
+        columns.append(np.array([normalize(score, env.env_id) for score in cell.finals]))
+    n_runs = min(len(column) for column in columns)
+    return np.stack([column[:n_runs] for column in columns], axis=1)
+
+
+def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> list[str]:
+    """IQM / mean / optimality gap over envs, and P(ours > peer), with rliable; their plots."""
+    from rliable import library as rly
+    from rliable import metrics, plot_utils
+
+    all_algos = list(dict.fromkeys(algo for env in suite.envs for algo in env.algos))
+    scores: dict[str, np.ndarray] = {}
+    for algo in all_algos:
+        matrix = _normalized(suite, cells, {env.env_id: algo for env in suite.envs})
+        if matrix is not None:
+            scores[display(algo)] = matrix
+    pairs = {}
+    for algo in (a for a in all_algos if a in OUR_ALGOS):
+        peers = {env.env_id: suite.peer(algo, env) or "" for env in suite.envs}
+        peer_name = "/".join(dict.fromkeys(display(p) for p in peers.values() if p))
+        ours, theirs = scores.get(display(algo)), _normalized(suite, cells, peers)
+        if ours is not None and theirs is not None:
+            scores.setdefault(peer_name, theirs)
+            pairs[f"{display(algo)},{peer_name}"] = (ours, theirs)
+    if not scores:
+        return ["Aggregates appear once every algorithm has finished runs on every env of the suite.", ""]
+
+    def estimates(x: np.ndarray) -> np.ndarray:
+        return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x)])
+
+    points, intervals = rly.get_interval_estimates(scores, estimates, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0))
+    ranges = ", ".join(f"{env} [{r.random:g}, {r.reference:g}]" for env, r in SCORE_RANGES.items() if env in {e.env_id for e in suite.envs})
+    lines = [
+        "## Aggregate over envs",
+        "",
+        f"Final scores normalised per env from a random agent (0) to the RL Zoo's reference (1): {ranges} "
+        "(sources: `sb3_pgext/suite/scores.py`). 95% stratified-bootstrap CIs over seeds (rliable, "
+        f"{BOOTSTRAP_REPS} resamples). Optimality gap: mean shortfall below 1 (lower is better).",
+        "",
+        "| algorithm | IQM [95% CI] | mean [95% CI] | optimality gap [95% CI] |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in scores:
+        p, ci = points[name], intervals[name]
+        lines.append(" | ".join([f"| {name}"] + [f"{p[i]:.2f} [{ci[0, i]:.2f}, {ci[1, i]:.2f}]" for i in range(3)]) + " |")
+    plot_utils.plot_interval_estimates(points, intervals, metric_names=["IQM", "Mean", "Optimality gap"], algorithms=list(scores))
+    _save(out / "aggregate.png")
+    lines += ["", "![aggregate](aggregate.png)", ""]
+    if pairs:
+        probabilities, probability_cis = rly.get_interval_estimates(
+            pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
+        )
+        lines += [
+            "Probability of improvement P(ours > peer): the chance that a run of ours beats a run of its peer on a "
+            "randomly drawn env (0.5: no difference).",
+            "",
+            "| ours, peer | P(ours > peer) [95% CI] |",
+            "| --- | --- |",
+        ]
+        for pair in pairs:
+            probability, ci = float(np.ravel(probabilities[pair])[0]), np.ravel(probability_cis[pair])
+            lines.append(f"| {pair.replace(',', ', ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
+        plot_utils.plot_probability_of_improvement(probabilities, probability_cis)
+        _save(out / "probability_of_improvement.png")
+        lines += ["", "![probability of improvement](probability_of_improvement.png)", ""]
+    return lines
+
+
+def learning_curves(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell], out: Path) -> str | None:
+    """Mean evaluation return over seeds along training, with a 95% t-interval band; the PNG's name."""
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    present = [cells[(env.env_id, algo)] for algo in env.algos if (env.env_id, algo) in cells]
+    if not present:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for cell in present:
+        mean = cell.returns.mean(axis=0)
+        n = len(cell.returns)
+        half = stats.t.ppf(0.975, n - 1) * cell.returns.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
+        style = "-" if cell.algo in OUR_ALGOS else "--"
+        ax.plot(cell.timesteps, mean, style, label=f"{display(cell.algo)} ({n})")
+        ax.fill_between(cell.timesteps, mean - half, mean + half, alpha=0.15)
+    ax.axhline(env.threshold, color="gray", linewidth=0.8, linestyle=":")
+    ax.set(title=env.env_id, xlabel="env steps", ylabel="deterministic evaluation return")
+    ax.legend(fontsize=8)
+    name = f"curves_{env.env_id}.png"
+    _save(out / name, fig)
+    return name
+
+
+def _save(path: Path, fig=None) -> None:  # type: ignore[no-untyped-def]
+    import matplotlib.pyplot as plt
+
+    figure = fig if fig is not None else plt.gcf()
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def write_report(suite: Suite, out: Path, command: str) -> Path:
+    """Write ``out/benchmark.md`` and its plots from the finished runs; return the report's path."""
+    with warnings.catch_warnings():
+        # rliable seeds arch's bootstrap with a RandomState, which arch deprecates: the CIs stay reproducible
+        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
+        return _write_report(suite, out, command)
+
+
+def _write_report(suite: Suite, out: Path, command: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import stable_baselines3
+    import torch
+
+    import sb3_pgext
+
+    cells = collect(suite, out)
+    jobs = jobs_of(suite)
+    done = sum(len(cell.seeds) for cell in cells.values())
+    fps_note = (
+        "Env steps per second: SB3's `time/fps` at the end of each run (median over seeds), evaluations included, "
+        "one torch thread per run and `workers` runs side by side on the same machine; the ratio compares each of "
+        "ours with its peer measured in the same suite run."
+    )
+    lines = [
+        f"# Benchmark: the {suite.name} suite",
+        "",
+        f"{suite.description}. Seeds {', '.join(map(str, suite.seeds))}; evaluation every {suite.eval_freq:,} env "
+        f"steps, {suite.eval_episodes} deterministic episodes. {done}/{len(jobs)} runs finished.",
+        "",
+        "Reproduce:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"sb3_pgext {sb3_pgext.__version__}, SB3 {stable_baselines3.__version__}, torch {torch.__version__}, "
+        f"Python {sys.version.split()[0]}, {platform.machine()} ({platform.processor() or platform.system()}). {fps_note}",
+        "",
+        "Each of ours is compared with its nearest SB3 peer with the zoo's own hyperparameters: "
+        + ", ".join(f"{display(a)} with {'/'.join(display(p) for p in ps)}" for a, ps in suite.peers.items())
+        + ".",
+        "",
+        "## Per env",
+        "",
+    ]
+    curves = []
+    for env in suite.envs:
+        lines += env_table(suite, env, cells)
+        name = learning_curves(suite, env, cells, out)
+        if name:
+            curves.append(f"![{env.env_id}]({name})")
+    trails = trailing(suite, cells)
+    lines += ["## Where ours trail their peers", ""] + (trails or ["Nowhere in the finished runs."]) + [""]
+    lines += aggregates(suite, cells, out)
+    lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]
+    lines += curves + [""]
+    path = out / "benchmark.md"
+    path.write_text("\n".join(lines))
+    return path
