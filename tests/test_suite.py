@@ -114,3 +114,24 @@ def test_report_counts_missing_runs(tmp_path):
     report = write_report(load_suite(path), out if out.mkdir() is None else out, "cmd")
     text = Path(report).read_text()
     assert "0/4 runs finished" in text and "not run yet" in text
+
+
+def test_zoo_entry_aliases_give_sb3_peers_the_zoo_entry(tmp_path):
+    """HalfCheetah-v5 has no rl_zoo3 entry: SB3's algorithms get the v4 entry under the v5 id; ours keep their yml."""
+    import rl_zoo3
+    import yaml
+
+    from sb3_pgext.suite.runner import train_command, zoo_conf_file
+
+    suite = load_suite("standard")
+    conf = zoo_conf_file(suite, "sac", tmp_path)
+    with open(conf) as file:
+        entries = yaml.safe_load(file)
+    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / "sac.yml") as file:
+        zoo = yaml.safe_load(file)
+    assert entries["HalfCheetah-v5"] == zoo["HalfCheetah-v4"] and entries["Hopper-v5"] == zoo["Hopper-v4"]
+    assert entries["Pendulum-v1"] == zoo["Pendulum-v1"]
+    assert zoo_conf_file(suite, "offpac", tmp_path) is None
+    job = next(job for job in jobs_of(suite) if job.algo == "sac" and job.env.env_id == "HalfCheetah-v5")
+    command = train_command(suite, job, tmp_path, "cpu", conf)
+    assert command[command.index("--conf-file") + 1] == str(conf) and command[command.index("-n") + 1] == "300000"

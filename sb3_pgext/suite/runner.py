@@ -78,24 +78,23 @@ def zoo_conf_file(suite: Suite, algo: str, out: Path) -> Path | None:
     return path
 
 
-def train_command(suite: Suite, job: Job, out: Path, device: str) -> list[str]:
+def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> list[str]:
     command = [
         sys.executable, "-m", "sb3_pgext.zoo", "train", "--algo", job.algo, "--env", job.env.env_id,
         "-n", str(job.env.n_timesteps), "--seed", str(job.seed), "-f", str(job.root(out)),
         "--eval-freq", str(suite.eval_freq), "--eval-episodes", str(suite.eval_episodes),
         "--num-threads", "1", "--device", device, "--verbose", "1",
     ]  # fmt: skip
-    conf = zoo_conf_file(suite, job.algo, out)
     return command + (["--conf-file", str(conf)] if conf else [])
 
 
-def run_job(suite: Suite, job: Job, out: Path, device: str) -> dict[str, Any]:
+def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> dict[str, Any]:
     """Train one run through the zoo; write and return its ``result.json`` (steps/s, wall time)."""
     root = job.root(out)
     if root.exists():  # an unfinished run: start again from scratch
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    command = train_command(suite, job, out, device)
+    command = train_command(suite, job, out, device, conf)
     start = time.perf_counter()
     with open(root / "train.log", "w") as log:
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
@@ -132,9 +131,10 @@ def run_suite(
     jobs = jobs_of(suite, envs, algos)
     todo = [job for job in jobs if read_result(job, out) is None]
     failed: list[Job] = []
+    confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.algo for job in todo}}  # written once, before any run
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run on {workers} workers")
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
-        futures = {pool.submit(run_job, suite, job, out, device): job for job in todo}
+        futures = {pool.submit(run_job, suite, job, out, device, confs[job.algo]): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]
             try:
