@@ -29,6 +29,7 @@ ACTION_SPACE = {
     "Pendulum-v1": spaces.Box,
     "LunarLanderContinuous-v3": spaces.Box,
     "HalfCheetah-v5": spaces.Box,
+    "Hopper-v5": spaces.Box,
     "MountainCarContinuous-v0": spaces.Box,
 }
 
