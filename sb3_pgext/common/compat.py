@@ -65,8 +65,6 @@ def gym_as_gymnasium() -> Iterator[None]:
 def _unbounded_as_inf(bound: np.ndarray) -> np.ndarray:
     """gym < 0.26 wrote unbounded Box limits as ±finfo(dtype).max where gymnasium writes ±inf."""
     bound = np.asarray(bound, dtype=np.float64)
-    if not np.issubdtype(bound.dtype, np.floating):
-        return bound
     big = np.finfo(np.float32).max
     return np.where(np.abs(bound) >= big, np.sign(bound) * np.inf, bound)
 
@@ -122,6 +120,13 @@ def legacy_space_objects(path: str | Path | io.BufferedIOBase, env: GymEnv | Non
     return objects
 
 
+def _with_legacy_spaces(
+    path: str | Path | io.BufferedIOBase, env: GymEnv | None, custom_objects: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The user's ``custom_objects`` over :func:`legacy_space_objects`: what both loaders pass to SB3."""
+    return {**legacy_space_objects(path, env), **(custom_objects or {})}
+
+
 def load_model(
     algo_class: type[AlgorithmType],
     path: str | Path,
@@ -148,8 +153,7 @@ def load_model(
     :return: the loaded model
     """
     with gym_as_gymnasium():
-        objects = {**legacy_space_objects(path, env), **(custom_objects or {})}
-        return algo_class.load(path, env=env, custom_objects=objects, **kwargs)
+        return algo_class.load(path, env=env, custom_objects=_with_legacy_spaces(path, env, custom_objects), **kwargs)
 
 
 class LegacyLoadMixin:
@@ -170,8 +174,7 @@ class LegacyLoadMixin:
         **kwargs: Any,
     ):
         with gym_as_gymnasium():
-            objects = {**legacy_space_objects(path, env), **(custom_objects or {})}
             return super().load(  # type: ignore[misc]
-                path, env=env, device=device, custom_objects=objects, print_system_info=print_system_info,
-                force_reset=force_reset, **kwargs,
+                path, env=env, device=device, custom_objects=_with_legacy_spaces(path, env, custom_objects),
+                print_system_info=print_system_info, force_reset=force_reset, **kwargs,
             )

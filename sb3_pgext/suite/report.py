@@ -13,6 +13,7 @@ import platform
 import sys
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,11 @@ class Cell:
     @property
     def finals(self) -> np.ndarray:
         return self.returns[:, -1]
+
+    @cached_property
+    def final_estimates(self) -> dict[str, tuple[float, float, float]]:
+        """Mean and IQM of the final scores over seeds, each with its 95% bootstrap CI (computed once)."""
+        return {statistic: _interval(self.finals[:, None], statistic) for statistic in ("mean", "iqm")}
 
     def steps_to_threshold(self) -> list[int | None]:
         reached = self.returns >= self.env.threshold
@@ -80,7 +86,7 @@ def _interval(scores: np.ndarray, statistic: str) -> tuple[float, float, float]:
     from rliable import library as rly
     from rliable import metrics
 
-    func = {"mean": metrics.aggregate_mean, "iqm": metrics.aggregate_iqm, "gap": metrics.aggregate_optimality_gap}[statistic]
+    func = {"mean": metrics.aggregate_mean, "iqm": metrics.aggregate_iqm}[statistic]
     point, interval = rly.get_interval_estimates(
         {"x": scores}, lambda x: np.array([func(x)]), reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
     )
@@ -109,8 +115,8 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         if cell is None:
             lines.append(f"| {display(algo)} | {display(peer) if peer else ''} | 0/{n_seeds} | not run yet | | | | | |")
             continue
-        mean, low, high = _interval(cell.finals[:, None], "mean")
-        iqm, iqm_low, iqm_high = _interval(cell.finals[:, None], "iqm")
+        mean, low, high = cell.final_estimates["mean"]
+        iqm, iqm_low, iqm_high = cell.final_estimates["iqm"]
         steps = cell.steps_to_threshold()
         reached = [step for step in steps if step is not None]
         to_threshold = f"{int(np.median(reached)):,} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
@@ -136,8 +142,8 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
             if ours is None or theirs is None:
                 continue
-            ours_mean, ours_low, ours_high = _interval(ours.finals[:, None], "mean")
-            peer_mean, peer_low, peer_high = _interval(theirs.finals[:, None], "mean")
+            ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
+            peer_mean, peer_low, peer_high = theirs.final_estimates["mean"]
             if ours_mean < peer_mean:
                 overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
                 lines.append(
