@@ -22,6 +22,7 @@ envs:
     n_timesteps: 512
     threshold: 15
     algos: [ppokl, ppo]
+    note: A budget for tests only.
 """
 
 
@@ -52,6 +53,9 @@ def test_bad_suites_are_rejected(tmp_path):
         load_suite(bad)
     bad.write_text(TINY_SUITE + "budget: 3\n")
     with pytest.raises(ValueError, match="unknown keys \\['budget'\\]"):
+        load_suite(bad)
+    bad.write_text(TINY_SUITE.replace("    threshold: 15\n", "    threshold: 15\n    seeds: [1]\n"))
+    with pytest.raises(ValueError, match="env CartPole-v1 has unknown keys \\['seeds'\\]"):
         load_suite(bad)
     bad.write_text(TINY_SUITE.replace("[ppokl, ppo]", "[ppokl, nope]"))
     with pytest.raises(ValueError, match="unknown algos \\['nope'\\]"):
@@ -99,6 +103,7 @@ def test_run_resume_and_report(tmp_path):
     report = write_report(suite, out, "python -m sb3_pgext.suite run tiny.yml")
     text = report.read_text()
     assert "4/4 runs finished" in text and "python -m sb3_pgext.suite run tiny.yml" in text
+    assert "(2 episodes at the budget). A budget for tests only." in text
     rows = [line for line in text.splitlines() if line.startswith("| PPOKL |") or line.startswith("| PPO |")]
     assert len(rows) >= 2 and "| PPOKL | PPO | 2/2 |" in text
     assert "## Where ours trail their peers" in text and "P(ours > peer)" in text and "| PPOKL, PPO |" in text
@@ -135,3 +140,122 @@ def test_zoo_entry_aliases_give_sb3_peers_the_zoo_entry(tmp_path):
     job = next(job for job in jobs_of(suite) if job.algo == "sac" and job.env.env_id == "HalfCheetah-v5")
     command = train_command(suite, job, tmp_path, "cpu", conf)
     assert command[command.index("--conf-file") + 1] == str(conf) and command[command.index("-n") + 1] == "300000"
+
+
+SPEED_SUITE = """
+description: the speed measurement's env
+seeds: [0]
+eval_freq: 256
+eval_episodes: 1
+envs:
+  Pendulum-v1:
+    n_timesteps: 512
+    threshold: -200
+    algos: [offpac, cvpg, sac, ppo]
+"""
+TINY_MODELS = {
+    "offpac": {"policy_kwargs": "dict(net_arch=[8])", "batch_size": 16, "learning_starts": 16},
+    "sac": {"policy_kwargs": "dict(net_arch=[8])", "batch_size": 16, "learning_starts": 16},
+    "cvpg": {"policy_kwargs": "dict(net_arch=[8])", "n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2, "qf_gradient_steps": 4},
+}
+
+
+def test_speed_times_updates_and_the_report_shows_them(tmp_path):
+    """speed.json has OffPAC, CVPG and SAC on the CPU with their updates per train() call; the report tabulates them."""
+    from sb3_pgext.suite.speed import measure_speed
+
+    path = tmp_path / "speed.yml"
+    path.write_text(SPEED_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    out.mkdir()
+    assert "Not measured yet: `python -m sb3_pgext.suite speed speed --device cuda`" in write_report(suite, out, "cmd").read_text()
+    data = json.loads(measure_speed(suite, out, device="cpu", repeats=2, hyperparams=TINY_MODELS).read_text())
+    assert data["devices"] == ["cpu"] and data["repeats"] == 2
+    rows = {row["algo"]: row for row in data["rows"]}
+    assert list(rows) == ["offpac", "cvpg", "sac"] and {row["device"] for row in rows.values()} == {"cpu"}
+    # 64 gradient steps per call off-policy; CVPG: n_epochs × minibatches of its 32-step rollout
+    assert rows["offpac"]["updates_per_call"] == rows["sac"]["updates_per_call"] == 64
+    assert rows["cvpg"]["updates_per_call"] == 2 * 2
+    for row in rows.values():
+        assert row["updates_per_s"] == pytest.approx(row["updates_per_call"] / row["seconds_per_call"]) and row["updates_per_s"] > 0
+    text = write_report(suite, out, "cmd").read_text()
+    assert "| Pendulum-v1 | CVPG | 4 |" in text and "| Pendulum-v1 | SAC | 64 |" in text
+    assert f"{rows['sac']['updates_per_s']:.0f} | 1.00 |" in text and "No GPU was measured" in text
+    with pytest.raises(ValueError, match="envs must name envs of the suite"):
+        measure_speed(suite, out, device="cpu", envs=["CartPole-v1"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
+def test_speed_on_cuda_without_cuda_is_refused(tmp_path):
+    path = tmp_path / "speed.yml"
+    path.write_text(SPEED_SUITE)
+    with pytest.raises(SystemExit):
+        main(["speed", str(path), "--out", str(tmp_path / "out"), "--device", "cuda"])
+    assert not (tmp_path / "out" / "speed.json").exists()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_speed_on_cuda(tmp_path):
+    """On a GPU: every algorithm is timed on the CPU and on CUDA, and the report gets the GPU columns."""
+    from sb3_pgext.suite.speed import measure_speed
+
+    path = tmp_path / "speed.yml"
+    path.write_text(SPEED_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    out.mkdir()
+    data = json.loads(measure_speed(suite, out, device="cuda", repeats=1, hyperparams=TINY_MODELS).read_text())
+    assert data["devices"] == ["cpu", "cuda"] and data["device_name"]
+    assert {(row["algo"], row["device"]) for row in data["rows"]} == {(a, d) for a in ("offpac", "cvpg", "sac") for d in ("cpu", "cuda")}
+    text = write_report(suite, out, "cmd").read_text()
+    assert "cuda updates/s | cuda / CPU | ratio to SAC (cuda) |" in text and "No GPU was measured" not in text
+
+
+def test_bootstrap_cis_do_not_depend_on_numpy_global_rng():
+    """rliable resamples with numpy's global RNG: the report's CIs must not change with its state, which is restored."""
+    from sb3_pgext.suite.report import _interval
+
+    scores = np.array([[1.0], [5.0], [2.0], [9.0], [4.0]])
+    np.random.seed(1)
+    first = _interval(scores, "mean")
+    np.random.seed(2)
+    assert _interval(scores, "mean") == first
+    # the caller's stream goes on as if the report had drawn nothing
+    np.random.seed(3)
+    expected_next = np.random.random(2)
+    np.random.seed(3)
+    np.random.random()
+    _interval(scores, "iqm")
+    assert np.random.random() == expected_next[1]
+    assert first[1] < first[0] < first[2]
+
+
+def _cell(env_id: str, algo: str, returns, fps):  # type: ignore[no-untyped-def]
+    env = next(env for env in load_suite("quick").envs if env.env_id == env_id)
+    returns = np.asarray(returns, dtype=float)
+    return Cell(env, algo, list(range(len(returns))), np.arange(1, returns.shape[1] + 1) * 1000, returns, fps)
+
+
+def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
+    from sb3_pgext.suite.report import trailing
+
+    suite = load_suite("quick")
+    sac = [[-900, -150], [-800, -180], [-700, -190]]
+    cells = {
+        # CartPole: PPOKL ends lower, reaches 475 on fewer seeds, and runs at half PPO's speed
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[480, 500], [490, 500], [300, 500]], [2000.0]),
+        ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[100, 500], [200, 480], [300, 300]], [1000.0]),
+        # CVPG: the same final scores, threshold reached later, as fast
+        ("CartPole-v1", "cvpg"): _cell("CartPole-v1", "cvpg", [[100, 500], [200, 500], [300, 500]], [1990.0]),
+        # OffPAC and SAC: the same runs
+        ("Pendulum-v1", "sac"): _cell("Pendulum-v1", "sac", sac, [70.0]),
+        ("Pendulum-v1", "offpac"): _cell("Pendulum-v1", "offpac", sac, [71.0]),
+    }
+    lines = trailing(suite, cells)
+    text = "\n".join(lines)
+    assert "**PPOKL trails PPO on CartPole-v1**: final 427" in text
+    assert "**PPOKL reaches CartPole-v1's threshold 475 later than PPO**: 2/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
+    assert "**PPOKL is slower than PPO on CartPole-v1**: 1000 vs 2000 env steps/s (0.50×)" in text
+    assert "CVPG trails" not in text and "CVPG is slower" not in text
+    assert "**CVPG reaches CartPole-v1's threshold 475 later than PPO**: 3/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
+    assert "**OffPAC and SAC on Pendulum-v1 are the same runs**" in text and "OffPAC trails" not in text
+    assert len(lines) == 5

@@ -1,9 +1,11 @@
 """
 python -m sb3_pgext.suite run quick [--workers 2] [--out benchmark/quick] [--envs ...] [--algos ...] [--device cpu]
+python -m sb3_pgext.suite speed quick --device cuda [--out benchmark/quick] [--threads 1]
 python -m sb3_pgext.suite report quick [--out benchmark/quick]
 
-``run`` trains the suite's unfinished runs through the RL Zoo and then writes the report; ``report``
-only rewrites it from the runs finished so far.
+``run`` trains the suite's unfinished runs through the RL Zoo and then writes the report; ``speed``
+times OffPAC's, CVPG's and SAC's updates per second on the CPU and on ``--device`` (speed.json) and
+rewrites the report; ``report`` only rewrites it from what is there.
 """
 
 import argparse
@@ -12,31 +14,46 @@ import sys
 from pathlib import Path
 
 from sb3_pgext.suite import load_suite, run_suite, write_report
+from sb3_pgext.suite.runner import finished_results
+from sb3_pgext.suite.speed import measure_speed
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sb3_pgext.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("command", choices=["run", "speed", "report"])
     parser.add_argument("suite", help='a suite file, or the name of one in zoo_configs/ ("quick", "standard")')
     parser.add_argument("--out", type=Path, help="results folder (default: benchmark/<suite>)")
     parser.add_argument("--workers", type=int, default=2, help="runs trained side by side (one torch thread each)")
-    parser.add_argument("--device", default="cpu", help='torch device of every run ("cuda" for the GPU)')
+    parser.add_argument("--device", default="cpu", help='torch device of every run, or the one speed compares with the CPU ("cuda")')
+    parser.add_argument("--threads", type=int, default=1, help="speed: torch threads on the CPU (the runs use 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="speed: timed train() calls per algorithm and device")
     parser.add_argument("--envs", nargs="+", help="only these envs of the suite")
     parser.add_argument("--algos", nargs="+", help="only these algorithms of the suite")
     args = parser.parse_args(argv)
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, got {args.workers}")
+    for name in ("workers", "threads", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     suite = load_suite(args.suite)
     out = args.out or Path("benchmark") / suite.name
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if args.command == "run":
         failed = run_suite(suite, out, workers=args.workers, device=args.device, envs=args.envs, algos=args.algos)
+    elif args.command == "speed":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        try:
+            print(f"speed: {measure_speed(suite, out, device=args.device, repeats=args.repeats, envs=args.envs)}")
+        except ValueError as error:
+            parser.error(str(error))
     command = f"python -m sb3_pgext.suite run {shlex.quote(args.suite)} --workers {args.workers}"
     if args.out is not None:
         command += f" --out {shlex.quote(str(args.out))}"
-    if args.device != "cpu":
-        command += f" --device {args.device}"
+    # the runs' device: this command's for run, else the one their result.json files record
+    run_devices = {args.device} if args.command == "run" else {result["device"] for result in finished_results(suite, out)}
+    if len(run_devices) == 1 and run_devices != {"cpu"}:
+        command += f" --device {run_devices.pop()}"
     print(f"report: {write_report(suite, out, command)}")
     if failed:
         print(f"{len(failed)} runs failed: see their train.log", file=sys.stderr)

@@ -20,12 +20,14 @@ class EnvSpec:
     :param n_timesteps: the training budget of every algorithm on it
     :param threshold: the return that counts as solved, for "steps to threshold"
     :param algos: zoo names of the algorithms run on it (ours and SB3's)
+    :param note: a sentence the report prints under the env's heading (e.g. why its budget)
     """
 
     env_id: str
     n_timesteps: int
     threshold: float
     algos: tuple[str, ...]
+    note: str = ""
 
 
 @dataclass
@@ -84,7 +86,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
         missing = {"n_timesteps", "threshold", "algos"} - set(entry)
         if missing:
             raise ValueError(f"{path}: env {env_id} lacks {sorted(missing)}")
-        envs.append(EnvSpec(env_id, int(entry["n_timesteps"]), float(entry["threshold"]), tuple(entry["algos"])))
+        unknown_env_keys = set(entry) - {"n_timesteps", "threshold", "algos", "note"}
+        if unknown_env_keys:
+            raise ValueError(f"{path}: env {env_id} has unknown keys {sorted(unknown_env_keys)}")
+        envs.append(
+            EnvSpec(env_id, int(entry["n_timesteps"]), float(entry["threshold"]), tuple(entry["algos"]), str(entry.get("note", "")))
+        )
     seeds = [int(seed) for seed in raw["seeds"]]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {raw['seeds']}")

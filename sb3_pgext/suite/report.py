@@ -6,21 +6,26 @@ Per env and algorithm: the final deterministic evaluation (the last of the zoo's
 (rliable), the env steps to reach the env's threshold, and env steps per second with its ratio to the
 algorithm's SB3 peer. Per env, learning curves. Over envs, on scores normalised from a random agent (0)
 to the RL Zoo's reference score (1) (:mod:`sb3_pgext.suite.scores`): IQM, mean and optimality gap
-with CIs, and the probability that each of ours beats its peer.
+with CIs, and the probability that each of ours beats its peer. A list of every place where one of
+ours trails its peer (final score, steps to threshold, env steps per second), and the updates per
+second on CPU and GPU when :mod:`sb3_pgext.suite.speed` has measured them. The bootstrap is seeded,
+so the same runs always give the same report.
 """
 
+import json
 import platform
 import sys
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from sb3_pgext.suite.config import EnvSpec, Suite
-from sb3_pgext.suite.runner import jobs_of, read_result
+from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
+from sb3_pgext.suite.speed import SPEED_FILE
 from sb3_pgext.zoo import ALGOS as OUR_ALGOS
 
 BOOTSTRAP_REPS = 2000
@@ -81,15 +86,28 @@ def collect(suite: Suite, out: Path) -> dict[tuple[str, str], Cell]:
     return cells
 
 
+def bootstrap(scores: dict[str, Any], func: Callable[..., np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """
+    rliable's point estimates and 95% stratified-bootstrap CIs, the same on every call: rliable draws its
+    resampling indices from numpy's global RNG whatever ``random_state`` it is given, so that RNG is seeded
+    here (and restored afterwards).
+    """
+    from rliable import library as rly
+
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        return rly.get_interval_estimates(scores, func, reps=BOOTSTRAP_REPS)
+    finally:
+        np.random.set_state(state)
+
+
 def _interval(scores: np.ndarray, statistic: str) -> tuple[float, float, float]:
     """Point estimate and 95% stratified-bootstrap CI of ``statistic`` ("mean" / "iqm") of a (runs, tasks) matrix."""
-    from rliable import library as rly
     from rliable import metrics
 
     func = {"mean": metrics.aggregate_mean, "iqm": metrics.aggregate_iqm}[statistic]
-    point, interval = rly.get_interval_estimates(
-        {"x": scores}, lambda x: np.array([func(x)]), reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
-    )
+    point, interval = bootstrap({"x": scores}, lambda x: np.array([func(x)]))
     return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
 
 
@@ -103,7 +121,7 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         f"### {env.env_id}",
         "",
         f"Budget {env.n_timesteps:,} env steps; threshold {env.threshold:g}; final deterministic evaluation "
-        f"({suite.eval_episodes} episodes at the budget).",
+        f"({suite.eval_episodes} episodes at the budget).{' ' + env.note if env.note else ''}",
         "",
         "| algorithm | peer | seeds | final: mean [95% CI] | IQM [95% CI] | per seed | steps to threshold (median, reached) "
         "| env steps/s | ratio to peer |",
@@ -133,8 +151,21 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
     return lines + [""]
 
 
+def _median_fps(cell: Cell) -> float | None:
+    return float(np.median(cell.fps)) if cell.fps else None
+
+
+#: Below this ratio of env steps per second to its peer's, one of ours counts as slower: two runs of
+#: the same computation (OffPAC and SAC on Box actions) differed by 3% in the quick suite
+SLOWER_RATIO = 0.95
+
+
 def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
-    """One plain sentence for every cell where one of ours has a lower final mean than its peer."""
+    """
+    One plain sentence for every cell where one of ours trails its peer: a lower final mean, a threshold
+    reached by fewer seeds or later (median), or fewer env steps per second. A cell whose evaluations equal
+    its peer's seed for seed is said to be the same runs instead.
+    """
     lines = []
     for env in suite.envs:
         for algo in env.algos:
@@ -142,15 +173,88 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
             if ours is None or theirs is None:
                 continue
+            name, peer_name = display(algo), display(peer)  # type: ignore[arg-type]
+            if ours.seeds == theirs.seeds and np.array_equal(ours.returns, theirs.returns):
+                lines.append(
+                    f"- **{name} and {peer_name} on {env.env_id} are the same runs**: their evaluations are equal seed "
+                    f"for seed. With its default estimator on Box actions {name} is {peer_name} bit for bit "
+                    "(`tests/test_offpac.py::test_bit_identical_to_sac`), so this row compares only speed."
+                )
+                continue
             ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
             peer_mean, peer_low, peer_high = theirs.final_estimates["mean"]
             if ours_mean < peer_mean:
                 overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
                 lines.append(
-                    f"- **{display(algo)} trails {display(peer)} on {env.env_id}**: {_fmt(ours_mean)} "
+                    f"- **{name} trails {peer_name} on {env.env_id}**: final {_fmt(ours_mean)} "
                     f"[{_fmt(ours_low)}, {_fmt(ours_high)}] vs {_fmt(peer_mean)} [{_fmt(peer_low)}, {_fmt(peer_high)}] ({overlap})."
                 )
+            ours_steps = [step for step in ours.steps_to_threshold() if step is not None]
+            peer_steps = [step for step in theirs.steps_to_threshold() if step is not None]
+            if len(ours_steps) < len(peer_steps) or (
+                ours_steps and peer_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps)
+            ):
+                def reach(steps: list[int], n: int) -> str:
+                    return f"{len(steps)}/{n} seeds" + (f", median {int(np.median(steps)):,} steps" if steps else "")
+
+                lines.append(
+                    f"- **{name} reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}**: "
+                    f"{reach(ours_steps, len(ours.seeds))} vs {reach(peer_steps, len(theirs.seeds))}."
+                )
+            ours_fps, peer_fps = _median_fps(ours), _median_fps(theirs)
+            if ours_fps and peer_fps and ours_fps / peer_fps < SLOWER_RATIO:
+                lines.append(
+                    f"- **{name} is slower than {peer_name} on {env.env_id}**: {ours_fps:.0f} vs {peer_fps:.0f} env steps/s "
+                    f"({ours_fps / peer_fps:.2f}×)."
+                )
     return lines
+
+
+def speed_section(out: Path, suite_name: str) -> list[str]:
+    """The "Updates per second" section, from ``speed.json`` when :mod:`sb3_pgext.suite.speed` has written one."""
+    command = f"python -m sb3_pgext.suite speed {suite_name} --device cuda"
+    lines = ["## Updates per second: CPU and GPU", ""]
+    path = out / SPEED_FILE
+    if not path.is_file():
+        return lines + [f"Not measured yet: `{command}` measures it and adds it here.", ""]
+    data = json.loads(path.read_text())
+    devices = data["devices"]
+    gpu = next((device for device in devices if device != "cpu"), None)
+    rate = {(row["env"], row["algo"], row["device"]): row for row in data["rows"]}
+    header = "| env | algorithm | updates per train() | CPU updates/s | ratio to SAC (CPU) |"
+    if gpu:
+        header += f" {gpu} updates/s | {gpu} / CPU | ratio to SAC ({gpu}) |"
+    lines += [
+        f"`{command if gpu else command.replace(' --device cuda', '')} --threads {data['torch_threads']} --repeats {data['repeats']}`"
+        + ("" if gpu else " (CPU only)"),
+        "",
+        "An update is one minibatch gradient step of the actor: for OffPAC and SAC one step of actor and critics, for "
+        "CVPG one PPO minibatch step, its Q critic's steps of that rollout included in the time. Median of "
+        f"{data['repeats']} timed `train()` calls after a warm-up call, env stepping left out; models built by the zoo "
+        f"from the same hyperparameter files as the runs. CPU: {data['cpu']}, {data['torch_threads']} torch thread(s); "
+        + (f"GPU: {data['device_name']}; " if gpu else "")
+        + f"torch {data['torch']}.",
+        "",
+        header,
+        "|" + " --- |" * (header.count("|") - 1),
+    ]
+    for (env_id, algo, device), row in rate.items():
+        if device != "cpu":
+            continue
+        sac = rate.get((env_id, "sac", "cpu"))
+        cells = [env_id, display(algo), str(row["updates_per_call"]), f"{row['updates_per_s']:.0f}"]
+        cells.append(f"{row['updates_per_s'] / sac['updates_per_s']:.2f}" if sac else "")
+        if gpu:
+            on_gpu, sac_gpu = rate.get((env_id, algo, gpu)), rate.get((env_id, "sac", gpu))
+            cells += [
+                f"{on_gpu['updates_per_s']:.0f}" if on_gpu else "",
+                f"{on_gpu['updates_per_s'] / row['updates_per_s']:.2f}" if on_gpu else "",
+                f"{on_gpu['updates_per_s'] / sac_gpu['updates_per_s']:.2f}" if on_gpu and sac_gpu else "",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not gpu:
+        lines += ["", f"No GPU was measured: the machine that wrote this report has none. `{command}` adds the GPU columns."]
+    return lines + [""]
 
 
 def _normalized(suite: Suite, cells: dict[tuple[str, str], Cell], per_env_algo: dict[str, str]) -> np.ndarray | None:
@@ -167,7 +271,6 @@ def _normalized(suite: Suite, cells: dict[tuple[str, str], Cell], per_env_algo: 
 
 def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> list[str]:
     """IQM / mean / optimality gap over envs, and P(ours > peer), with rliable; their plots."""
-    from rliable import library as rly
     from rliable import metrics, plot_utils
 
     all_algos = list(dict.fromkeys(algo for env in suite.envs for algo in env.algos))
@@ -190,7 +293,7 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     def estimates(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x)])
 
-    points, intervals = rly.get_interval_estimates(scores, estimates, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0))
+    points, intervals = bootstrap(scores, estimates)
     ranges = ", ".join(f"{env} [{r.random:g}, {r.reference:g}]" for env, r in SCORE_RANGES.items() if env in {e.env_id for e in suite.envs})
     lines = [
         "## Aggregate over envs",
@@ -209,9 +312,7 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     _save(out / "aggregate.png")
     lines += ["", "![aggregate](aggregate.png)", ""]
     if pairs:
-        probabilities, probability_cis = rly.get_interval_estimates(
-            pairs, metrics.probability_of_improvement, reps=BOOTSTRAP_REPS, random_state=np.random.RandomState(0)
-        )
+        probabilities, probability_cis = bootstrap(pairs, metrics.probability_of_improvement)
         lines += [
             "Probability of improvement P(ours > peer): the chance that a run of ours beats a run of its peer on a "
             "randomly drawn env (0.5: no difference).",
@@ -262,13 +363,6 @@ def _save(path: Path, fig=None) -> None:  # type: ignore[no-untyped-def]
 
 def write_report(suite: Suite, out: Path, command: str) -> Path:
     """Write ``out/benchmark.md`` and its plots from the finished runs; return the report's path."""
-    with warnings.catch_warnings():
-        # rliable seeds arch's bootstrap with a RandomState, which arch deprecates: the CIs stay reproducible
-        warnings.filterwarnings("ignore", message="random_state is deprecated", category=FutureWarning)
-        return _write_report(suite, out, command)
-
-
-def _write_report(suite: Suite, out: Path, command: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -289,7 +383,8 @@ def _write_report(suite: Suite, out: Path, command: str) -> Path:
         f"# Benchmark: the {suite.name} suite",
         "",
         f"{suite.description}. Seeds {', '.join(map(str, suite.seeds))}; evaluation every {suite.eval_freq:,} env "
-        f"steps, {suite.eval_episodes} deterministic episodes. {done}/{len(jobs)} runs finished.",
+        f"steps, {suite.eval_episodes} deterministic episodes. {done}/{len(jobs)} runs finished, "
+        f"{sum(result['wall_seconds'] for result in finished_results(suite, out)) / 3600:.1f} run-hours of training in all.",
         "",
         "Reproduce:",
         "",
@@ -316,6 +411,7 @@ def _write_report(suite: Suite, out: Path, command: str) -> Path:
     trails = trailing(suite, cells)
     lines += ["## Where ours trail their peers", ""] + (trails or ["Nowhere in the finished runs."]) + [""]
     lines += aggregates(suite, cells, out)
+    lines += speed_section(out, suite.name)
     lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]
     lines += curves + [""]
     path = out / "benchmark.md"

@@ -58,6 +58,11 @@ def read_result(job: Job, out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def finished_results(suite: Suite, out: Path) -> list[dict[str, Any]]:
+    """The ``result.json`` of every finished run of the suite."""
+    return [result for result in (read_result(job, out) for job in jobs_of(suite)) if result is not None]
+
+
 def zoo_conf_file(suite: Suite, algo: str, out: Path) -> Path | None:
     """
     For SB3's algorithms on envs the zoo has no entry for (e.g. HalfCheetah-v5), a copy of the zoo's file

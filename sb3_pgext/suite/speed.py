@@ -1,0 +1,156 @@
+"""
+Updates per second of the actor-critic algorithms of a suite, on the CPU and on another torch device,
+beside SB3's SAC on the same device::
+
+    python -m sb3_pgext.suite speed quick --device cuda
+
+On every env of the suite that runs SAC, OffPAC, CVPG and SAC are built exactly as the suite's runs
+build them (the RL Zoo's ``ExperimentManager`` with the same hyperparameter files), given one batch of
+data, and their ``train()`` is timed on the device. An *update* is one minibatch gradient step of the
+actor: for OffPAC and SAC one step of actor and critics (``gradient_steps=1``); for CVPG one PPO
+minibatch step, the Q critic's ``qf_gradient_steps`` of that rollout included in the time. Env
+stepping is left out, so the figures isolate what a GPU can speed up. The results go to
+``<out>/speed.json``, which the report turns into its "Updates per second" section.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from sb3_pgext.suite.config import Suite
+from sb3_pgext.suite.runner import zoo_conf_file
+
+#: The algorithms timed, in report order: ours and the SB3 peer the issue compares them with
+SPEED_ALGOS = ("offpac", "cvpg", "sac")
+SPEED_FILE = "speed.json"
+
+
+def zoo_model(
+    algo: str, env_id: str, device: str, log_folder: Path, conf: Path | None = None, hyperparams: dict[str, Any] | None = None
+) -> BaseAlgorithm:
+    """
+    The model ``python -m sb3_pgext.zoo train --algo <algo> --env <env_id> --device <device>`` would train.
+
+    :param algo: zoo name of the algorithm
+    :param env_id: the env
+    :param device: torch device of the model
+    :param log_folder: where the zoo may write its monitor files and config
+    :param conf: ``--conf-file`` (None: the package's yml for ours, the zoo's for SB3's)
+    :param hyperparams: overrides, as ``-params`` would give them
+    """
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    from sb3_pgext.zoo import register
+
+    register()
+    with contextlib.redirect_stdout(io.StringIO()):  # the zoo prints the hyperparameters and the log path
+        manager = ExperimentManager(
+            argparse.Namespace(), algo, env_id, str(log_folder), hyperparams=hyperparams, device=device, verbose=0,
+            config=str(conf) if conf else None,
+        )  # fmt: skip
+        setup = manager.setup_experiment()
+    assert setup is not None  # None only when optimising hyperparameters
+    return setup[0]
+
+
+def _update_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+    """Give ``model`` one batch of data; return one call of its ``train()`` and the updates it makes."""
+    if isinstance(model, OffPolicyAlgorithm):
+        model.learn(total_timesteps=max(model.learning_starts, model.batch_size) + 1)
+        gradient_steps = 64
+        return (lambda: model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)), gradient_steps
+    n_steps, n_envs, batch_size, n_epochs = model.n_steps, model.n_envs, model.batch_size, model.n_epochs  # type: ignore[attr-defined]
+    model.learn(total_timesteps=n_steps * n_envs)  # one rollout (and its first update)
+    if getattr(model, "target_kl", None) is not None:
+        raise ValueError(f"{type(model).__name__} with target_kl may stop its epochs early: its updates per call are not fixed")
+    return model.train, n_epochs * math.ceil(n_steps * n_envs / batch_size)
+
+
+def _synchronize(device: th.device) -> None:
+    if device.type == "cuda":
+        th.cuda.synchronize(device)
+
+
+def updates_per_second(model: BaseAlgorithm, repeats: int = 3) -> dict[str, float]:
+    """
+    Median updates per second of ``model.train()`` over ``repeats`` timed calls, after one untimed call
+    (CUDA kernels and the allocator warm up there).
+
+    :param model: a model built by :func:`zoo_model`
+    :param repeats: timed calls
+    """
+    step, updates = _update_step(model)
+    step()
+    seconds = []
+    for _ in range(repeats):
+        _synchronize(model.device)
+        start = time.perf_counter()
+        step()
+        _synchronize(model.device)
+        seconds.append(time.perf_counter() - start)
+    median = statistics.median(seconds)
+    return {"updates_per_call": updates, "seconds_per_call": median, "updates_per_s": updates / median}
+
+
+def measure_speed(
+    suite: Suite,
+    out: Path,
+    device: str = "cuda",
+    repeats: int = 3,
+    envs: list[str] | None = None,
+    hyperparams: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """
+    Time OffPAC, CVPG and SAC on the CPU and on ``device`` (only the CPU when ``device`` is "cpu") on the
+    suite's envs that run SAC (or ``envs``); write and return ``out/speed.json``.
+
+    :param suite: the suite
+    :param out: the suite's results folder
+    :param device: the torch device compared with the CPU
+    :param repeats: timed ``train()`` calls per (env, algorithm, device)
+    :param envs: only these envs (default: those of the suite that run SAC)
+    :param hyperparams: per algorithm, overrides of its hyperparameters (tests shrink the models with them)
+    """
+    target = th.device(device)
+    if target.type == "cuda" and not th.cuda.is_available():
+        raise ValueError(f"device is {device!r} but torch sees no CUDA device (torch {th.__version__})")
+    chosen = [env for env in suite.envs if (env.env_id in envs if envs else "sac" in env.algos)]
+    if not chosen:
+        raise ValueError(f"envs must name envs of the suite {suite.name!r}, got {envs}")
+    devices = ["cpu"] if target.type == "cpu" else ["cpu", device]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for env in chosen:
+            for algo in (a for a in SPEED_ALGOS if a in env.algos):
+                for name in devices:
+                    th.manual_seed(0)
+                    conf = zoo_conf_file(suite, algo, Path(tmp))
+                    overrides = (hyperparams or {}).get(algo)
+                    model = zoo_model(algo, env.env_id, name, Path(tmp) / f"{algo}-{name}", conf, overrides)
+                    rows.append({"env": env.env_id, "algo": algo, "device": name, **updates_per_second(model, repeats)})
+                    model.get_env().close()  # type: ignore[union-attr]
+                    print(f"{env.env_id} {algo} {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
+    result = {
+        "devices": devices,
+        "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
+        "cpu": f"{platform.machine()} ({platform.processor() or platform.system()})",
+        "torch_threads": th.get_num_threads(),
+        "torch": th.__version__,
+        "repeats": repeats,
+        "rows": rows,
+    }
+    path = out / SPEED_FILE
+    path.write_text(json.dumps(result, indent=1))
+    return path
