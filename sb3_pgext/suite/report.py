@@ -115,6 +115,14 @@ def _fmt(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
+def _reach(steps: list[int], n_seeds: int) -> str:
+    return f"{len(steps)}/{n_seeds} seeds" + (f", median {int(np.median(steps)):,} steps" if steps else "")
+
+
+def _median_fps(cell: Cell) -> float | None:
+    return float(np.median(cell.fps)) if cell.fps else None
+
+
 def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) -> list[str]:
     n_seeds = len(suite.seeds)
     lines = [
@@ -138,21 +146,17 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         steps = cell.steps_to_threshold()
         reached = [step for step in steps if step is not None]
         to_threshold = f"{int(np.median(reached)):,} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
-        fps = float(np.median(cell.fps)) if cell.fps else float("nan")
-        ratio = ""
+        fps = _median_fps(cell)
         peer_cell = cells.get((env.env_id, peer)) if peer else None
-        if peer_cell is not None and peer_cell.fps and cell.fps:
-            ratio = f"{fps / float(np.median(peer_cell.fps)):.2f}"
+        peer_fps = _median_fps(peer_cell) if peer_cell is not None else None
+        ratio = f"{fps / peer_fps:.2f}" if fps and peer_fps else ""
+        fps_text = f"{fps:.0f}" if fps else ""
         lines.append(
             f"| {display(algo)} | {display(peer) if peer else ''} | {len(cell.seeds)}/{n_seeds} "
             f"| {_fmt(mean)} [{_fmt(low)}, {_fmt(high)}] | {_fmt(iqm)} [{_fmt(iqm_low)}, {_fmt(iqm_high)}] "
-            f"| {', '.join(_fmt(x) for x in cell.finals)} | {to_threshold} | {fps:.0f} | {ratio} |"
+            f"| {', '.join(_fmt(x) for x in cell.finals)} | {to_threshold} | {fps_text} | {ratio} |"
         )
     return lines + [""]
-
-
-def _median_fps(cell: Cell) -> float | None:
-    return float(np.median(cell.fps)) if cell.fps else None
 
 
 #: Below this ratio of env steps per second to its peer's, one of ours counts as slower: two runs of
@@ -194,12 +198,9 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             if len(ours_steps) < len(peer_steps) or (
                 ours_steps and peer_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps)
             ):
-                def reach(steps: list[int], n: int) -> str:
-                    return f"{len(steps)}/{n} seeds" + (f", median {int(np.median(steps)):,} steps" if steps else "")
-
                 lines.append(
                     f"- **{name} reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}**: "
-                    f"{reach(ours_steps, len(ours.seeds))} vs {reach(peer_steps, len(theirs.seeds))}."
+                    f"{_reach(ours_steps, len(ours.seeds))} vs {_reach(peer_steps, len(theirs.seeds))}."
                 )
             ours_fps, peer_fps = _median_fps(ours), _median_fps(theirs)
             if ours_fps and peer_fps and ours_fps / peer_fps < SLOWER_RATIO:
