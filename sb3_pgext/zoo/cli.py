@@ -4,9 +4,9 @@ commands, with this package's algorithms registered (see :func:`sb3_pgext.zoo.re
 
 Commands: train (``-optimize``, ``--trial-id`` ...), enjoy, record_video, push_to_hub,
 load_from_hub, plot_train, plot_from_file, all_plots. (rl_zoo3's record_training is left out: it
-starts ``python -m rl_zoo3.record_video`` in a subprocess, where this package is not registered.) Agents saved with ``gym`` (SB3
-1.x, the hub's ``sb3/*`` agents) load as they are: the command runs with ``gym`` mapped to
-``gymnasium`` (see :func:`sb3_pgext.common.compat.gym_as_gymnasium`).
+starts ``python -m rl_zoo3.record_video`` in a subprocess, where this package is not registered.)
+Agents saved with ``gym`` (SB3 1.x, the hub's ``sb3/*`` agents) load as they are: the command runs
+with ``gym`` mapped to ``gymnasium`` (see :func:`sb3_pgext.common.compat.gym_as_gymnasium`).
 """
 
 import ast

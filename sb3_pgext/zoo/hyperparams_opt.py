@@ -19,6 +19,13 @@ from rl_zoo3.hyperparams_opt import convert_offpolicy_params, convert_onpolicy_p
 
 Sampler = Callable[[optuna.Trial, int, int, dict[str, Any]], dict[str, Any]]
 
+#: Raw trial values to constructor arguments: the zoo's own on- / off-policy conversion
+CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "cvpg": convert_onpolicy_params,
+    "offpac": convert_offpolicy_params,
+    "ppokl": convert_onpolicy_params,
+}
+
 
 def _record_worker(trial: optuna.Trial) -> None:
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -48,12 +55,7 @@ def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
     trial.suggest_float("kl_target", 0.002, 0.05, log=True)
     trial.suggest_float("kl_coef", 0.1, 10.0, log=True)
     trial.suggest_categorical("clip_range", [None, 0.1, 0.2, 0.3])
-    return convert_ppokl_params(trial.params)
-
-
-def convert_ppokl_params(params: dict[str, Any]) -> dict[str, Any]:
-    """PPOKL's raw trial values to constructor arguments (the zoo's on-policy conversion)."""
-    return convert_onpolicy_params(params)
+    return CONVERTERS["ppokl"](trial.params)
 
 
 def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -64,12 +66,7 @@ def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     trial.suggest_float("qf_learning_rate", 1e-4, 3e-3, log=True)
     trial.suggest_categorical("qf_gradient_steps", [32, 64, 128, 256])
     trial.suggest_categorical("eta", ["conservative", "aggressive", "ones"])
-    return convert_cvpg_params(trial.params)
-
-
-def convert_cvpg_params(params: dict[str, Any]) -> dict[str, Any]:
-    """CVPG's raw trial values to constructor arguments (the zoo's on-policy conversion)."""
-    return convert_onpolicy_params(params)
+    return CONVERTERS["cvpg"](trial.params)
 
 
 def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
@@ -88,17 +85,7 @@ def sample_offpac_params(trial: optuna.Trial, n_actions: int, n_envs: int, addit
     estimators = ["reparameterization", "likelihood"] if n_actions > 0 else ["expected", "likelihood"]
     if trial.suggest_categorical("actor_gradient", estimators) == "likelihood":
         trial.suggest_categorical("n_action_samples", [1, 2, 4, 8])
-    return convert_offpac_params(trial.params)
-
-
-def convert_offpac_params(params: dict[str, Any]) -> dict[str, Any]:
-    """OffPAC's raw trial values to constructor arguments (the zoo's off-policy conversion)."""
-    return convert_offpolicy_params(params)
+    return CONVERTERS["offpac"](trial.params)
 
 
 SAMPLERS: dict[str, Sampler] = {"cvpg": sample_cvpg_params, "offpac": sample_offpac_params, "ppokl": sample_ppokl_params}
-CONVERTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "cvpg": convert_cvpg_params,
-    "offpac": convert_offpac_params,
-    "ppokl": convert_ppokl_params,
-}
