@@ -15,7 +15,7 @@ so the same runs always give the same report.
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sb3_pgext.suite.config import EnvSpec, Suite
-from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
+from sb3_pgext.suite.runner import jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE
 from sb3_pgext.zoo import ALGOS as OUR_ALGOS
@@ -46,6 +46,7 @@ class Cell:
     timesteps: np.ndarray  # (n_evals,), the evaluation points every run shares
     returns: np.ndarray  # (n_seeds, n_evals): mean return of each evaluation
     fps: list[float]
+    wall_seconds: list[float] = field(default_factory=list)
 
     @property
     def finals(self) -> np.ndarray:
@@ -60,28 +61,35 @@ class Cell:
         reached = self.returns >= self.env.threshold
         return [int(self.timesteps[np.argmax(row)]) if row.any() else None for row in reached]
 
+    @property
+    def reached_steps(self) -> list[int]:
+        """The steps to threshold of the seeds that reached it."""
+        return [step for step in self.steps_to_threshold() if step is not None]
+
 
 def collect(suite: Suite, out: Path) -> dict[tuple[str, str], Cell]:
     """The finished runs of every cell (runs still missing are left out and counted in the report)."""
-    runs: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray, float | None]]] = {}
+    runs: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray, dict[str, Any]]]] = {}
     for job in jobs_of(suite):
         result = read_result(job, out)
         if result is None:
             continue
         with np.load(job.log_dir(out) / "evaluations.npz") as data:
             timesteps, returns = data["timesteps"], data["results"].mean(axis=1)
-        runs.setdefault((job.env.env_id, job.algo), []).append((job.seed, timesteps, returns, result["fps"]))
+        runs.setdefault((job.env.env_id, job.algo), []).append((job.seed, timesteps, returns, result))
     cells = {}
     envs = {env.env_id: env for env in suite.envs}
     for (env_id, algo), entries in runs.items():
         n_evals = min(len(timesteps) for _, timesteps, _, _ in entries)
+        results = [result for *_, result in entries]
         cells[(env_id, algo)] = Cell(
             env=envs[env_id],
             algo=algo,
             seeds=[seed for seed, *_ in entries],
             timesteps=entries[0][1][:n_evals],
             returns=np.stack([returns[:n_evals] for _, _, returns, _ in entries]),
-            fps=[fps for *_, fps in entries if fps is not None],
+            fps=[result["fps"] for result in results if result["fps"] is not None],
+            wall_seconds=[result["wall_seconds"] for result in results],
         )
     return cells
 
@@ -143,9 +151,8 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
             continue
         mean, low, high = cell.final_estimates["mean"]
         iqm, iqm_low, iqm_high = cell.final_estimates["iqm"]
-        steps = cell.steps_to_threshold()
-        reached = [step for step in steps if step is not None]
-        to_threshold = f"{int(np.median(reached)):,} ({len(reached)}/{len(steps)})" if reached else f"— (0/{len(steps)})"
+        reached = cell.reached_steps
+        to_threshold = f"{int(np.median(reached)):,} ({len(reached)}/{len(cell.seeds)})" if reached else f"— (0/{len(cell.seeds)})"
         fps = _median_fps(cell)
         peer_cell = cells.get((env.env_id, peer)) if peer else None
         peer_fps = _median_fps(peer_cell) if peer_cell is not None else None
@@ -162,6 +169,13 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
 #: Below this ratio of env steps per second to its peer's, one of ours counts as slower: two runs of
 #: the same computation (OffPAC and SAC on Box actions) differed by 3% in the quick suite
 SLOWER_RATIO = 0.95
+
+
+#: Why one of ours may train exactly as its peer, for the report's "same runs" sentence
+SAME_BY_DESIGN = {
+    ("offpac", "sac"): " (with its default estimator on Box actions OffPAC is SAC bit for bit: "
+    "`tests/test_offpac.py::test_bit_identical_to_sac`)",
+}
 
 
 def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
@@ -181,8 +195,7 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             if ours.seeds == theirs.seeds and np.array_equal(ours.returns, theirs.returns):
                 lines.append(
                     f"- **{name} and {peer_name} on {env.env_id} are the same runs**: their evaluations are equal seed "
-                    f"for seed. With its default estimator on Box actions {name} is {peer_name} bit for bit "
-                    "(`tests/test_offpac.py::test_bit_identical_to_sac`), so this row compares only speed."
+                    f"for seed{SAME_BY_DESIGN.get((algo, peer), '')}, so this row compares only speed."  # type: ignore[arg-type]
                 )
                 continue
             ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
@@ -193,8 +206,7 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
                     f"- **{name} trails {peer_name} on {env.env_id}**: final {_fmt(ours_mean)} "
                     f"[{_fmt(ours_low)}, {_fmt(ours_high)}] vs {_fmt(peer_mean)} [{_fmt(peer_low)}, {_fmt(peer_high)}] ({overlap})."
                 )
-            ours_steps = [step for step in ours.steps_to_threshold() if step is not None]
-            peer_steps = [step for step in theirs.steps_to_threshold() if step is not None]
+            ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
             if len(ours_steps) < len(peer_steps) or (
                 ours_steps and peer_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps)
             ):
@@ -213,20 +225,20 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
 
 def speed_section(out: Path, suite_name: str) -> list[str]:
     """The "Updates per second" section, from ``speed.json`` when :mod:`sb3_pgext.suite.speed` has written one."""
-    command = f"python -m sb3_pgext.suite speed {suite_name} --device cuda"
+    gpu_command = f"python -m sb3_pgext.suite speed {suite_name} --device cuda"
     lines = ["## Updates per second: CPU and GPU", ""]
     path = out / SPEED_FILE
     if not path.is_file():
-        return lines + [f"Not measured yet: `{command}` measures it and adds it here.", ""]
+        return lines + [f"Not measured yet: `{gpu_command}` measures it and adds it here.", ""]
     data = json.loads(path.read_text())
-    devices = data["devices"]
-    gpu = next((device for device in devices if device != "cpu"), None)
+    gpu = next((device for device in data["devices"] if device != "cpu"), None)
+    command = f"python -m sb3_pgext.suite speed {suite_name}" + (f" --device {gpu}" if gpu else "")
     rate = {(row["env"], row["algo"], row["device"]): row for row in data["rows"]}
     header = "| env | algorithm | updates per train() | CPU updates/s | ratio to SAC (CPU) |"
     if gpu:
         header += f" {gpu} updates/s | {gpu} / CPU | ratio to SAC ({gpu}) |"
     lines += [
-        f"`{command if gpu else command.replace(' --device cuda', '')} --threads {data['torch_threads']} --repeats {data['repeats']}`"
+        f"`{command} --threads {data['torch_threads']} --repeats {data['repeats']}`"
         + ("" if gpu else " (CPU only)"),
         "",
         "An update is one minibatch gradient step of the actor: for OffPAC and SAC one step of actor and critics, for "
@@ -254,7 +266,7 @@ def speed_section(out: Path, suite_name: str) -> list[str]:
             ]
         lines.append("| " + " | ".join(cells) + " |")
     if not gpu:
-        lines += ["", f"No GPU was measured: the machine that wrote this report has none. `{command}` adds the GPU columns."]
+        lines += ["", f"No GPU was measured: the machine that ran `speed` had none. `{gpu_command}` adds the GPU columns."]
     return lines + [""]
 
 
@@ -385,7 +397,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         "",
         f"{suite.description}. Seeds {', '.join(map(str, suite.seeds))}; evaluation every {suite.eval_freq:,} env "
         f"steps, {suite.eval_episodes} deterministic episodes. {done}/{len(jobs)} runs finished, "
-        f"{sum(result['wall_seconds'] for result in finished_results(suite, out)) / 3600:.1f} run-hours of training in all.",
+        f"{sum(sum(cell.wall_seconds) for cell in cells.values()) / 3600:.1f} run-hours of training in all.",
         "",
         "Reproduce:",
         "",

@@ -134,10 +134,9 @@ def measure_speed(
     with tempfile.TemporaryDirectory() as tmp:
         for env in chosen:
             for algo in (a for a in SPEED_ALGOS if a in env.algos):
+                conf, overrides = zoo_conf_file(suite, algo, Path(tmp)), (hyperparams or {}).get(algo)
                 for name in devices:
                     th.manual_seed(0)
-                    conf = zoo_conf_file(suite, algo, Path(tmp))
-                    overrides = (hyperparams or {}).get(algo)
                     model = zoo_model(algo, env.env_id, name, Path(tmp) / f"{algo}-{name}", conf, overrides)
                     rows.append({"env": env.env_id, "algo": algo, "device": name, **updates_per_second(model, repeats)})
                     model.get_env().close()  # type: ignore[union-attr]
