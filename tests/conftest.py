@@ -23,7 +23,7 @@ TINY_KWARGS = {
 ACTION_SPACES = {
     PPOKL: ("Discrete", "Box", "MultiDiscrete", "MultiBinary"),
     OffPAC: ("Discrete", "Box"),
-    CVPG: ("Discrete", "Box"),
+    CVPG: ("Discrete", "Box", "MultiDiscrete", "MultiBinary"),
 }
 
 

@@ -1,6 +1,11 @@
-"""CVPG's own tests: PPO identity, unbiasedness and variance of the control variates, η, the Taylor term."""
+"""
+CVPG's own tests: PPO identity; unbiasedness and variance of the control variates, of the cross-fitted η and
+of the critic fitted on earlier rollouts, against exact gradients; the pieces; the defects fixed (VecNormalize in
+the replay buffer, float64 actions, MultiDiscrete / MultiBinary).
+"""
 
 import math
+from collections import defaultdict
 
 import gymnasium as gym
 import numpy as np
@@ -8,11 +13,24 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
-from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiDiscrete
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_pgext import CVPG, gradient_variance
-from sb3_pgext.common.estimators import qprop_eta
+from sb3_pgext.common.estimators import (
+    centered_control_variate,
+    clipped_gaussian_mean,
+    qprop_eta,
+    rollout_folds,
+    taylor_analytic_term,
+    taylor_control_variate,
+)
 from sb3_pgext.common.gradient_variance import flatten_gradients
+from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
+from sb3_pgext.cvpg.critic import joint_action_index, joint_action_probs
 
 TINY = dict(n_steps=32, batch_size=32, n_epochs=2, qf_gradient_steps=2, qf_batch_size=16, qf_buffer_size=1_000,
             qf_net_arch=[16], policy_kwargs=dict(net_arch=[16]))
@@ -20,6 +38,14 @@ TINY = dict(n_steps=32, batch_size=32, n_epochs=2, qf_gradient_steps=2, qf_batch
 
 def flat_params(model) -> th.Tensor:
     return th.cat([p.detach().flatten() for p in model.policy.parameters()])
+
+
+def collect(model: CVPG) -> None:
+    """One rollout with the current policy and its control variate, as train() prepares it, without an update."""
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, None, reset_num_timesteps=False)
+    model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
+    model._train_logs = defaultdict(list)
+    model._begin_update()
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -30,10 +56,77 @@ def test_bit_identical_to_ppo(env_id):
     assert th.equal(flat_params(ppo), flat_params(cvpg))
     for key in ("train/policy_gradient_loss", "train/value_loss", "train/approx_kl", "train/clip_fraction"):
         assert ppo.logger.name_to_value[key] == cvpg.logger.name_to_value[key]
-    assert cvpg.replay_buffer is None and cvpg.q_net is None
+    assert cvpg.q_critic is None
 
 
-# --- bandits with a known gradient and a critic equal to the true Q ---------------------------------
+# --- the estimator's pieces against exact gradients -----------------------------------------------------
+
+
+def gaussian_bandit_gradients(folds: th.Tensor | None, n_rollouts: int, n_samples: int) -> tuple[th.Tensor, th.Tensor]:
+    """
+    Q-Prop's estimator, one per rollout, on the bandit r(a) = −(a − 2)², π = N(μ, σ²), with an imperfect critic
+    Q_w(a) = −1.3 (a − 1.5)² (Taylor control variate at μ) and η = "adaptive" with the given folds.
+
+    :return: the per-rollout gradients in (μ, log σ), shape (n_rollouts, 2), and the exact gradient of
+        J = E[r] = −(μ − 2)² − σ²
+    """
+    mu0, log_std0 = 0.5, math.log(0.8)
+    mu = th.full((n_rollouts, 1), mu0, requires_grad=True)  # one copy per rollout: autograd gives per-rollout gradients
+    log_std = th.full((n_rollouts, 1), log_std0, requires_grad=True)
+    actions = (mu + log_std.exp() * th.randn(n_rollouts, n_samples)).detach()
+    log_prob = -0.5 * ((actions - mu) / log_std.exp()) ** 2 - log_std
+    advantages = -((actions - 2.0) ** 2) - (-((mu0 - 2.0) ** 2) - math.exp(2 * log_std0))  # exact V baseline
+    q_grad = th.full((n_rollouts * n_samples, 1), -2.6 * (mu0 - 1.5))  # ∇_a Q_w at the mean
+    cv = taylor_control_variate(q_grad, actions.reshape(-1, 1), th.full((n_rollouts * n_samples, 1), mu0)).reshape(n_rollouts, -1)
+    eta = th.stack([qprop_eta(advantages[r], cv[r], "adaptive", folds) for r in range(n_rollouts)])
+    analytic = taylor_analytic_term(q_grad, mu.expand(-1, n_samples).reshape(-1, 1)).reshape(n_rollouts, -1)
+    surrogate = (log_prob * (advantages - eta * cv)).mean(dim=1) + (eta * analytic).mean(dim=1)
+    gradients = th.cat(th.autograd.grad(surrogate.sum(), [mu, log_std]), dim=1)
+    return gradients, th.tensor([-2 * (mu0 - 2.0), -2 * math.exp(2 * log_std0)])
+
+
+def test_cross_fitted_adaptive_eta_is_unbiased_and_in_sample_is_not():
+    """
+    Over independent rollouts of 8 samples, the mean of the estimator with the cross-fitted η* (each half's from the
+    other half) is within 5 standard errors of the exact gradient in each coordinate; η* estimated on the samples it
+    weights biases the log σ gradient by far more (the flaw Tucker et al. 2018 found), which shows the test can fail.
+    """
+    th.manual_seed(0)
+    n_rollouts, n_samples = 3000, 8
+    for folds, biased in ((rollout_folds(n_samples, 1), False), (None, True)):
+        gradients, exact = gaussian_bandit_gradients(folds, n_rollouts, n_samples)
+        z = (gradients.mean(dim=0) - exact) / (gradients.std(dim=0) / math.sqrt(n_rollouts))
+        if biased:
+            assert z.abs().max() > 10, z
+        else:
+            assert z.abs().max() < 5, z
+
+
+def test_rollout_folds():
+    # several envs: whole envs alternate (flat index = env · n_steps + step)
+    assert rollout_folds(3, 2).tolist() == [0, 0, 0, 1, 1, 1]
+    assert rollout_folds(2, 3).tolist() == [0, 0, 1, 1, 0, 0]
+    # one env: the first and second halves of the rollout
+    assert rollout_folds(4, 1).tolist() == [0, 0, 1, 1]
+
+
+def test_eta_rules_are_cross_fitted():
+    # fold 0's η comes from fold 1's samples and vice versa
+    folds = th.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    advantages = th.tensor([1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0])
+    cv = th.tensor([4.0, 3.0, 2.0, 1.0, 0.0, 1.0, 1.0, 2.0])  # fold 0: Cov < 0; fold 1: Cov > 0
+    assert qprop_eta(advantages, cv, "ones", folds).tolist() == [1.0] * 8
+    assert qprop_eta(advantages, cv, "conservative", folds).tolist() == [1.0] * 4 + [0.0] * 4
+    assert qprop_eta(advantages, cv, "aggressive", folds).tolist() == [1.0] * 4 + [-1.0] * 4
+    # η* = Ĉov / V̂ar: fold 1's Cov(Â, Ā) = 0.75, Var(Ā) = 0.5; fold 0's −1.25 / 1.25
+    assert th.allclose(qprop_eta(advantages, cv, "adaptive", folds), th.tensor([1.5] * 4 + [-1.0] * 4))
+    # in-sample, a perfect Ā = Â gets η* = 1 exactly
+    assert th.allclose(qprop_eta(advantages, advantages, "adaptive"), th.ones(8))
+    with pytest.raises(ValueError, match="eta"):
+        qprop_eta(advantages, cv, "sometimes", folds)
+
+
+# --- the whole algorithm on bandits with a known gradient -------------------------------------------------
 
 
 class GaussianBandit(gym.Env):
@@ -50,21 +143,24 @@ class GaussianBandit(gym.Env):
         return np.zeros(1, np.float32), float(-((action[0] - 2.0) ** 2)), True, False, {}
 
 
-Q_TABLE = th.tensor([-5.0, 0.0, 5.0])
+Q_TABLE = th.tensor([-5.0, 0.0, 5.0, 1.0])
 
 
-class DiscreteBandit(gym.Env):
-    """One step: reward Q(a) from Q_TABLE, observation 0."""
+class FiniteBandit(gym.Env):
+    """One step: reward Q(a) from Q_TABLE for Discrete(4), MultiDiscrete([2, 2]) or MultiBinary(2) actions."""
 
     observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = spaces.Discrete(3)
+
+    def __init__(self, action_space: spaces.Space):
+        self.action_space = action_space
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         return np.zeros(1, np.float32), {}
 
     def step(self, action):
-        return np.zeros(1, np.float32), float(Q_TABLE[int(action)]), True, False, {}
+        index = int(action) if isinstance(self.action_space, spaces.Discrete) else 2 * int(action[0]) + int(action[1])
+        return np.zeros(1, np.float32), float(Q_TABLE[index]), True, False, {}
 
 
 class TrueGaussianQ(th.nn.Module):
@@ -72,99 +168,185 @@ class TrueGaussianQ(th.nn.Module):
         return (-((actions - 2.0) ** 2).sum(dim=1, keepdim=True),)
 
 
-class TrueDiscreteQ(th.nn.Module):
+class TrueFiniteQ(th.nn.Module):
     def forward(self, obs):
-        return (Q_TABLE.expand(len(obs), 3),)
+        return (Q_TABLE.expand(len(obs), 4),)
 
 
 def exact_gradient(model) -> th.Tensor:
     """∇_θ J of the bandit in closed form, over the policy parameters gradient_variance uses."""
     params = model._pg_parameters()
-    obs = th.zeros(1, 1)
-    distribution = model.policy.get_distribution(obs).distribution
-    if isinstance(model.action_space, spaces.Discrete):
-        objective = (distribution.probs * Q_TABLE).sum()
-    else:  # E[−(a − 2)²] = −(μ − 2)² − σ²
-        objective = (-((distribution.mean - 2.0) ** 2) - distribution.variance).sum()
+    distribution = model.policy.get_distribution(th.zeros(1, 1))
+    if isinstance(model.action_space, spaces.Box):  # E[−(a − 2)²] = −(μ − 2)² − σ²
+        normal = distribution.distribution
+        objective = (-((normal.mean - 2.0) ** 2) - normal.variance).sum()
+    else:
+        objective = (joint_action_probs(distribution, [4] if isinstance(model.action_space, spaces.Discrete) else [2, 2]) * Q_TABLE).sum()
     grads = th.autograd.grad(objective, params, allow_unused=True)
     return flatten_gradients(grads, params).double()
 
 
-@pytest.mark.parametrize(
-    "env_class, control_variate, q_net",
-    [
-        (GaussianBandit, "taylor", TrueGaussianQ),
-        (GaussianBandit, "reparameterization", TrueGaussianQ),
-        (DiscreteBandit, "expected", TrueDiscreteQ),
-    ],
-)
-def test_control_variate_is_unbiased_and_cuts_variance(env_class, control_variate, q_net):
+def assert_unbiased(stats: dict, exact: th.Tensor, n_minibatches: int) -> None:
+    """
+    Over K minibatches, E‖ḡ − ∇J‖² = variance / K for an unbiased estimator, and a bias adds ‖bias‖² (‖∇J‖² is of
+    order 1–16 here, against variance / K below 0.1). The gradient lives in a few dimensions, so
+    ‖ḡ − ∇J‖² / (variance / K) is about χ²_d / d: above 9 less than once in 10^4 runs.
+    """
+    error = (stats["mean"] - exact).pow(2).sum().item()
+    assert error < 9 * stats["variance"] / n_minibatches + 1e-8, (error, stats["variance"])
+
+
+BANDITS = [
+    (lambda: GaussianBandit(), "taylor", TrueGaussianQ),
+    (lambda: GaussianBandit(), "reparameterization", TrueGaussianQ),
+    (lambda: FiniteBandit(spaces.Discrete(4)), "expected", TrueFiniteQ),
+    (lambda: FiniteBandit(spaces.MultiDiscrete([2, 2])), "expected", TrueFiniteQ),
+    (lambda: FiniteBandit(spaces.MultiBinary(2)), "expected", TrueFiniteQ),
+]
+
+
+@pytest.mark.parametrize("eta", ["ones", "adaptive"])
+@pytest.mark.parametrize("make_env, control_variate, q_net", BANDITS)
+def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env, control_variate, q_net, eta):
     n_minibatches = 64
     model = CVPG(
         "MlpPolicy",
-        env_class(),
-        n_steps=4096,
-        batch_size=64,
+        make_vec_env(make_env, n_envs=2, seed=0),
+        n_steps=2048,
         control_variate=control_variate,
-        eta="ones",
-        qf_gradient_steps=0,  # the critic is the true Q below
+        eta=eta,
         seed=0,
-        policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)),
+        policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)) if control_variate != "expected" else
+        dict(net_arch=dict(pi=[], vf=[])),
     )
-    model.q_net = q_net()
-    with th.no_grad():  # the value baseline is exact too: V = E_π[Q] (−(μ − 2)² − σ² = −4.09, or 0)
-        model.policy.value_net.bias.fill_(-4.0 - 0.09 if env_class is GaussianBandit else 0.0)
+    model.q_critic.q_net = q_net()
+    with th.no_grad():  # the value baseline is exact too: V = E_π[Q] (−(μ − 2)² − σ² = −4.09, or 1/4 Σ Q_TABLE)
+        model.policy.value_net.bias.fill_(-4.0 - 0.09 if control_variate != "expected" else Q_TABLE.mean().item())
+    collect(model)
     with_cv = gradient_variance(model, n_minibatches=n_minibatches)
     plain = gradient_variance(model, n_minibatches=n_minibatches, control_variate=False)
     exact = exact_gradient(model)
     assert exact.norm() > 0.1
-    # Unbiased: over K minibatches, E‖ḡ − ∇J‖² = variance / K for each estimator, and a bias would add
-    # ‖bias‖² (‖∇J‖² ≈ 16 here, against variance / K below 0.1). The gradient lives in 2 dimensions (mean,
-    # log σ), so ‖ḡ − ∇J‖² / (variance / K) is about χ²₂ / 2: above 9 once in 10^4 runs.
     for stats in (with_cv, plain):
-        error = (stats["mean"] - exact).pow(2).sum().item()
-        assert error < 9 * stats["variance"] / n_minibatches + 1e-8, (control_variate, error, stats["variance"])
-    # with the true Q as critic the control variate leaves (almost) only the analytic term's noise
+        assert_unbiased(stats, exact, n_minibatches)
+    # with the true Q as critic the control variate leaves (almost) only the analytic term's noise; η* ≈ 1 finds it
     assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
+    if eta == "adaptive":
+        assert abs(model.logger.name_to_value.get("train/eta_mean", model._train_logs["eta_mean"][0]) - 1) < 0.2
+
+
+@pytest.mark.parametrize("qf_target", ["advantages", "returns", "td"])
+def test_learned_critic_gives_an_unbiased_estimator(qf_target):
+    """
+    The critic is fitted after each update on what came before, never on the rollout it builds Ā for: with the
+    policy held fixed (learning rate 0), each rollout's estimate is unbiased given the past, so the mean over
+    rollouts is within 5 standard errors of the exact gradient (per coordinate), while the critic keeps changing.
+    """
+    model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=128, n_epochs=1, batch_size=256,
+                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
+                 policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.5)))
+    estimates, critics = [], []
+    original_begin_update = model._begin_update
+
+    def begin_update():  # after Ā and η are prepared: this rollout's estimate and the critic that made it
+        original_begin_update()
+        estimates.append(gradient_variance(model, n_minibatches=4)["mean"])
+        critics.append(th.cat([p.detach().flatten() for p in model.q_critic.q_net.parameters()]))
+
+    model._begin_update = begin_update
+    model.learn(40 * 256)
+    estimates_ = th.stack(estimates[8:])  # once the critic has seen a few rollouts
+    policy_coordinates = estimates_.std(dim=0) > 0  # the value network's are 0 in every estimate
+    assert policy_coordinates.sum() == 2  # μ and log σ
+    error = (estimates_.mean(dim=0) - exact_gradient(model))[policy_coordinates]
+    z = error / (estimates_.std(dim=0)[policy_coordinates] / math.sqrt(len(estimates_)))
+    assert z.abs().max() < 5, z
+    assert not th.equal(critics[10], critics[-1]), "the critic is fitted along the way"
+    assert model.logger.name_to_value["train/cv_corr"] > 0.5, "the fitted critic tracks the bandit's Q"
+
+
+def test_critic_that_builds_a_rollouts_control_variate_never_saw_it():
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, **TINY)
+    seen = []
+    original_prepare, original_fit = model._prepare_control_variate, model._fit_q_critic
+
+    def prepare():
+        seen.append(("prepare", th.cat([p.detach().flatten().clone() for p in model.q_critic.parameters()])))
+        original_prepare()
+
+    def fit():
+        seen.append(("fit", None))
+        return original_fit()
+
+    model._prepare_control_variate, model._fit_q_critic = prepare, fit
+    model.learn(96)
+    assert [event for event, _ in seen] == ["prepare", "fit"] * 3, "per rollout: Ā first, the critic's fit after the update"
 
 
 # --- the pieces --------------------------------------------------------------------------------------
 
 
-def test_eta_rules():
-    advantages = th.tensor([1.0, 2.0, 3.0, 4.0])
-    with_positive_cov, with_negative_cov = th.tensor([0.0, 1.0, 1.0, 2.0]), th.tensor([2.0, 1.0, 1.0, 0.0])
-    assert qprop_eta(advantages, with_negative_cov, "ones") == 1
-    assert qprop_eta(advantages, with_positive_cov, "conservative") == 1
-    assert qprop_eta(advantages, with_negative_cov, "conservative") == 0
-    assert qprop_eta(advantages, with_positive_cov, "aggressive") == 1
-    assert qprop_eta(advantages, with_negative_cov, "aggressive") == -1
+def test_joint_actions_of_finite_spaces():
+    actions = th.tensor([[0, 0], [0, 2], [1, 1], [1, 2]])
+    assert joint_action_index(actions, [2, 3]).tolist() == [0, 2, 4, 5]  # as np.ravel_multi_index
+    assert joint_action_index(th.tensor([3.0, 1.0]), [4]).tolist() == [3, 1]
+    model = CVPG("MlpPolicy", IdentityEnvMultiDiscrete(3), seed=0, **TINY)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(5)]), dtype=th.float32)
+    distribution = model.policy.get_distribution(obs)
+    probs = joint_action_probs(distribution, [3, 3])
+    assert probs.shape == (5, 9) and th.allclose(probs.sum(dim=1), th.ones(5))
+    every = th.cartesian_prod(th.arange(3), th.arange(3))  # all joint actions, row-major as the index
+    for state in range(5):
+        log_prob = sum(component.logits[state].log_softmax(0)[every[:, i]] for i, component in enumerate(distribution.distribution))
+        assert th.allclose(probs[state], log_prob.exp(), atol=1e-6)
+
+
+def test_centered_control_variate():
+    assert th.equal(centered_control_variate(th.tensor([3.0, 1.0]), th.tensor([2.0, 2.0])), th.tensor([1.0, -1.0]))
 
 
 def test_eta_and_correlation_are_logged_and_applied():
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, eta="aggressive", **TINY).learn(96)
     logs = model.logger.name_to_value
-    assert logs["train/eta_mean"] in (-1.0, 1.0)
+    assert logs["train/eta_mean"] in (-1.0, 0.0, 1.0)
     assert -1.0 <= logs["train/cv_corr"] <= 1.0 and np.isfinite(logs["train/qf_loss"])
-    assert np.sign(logs["train/cv_corr"]) == logs["train/eta_mean"], "aggressive η is the sign of Cov(Â, Ā)"
-    # the buffer holds Â − ηĀ: its difference to the plain advantages is η Ā, correlated with Ā as logged
-    assert model.replay_buffer.size() == 96
+    buffer = model.rollout_buffer
+    # the buffer holds Â − ηĀ, and keeps Â and η as named fields of its samples
+    sample = next(buffer.get(32))
+    assert isinstance(sample, CVPGRolloutBufferSamples)
+    assert set(sample.eta.tolist()) <= {-1.0, 1.0} and sample.q_constants.shape == (32, 1)
+    assert not th.equal(sample.advantages, sample.plain_advantages)
 
 
-def test_taylor_term_is_autograd_of_q_at_the_mean():
+def test_taylor_term_is_autograd_of_q_at_the_executed_mean():
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate="taylor", **TINY)
-    model.learn(32)  # one rollout: the critic exists and the constants are computed in train()
-    model._begin_update()
-    model.rollout_buffer.batch_inds = np.arange(32)
-    obs = th.as_tensor(model.rollout_buffer.observations.reshape(32, -1))
+    model.learn(64)  # the critic has been fitted once
+    collect(model)
+    data = next(model.rollout_buffer.get(32))
     params = model._pg_parameters()
-    distribution = model.policy.get_distribution(obs)
-    ours = th.autograd.grad(model._analytic_term(obs, distribution, th.arange(32)).mean(), params, allow_unused=True)
-    # reference: ∇_θ mean_s Q_w(s, μ_θ(s)) with Q_w fixed
-    reference = th.autograd.grad(model.q_net(obs, model.policy.get_distribution(obs).distribution.mean)[0].mean(), params, allow_unused=True)
+    distribution = model.policy.get_distribution(data.observations)
+    ours = th.autograd.grad(model._analytic_term(data, distribution).mean(), params, allow_unused=True)
+    # reference: ∇_θ mean_s Q_w(s, m_θ(s)) with Q_w fixed, m_θ(s) = E_π[clip(a)]
+    normal = model.policy.get_distribution(data.observations).distribution
+    executed_mean = clipped_gaussian_mean(normal.mean, normal.stddev, th.tensor([-2.0]), th.tensor([2.0]))
+    reference = th.autograd.grad(model.q_critic(data.observations, executed_mean).mean(), params, allow_unused=True)
     flat = [flatten_gradients(gs, params) for gs in (ours, reference)]
     assert flat[1].norm() > 1e-4
     assert th.allclose(flat[0], flat[1], atol=1e-6, rtol=1e-5)
+
+
+def test_clipped_gaussian_mean():
+    """E[clip(a)] in closed form against 10^6 samples (5 standard errors); no bounds: the mean itself."""
+    mean, std = th.tensor([[0.5, -1.5, 3.0, 0.2]]), th.tensor([[1.0, 2.0, 0.5, 0.7]])
+    low, high = th.tensor([-1.0, -2.0, -math.inf, -math.inf]), th.tensor([1.0, 2.0, 2.0, math.inf])
+    generator = th.Generator().manual_seed(0)
+    samples = th.clamp(mean + std * th.randn(1_000_000, 4, generator=generator), low, high)
+    standard_error = samples.std(dim=0) / 1000
+    closed_form = clipped_gaussian_mean(mean, std, low, high)[0]
+    assert ((closed_form - samples.mean(dim=0)).abs() < 5 * standard_error).all(), (closed_form, samples.mean(dim=0))
+    assert closed_form[3] == 0.2
+    # without clipping in reach it is μ, and the Taylor control variate is Q-Prop's
+    assert th.allclose(clipped_gaussian_mean(mean, std * 1e-3, low * 100, high * 100), mean, atol=1e-6)
 
 
 def test_critic_sees_the_executed_action():
@@ -172,11 +354,11 @@ def test_critic_sees_the_executed_action():
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate="taylor", **TINY)
     obs = th.as_tensor(np.random.default_rng(0).normal(size=(3, 3)), dtype=th.float32)
     outside = th.tensor([[5.0], [-2.5], [100.0]], requires_grad=True)
-    q_outside = model._q_values(model.q_net, obs, outside)
-    assert th.equal(q_outside, model._q_values(model.q_net, obs, th.tensor([[2.0], [-2.0], [2.0]])))
+    q_outside = model.q_critic(obs, outside)
+    assert th.equal(q_outside, model.q_critic(obs, th.tensor([[2.0], [-2.0], [2.0]])))
     assert th.equal(th.autograd.grad(q_outside.sum(), outside)[0], th.zeros(3, 1))
     inside = th.full((3, 1), 0.5, requires_grad=True)
-    assert th.autograd.grad(model._q_values(model.q_net, obs, inside).sum(), inside)[0].abs().sum() > 0
+    assert th.autograd.grad(model.q_critic(obs, inside).sum(), inside)[0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("control_variate", ["taylor", "reparameterization"])
@@ -187,7 +369,7 @@ def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
     """
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate=control_variate, eta="ones", use_sde=False, **TINY)
     model.learn(32)
-    model._begin_update()
+    collect(model)
     data = next(model.rollout_buffer.get(32))
     params = model._pg_parameters()
 
@@ -205,9 +387,9 @@ def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
     # half the samples inside: the gradient of those samples' terms alone
     th.manual_seed(0)
     distribution = model.policy.get_distribution(data.observations)
-    terms = model._analytic_term(data.observations, distribution, model._batch_inds())
+    terms = model._analytic_term(data, distribution)
     scale = 1.0 / (data.advantages.std() + 1e-8)
-    reference = th.autograd.grad(-scale * (terms * (half == 1)).mean(), params, allow_unused=True)
+    reference = th.autograd.grad(-scale * (data.eta * terms * (half == 1)).mean(), params, allow_unused=True)
     assert th.allclose(gradient(half, 0.2), flatten_gradients(reference, params), atol=1e-7)
 
 
@@ -245,25 +427,122 @@ def test_kl_surrogate_adapts_beta():
     assert "train/kl_coef" in model.logger.name_to_value and model.kl_coef != 1.0
 
 
+def test_default_critic_steps_and_architecture():
+    model = CVPG("MlpPolicy", "Pendulum-v1", n_steps=256, qf_batch_size=64, policy_kwargs=dict(net_arch=dict(pi=[8], vf=[24, 12])))
+    assert model.q_critic.gradient_steps == 10 * 256 // 64  # 10 passes over the rollout
+    assert [m.out_features for m in model.q_critic.q_net.qf0 if isinstance(m, th.nn.Linear)] == [24, 12, 1]  # V's layers
+    assert CVPG("MlpPolicy", "Pendulum-v1", qf_target="td").q_critic.gradient_steps == 100
+
+
+# --- the defects --------------------------------------------------------------------------------------
+
+
+def test_replay_buffer_stores_the_envs_original_observations_and_rewards():
+    """With VecNormalize the TD critic's replay keeps the originals (on Pendulum cos² + sin² = 1) and normalises when sampled."""
+    env = VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0), gamma=0.9)
+    model = CVPG("MlpPolicy", env, seed=0, **{**TINY, "qf_target": "td"}).learn(128)
+    buffer = model.q_critic.replay_buffer
+    stored = buffer.observations[: buffer.size()].reshape(-1, 3)
+    np.testing.assert_allclose(stored[:, 0] ** 2 + stored[:, 1] ** 2, 1.0, atol=1e-5)
+    next_stored = buffer.next_observations[: buffer.size()].reshape(-1, 3)
+    np.testing.assert_allclose(next_stored[:, 0] ** 2 + next_stored[:, 1] ** 2, 1.0, atol=1e-5)
+    rewards = buffer.rewards[: buffer.size()]
+    assert rewards.max() <= 0 and rewards.min() >= -16.3, "Pendulum's own rewards, in [−16.27, 0]"
+    # consecutive steps chain: the next observation of step t is the observation of step t + 1
+    np.testing.assert_allclose(buffer.next_observations[:10], buffer.observations[1:11], atol=1e-6)
+    # sampled with the env, they are normalised with its current statistics
+    th.manual_seed(0)
+    np.random.seed(0)
+    normalised = buffer.sample(64, env=env)
+    np.random.seed(0)
+    raw = buffer.sample(64)
+    np.testing.assert_allclose(normalised.observations.numpy(), env.normalize_obs(raw.observations.numpy()), atol=1e-5)
+    np.testing.assert_allclose(normalised.rewards.numpy(), env.normalize_reward(raw.rewards.numpy()), atol=1e-5)
+
+
+def test_float64_box_actions():
+    env = make_vec_env(lambda: IdentityEnvBox(), n_envs=2, seed=0)
+    float64_env = make_vec_env(lambda: gym.wrappers.TransformAction(
+        IdentityEnvBox(), lambda a: a.astype(np.float32), spaces.Box(-1, 1, (1,), np.float64)), n_envs=2, seed=0)
+    for venv in (env, float64_env):
+        model = CVPG("MlpPolicy", venv, seed=0, log_grad_var=True, **TINY).learn(128)
+        assert np.isfinite(model.logger.name_to_value["train/cv_corr"])
+    assert float64_env.action_space.dtype == np.float64
+
+
+@pytest.mark.parametrize("make_env", [lambda: IdentityEnvMultiDiscrete(3), lambda: IdentityEnvMultiBinary(3)], ids=["MultiDiscrete", "MultiBinary"])
+def test_identity_env_is_learned_on_multi_actions(make_env):
+    env = make_vec_env(make_env, n_envs=4, seed=0)
+    model = CVPG("MlpPolicy", env, seed=0, n_steps=64, batch_size=64, n_epochs=4, learning_rate=3e-3, qf_net_arch=[32],
+                 policy_kwargs=dict(net_arch=[32]))
+    assert model.control_variate == "expected"
+    model.learn(10_000)
+    mean_reward, _ = evaluate_policy(model, make_vec_env(make_env, n_envs=1, seed=100), n_eval_episodes=10)
+    assert mean_reward >= 90, f"mean reward {mean_reward} on the identity task"
+
+
+def test_gradient_variance_changes_nothing():
+    model = CVPG("MlpPolicy", VecNormalize(make_vec_env("Pendulum-v1", n_envs=2, seed=0)), seed=0, **{**TINY, "qf_target": "td"})
+    with pytest.raises(ValueError, match="has none"):
+        gradient_variance(model)
+    assert model.num_timesteps == 0 and model.q_critic.replay_buffer.size() == 0 and not model.rollout_buffer.full
+    model.learn(64)
+    model.policy.set_training_mode(False)
+
+    def state():
+        buffer = model.rollout_buffer
+        return dict(
+            arrays={k: v.copy() for k, v in vars(buffer).items() if isinstance(v, np.ndarray)},
+            flags=(buffer.generator_ready, buffer.pos, buffer.full, None if buffer.batch_inds is None else buffer.batch_inds.copy()),
+            replay=(model.q_critic.replay_buffer.pos, model.q_critic.replay_buffer.observations.copy()),
+            policy={k: v.clone() for k, v in model.policy.state_dict().items()},
+            critic={k: v.clone() for k, v in model.q_critic.state_dict().items()},
+            optimizers=(repr(model.policy.optimizer.state_dict()), repr(model.q_critic.optimizer.state_dict())),
+            counters=(model.num_timesteps, model._n_updates, model.policy.training, model._last_obs.copy()),
+            random=(np.random.get_state()[1].copy(), th.random.get_rng_state().clone(),
+                    th.cuda.get_rng_state_all() if th.cuda.is_available() else None),
+        )
+
+    def equal(a, b):
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
+        if isinstance(a, (tuple, list)):
+            return len(a) == len(b) and all(equal(x, y) for x, y in zip(a, b))
+        if isinstance(a, np.ndarray):
+            return np.array_equal(a, b)
+        if isinstance(a, th.Tensor):
+            return th.equal(a, b)
+        return a == b
+
+    before = state()
+    for control_variate in (True, False):
+        assert gradient_variance(model, n_minibatches=4, control_variate=control_variate)["variance"] > 0
+    assert equal(before, state())
+
+
 def test_save_load_keeps_the_critic(tmp_path):
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, **TINY).learn(64)
     model.save(tmp_path / "cvpg")
     loaded = CVPG.load(tmp_path / "cvpg", env=gym.make("Pendulum-v1"))
-    for a, b in zip(model.q_net.parameters(), loaded.q_net.parameters()):
+    for a, b in zip(model.q_critic.parameters(), loaded.q_critic.parameters()):
         assert th.equal(a, b)
-    assert loaded.control_variate == "taylor" and loaded.replay_buffer.size() == 0
+    assert loaded.control_variate == "taylor" and loaded.qf_target == "advantages" and loaded.eta == "adaptive"
     loaded.learn(64, reset_num_timesteps=False)
     assert loaded.num_timesteps == 128
 
 
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_cuda(env_id):
-    model = CVPG("MlpPolicy", env_id, seed=0, device="cuda", **TINY)
-    assert model.replay_buffer.sample(4).observations.device.type == "cuda"
+@pytest.mark.parametrize("qf_target", ["advantages", "td"])
+def test_cuda(env_id, qf_target):
+    model = CVPG("MlpPolicy", env_id, seed=0, device="cuda", log_grad_var=True, **{**TINY, "qf_target": qf_target})
     model.learn(96)
-    assert all(p.device.type == "cuda" for p in model.q_net.parameters())
+    assert all(p.device.type == "cuda" for p in model.q_critic.parameters())
     assert np.isfinite(model.logger.name_to_value["train/qf_loss"])
+    # measuring the variance leaves CUDA's random stream as it was
+    cuda_state = th.cuda.get_rng_state_all()
+    gradient_variance(model)
+    assert all(th.equal(a, b) for a, b in zip(cuda_state, th.cuda.get_rng_state_all()))
 
 
 @pytest.mark.parametrize(
@@ -276,13 +555,22 @@ def test_cuda(env_id):
         (IdentityEnvBox(), dict(eta="sometimes"), "eta"),
         (IdentityEnvBox(), dict(surrogate="trpo"), "surrogate"),
         (IdentityEnvBox(), dict(baseline="median"), "baseline"),
+        (IdentityEnvBox(), dict(qf_target="mc"), "qf_target"),
         (IdentityEnvBox(), dict(qf_batch_size=0), "qf_batch_size"),
+        (IdentityEnvBox(), dict(qf_gradient_steps=-1), "qf_gradient_steps"),
         (IdentityEnvBox(), dict(qf_tau=0.0), "qf_tau"),
         (IdentityEnvBox(), dict(surrogate="vanilla", n_epochs=5), "n_epochs"),
-        (IdentityEnvBox(), dict(control_variate="reparameterization", use_sde=True), "use_sde"),
-        (IdentityEnvMultiDiscrete(2), dict(), "Discrete and Box"),
+        (IdentityEnvMultiDiscrete(40), dict(control_variate="expected"), "at most 1024"),
+        (IdentityEnvBox(), dict(rollout_buffer_class=type("MyBuffer", (RolloutBuffer,), {})), "rollout_buffer_class"),
     ],
 )
 def test_bad_input(env, kwargs, match):
     with pytest.raises(ValueError, match=match):
         CVPG("MlpPolicy", env, **kwargs)
+
+
+def test_large_joint_action_set_runs_without_a_control_variate():
+    with pytest.warns(UserWarning, match="joint actions"):
+        model = CVPG("MlpPolicy", IdentityEnvMultiDiscrete(40), seed=0, **TINY)
+    assert model.control_variate == "none" and model.q_critic is None
+    model.learn(64)

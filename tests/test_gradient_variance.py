@@ -79,11 +79,15 @@ def test_linear_gaussian_case():
     assert 1.6 < ratio < 2.6
 
 
-def test_fresh_rollout_when_none_yet():
+def test_a_model_without_a_rollout_is_refused_and_left_as_it_was():
     model = PPOKL("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, seed=0)
+    with pytest.raises(ValueError, match="has none"):
+        gradient_variance(model, n_minibatches=4)
+    assert model.num_timesteps == 0 and not model.rollout_buffer.full, "nothing was collected"
+    model.learn(64)
     stats = gradient_variance(model, n_minibatches=4)
-    assert model.num_timesteps == 64 and model.rollout_buffer.full
     assert stats["minibatch_size"] == 16 and stats["variance"] > 0 and stats["mean_sq_norm"] > 0
+    assert model.num_timesteps == 64
     with pytest.raises(ValueError, match="n_minibatches"):
         gradient_variance(model, n_minibatches=1)
     with pytest.raises(ValueError, match="n_minibatches"):

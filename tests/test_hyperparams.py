@@ -56,7 +56,7 @@ def test_every_cvpg_entry_builds_a_model(env_id):
     env = make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=hyperparams.n_envs)
     model = CVPG(hyperparams.policy, env, **hyperparams.model_kwargs)
     expected = "expected" if ACTION_SPACE[env_id] is spaces.Discrete else "taylor"
-    assert model.control_variate == expected and model.surrogate == "clip" and model.q_net is not None
+    assert model.control_variate == expected and model.surrogate == "clip" and model.q_critic is not None
 
 
 @pytest.mark.parametrize("env_id", PPOKL_ENTRIES)

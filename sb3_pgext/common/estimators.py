@@ -2,10 +2,14 @@
 Actor-gradient estimators of ∇_θ E_{a∼π_θ(·|s)}[ f(s, a) ], each written as a surrogate loss whose
 autograd gradient is the estimator (minimising the loss ascends E[f]).
 
-Lecture notes seed 000 eq. 4.4.4–4.4.5 (score function with fresh actions from the current policy),
-seed 004 section 3 (reparameterization / Stein's identity); Expected Policy Gradients
-(Ciosek & Whiteson, 2018) and SAC-Discrete (Christodoulou, 2019) for the all-action sum.
+The score function with fresh actions from the current policy (Degris et al. 2012, "Off-Policy
+Actor-Critic", https://arxiv.org/abs/1205.4839; Williams 1992), reparameterization (Kingma & Welling
+2014; as in SAC, Haarnoja et al. 2018, https://arxiv.org/abs/1801.01290), and the all-action sum of
+Expected Policy Gradients (Ciosek & Whiteson 2018, https://arxiv.org/abs/1706.05374) and SAC-Discrete
+(Christodoulou 2019, https://arxiv.org/abs/1910.07207).
 """
+
+import math
 
 import torch as th
 
@@ -26,13 +30,13 @@ def leave_one_out_baseline(values: th.Tensor) -> th.Tensor:
 
 def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor, baseline: bool = True) -> th.Tensor:
     """
-    Score-function (likelihood-ratio) estimator, seed 000 eq. 4.4.5 with a leave-one-out baseline:
+    Score-function (likelihood-ratio) estimator with K fresh actions per state and a leave-one-out baseline:
 
         ∇_θ J ≈ (1 / NK) Σ_i Σ_k ∇_θ log π_θ(a_ik|s_i) (f(s_i, a_ik) − b_ik),   a_ik ∼ π_θ(·|s_i).
 
     :param log_prob: log π_θ(a_ik|s_i) of shape (K, batch), differentiable in θ, actions held fixed
     :param values: f(s_i, a_ik) of shape (K, batch) (treated as constants)
-    :param baseline: subtract the leave-one-out baseline (False: b = 0, the plain eq. 4.4.5)
+    :param baseline: subtract the leave-one-out baseline (False: b = 0)
     :return: the surrogate loss, −mean of log π · (f − b)
     """
     values = values.detach()
@@ -43,7 +47,7 @@ def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor, baseline: bool
 
 def reparameterization_loss(log_prob: th.Tensor, q_values: th.Tensor, ent_coef: th.Tensor) -> th.Tensor:
     """
-    Pathwise estimator (seed 004 section 3, SAC): a = f_θ(s, ξ) carries the gradient, so
+    Pathwise estimator (reparameterization, as in SAC): a = f_θ(s, ξ) carries the gradient, so
 
         ∇_θ J ≈ (1 / N) Σ_i ∇_a Q(s_i, a) ∇_θ f_θ(s_i, ξ_i) − α ∇_θ log π_θ(f_θ(s_i, ξ_i)|s_i).
 
@@ -73,58 +77,156 @@ def expected_policy_loss(probs: th.Tensor, log_probs: th.Tensor, q_values: th.Te
 
 # --- control variates for on-policy policy gradients (CVPG) ------------------------------------------
 #
-#     ∇J ≈ (1/N) Σ ∇ log π(a|s) (Â(s,a) − η Ā(s,a))  +  (1/N) Σ η ∇_θ E_{a∼π_θ(s)}[ Q_w(s, a) ]
+#     ∇J ≈ (1/N) Σ_i ∇ log π(a_i|s_i) (Â_i − η_i Ā_i)  +  (1/N) Σ_i η_i ∇_θ E_{a∼π_θ(s_i)}[ Q_w(s_i, a) ]
 #
-# (seed 000 eq. 4.2.5–4.2.6; Q-Prop, Gu et al. 2017; Stein control variates, Liu et al. 2018). Ā is the
-# action-dependent part of the critic, computed once per rollout; the analytic term is written as a
-# surrogate in θ whose gradient is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (or Q-Prop's first-order version of it).
+# (Q-Prop, Gu et al. 2017, https://arxiv.org/abs/1611.02247, eq. 9; Stein control variates, Liu et al.
+# 2018, https://arxiv.org/abs/1710.11198). Ā is the action-dependent part of the critic, computed once
+# per rollout; the analytic term is written as a surrogate in θ whose gradient is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)]
+# (or Q-Prop's first-order version of it). The estimator is unbiased for any critic and any η, provided
+# neither depends on the action a_i it is applied to: Q_w is fitted on earlier rollouts and η_i on the
+# other fold of the rollout (Tucker et al. 2018, https://arxiv.org/abs/1802.10031, sec. 4, found
+# implementations that fitted them on the same samples, which biases the estimator).
 
 
 def taylor_control_variate(q_grad: th.Tensor, actions: th.Tensor, mean_actions: th.Tensor) -> th.Tensor:
     """
-    Q-Prop's first-order Taylor control variate Ā(s, a) = ∇_a Q_w(s, μ(s))ᵀ (a − μ(s)).
+    Q-Prop's first-order Taylor control variate Ā(s, a) = ∇_a Q_w(s, μ(s))ᵀ (a − μ(s)) (Gu et al. 2017, eq. 7).
 
-    :param q_grad: ∇_a Q_w(s, a) at a = μ(s), shape (batch, action_dim)
-    :param actions: the taken actions, shape (batch, action_dim)
-    :param mean_actions: μ(s), the rollout policy's mean action, shape (batch, action_dim)
+    CVPG expands in the action the env executes, clip(a), around its mean m(s) = E_π[clip(a)] (see
+    :func:`clipped_gaussian_mean`): Ā = ∇_a Q_w(s, m)ᵀ (clip(a) − m), Q-Prop's term when nothing is clipped.
+
+    :param q_grad: ∇_a Q_w(s, a) at the expansion point, shape (batch, action_dim)
+    :param actions: the actions (executed), shape (batch, action_dim)
+    :param mean_actions: the expansion point, their mean under the rollout policy, shape (batch, action_dim)
     :return: Ā, shape (batch,)
     """
-    return (q_grad * (actions - mean_actions)).sum(dim=1)
+    return (q_grad * (actions.to(q_grad.dtype) - mean_actions)).sum(dim=1)
 
 
 def taylor_analytic_term(q_grad: th.Tensor, mean_actions: th.Tensor) -> th.Tensor:
     """
     Q-Prop's analytic term as a surrogate, per state: ∇_a Q_w(s_i, μ_old(s_i))ᵀ μ_θ(s_i), whose gradient in θ
-    is ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s), i.e. ∇_θ Q_w(s, μ_θ(s)) at θ = θ_old.
+    is ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s), i.e. ∇_θ Q_w(s, μ_θ(s)) at θ = θ_old (Gu et al. 2017, eq. 8); with the
+    executed actions' mean m_θ(s) in place of μ_θ(s), ∇_θ E_{a∼π_θ}[gᵀ clip(a)] exactly.
 
-    :param q_grad: ∇_a Q_w(s, μ_old(s)), constants of shape (batch, action_dim)
-    :param mean_actions: μ_θ(s), differentiable, shape (batch, action_dim)
+    :param q_grad: ∇_a Q_w at the rollout policy's expansion point, constants of shape (batch, action_dim)
+    :param mean_actions: μ_θ(s) or m_θ(s), differentiable, shape (batch, action_dim)
     :return: shape (batch,); its mean is the minibatch's surrogate
     """
     return (q_grad.detach() * mean_actions).sum(dim=1)
 
 
+_HUGE, _SQRT_HALF, _INV_SQRT_2PI = 1e30, 0.5**0.5, (2 * math.pi) ** -0.5
+
+
+def clipped_gaussian_mean(mean: th.Tensor, std: th.Tensor, low: th.Tensor, high: th.Tensor) -> th.Tensor:
+    """
+    E[clip(a, low, high)] for a ∼ N(mean, std²), per component, differentiable in mean and std:
+
+        l Φ(α) + h (1 − Φ(β)) + μ (Φ(β) − Φ(α)) + σ (φ(α) − φ(β)),   α = (l − μ) / σ,  β = (h − μ) / σ.
+
+    SB3 clips a Gaussian policy's actions to the Box before the env sees them, so this is the mean of
+    the executed action; an infinite bound leaves its side unclipped.
+
+    :param mean: μ, shape (batch, action_dim)
+    :param std: σ > 0, same shape
+    :param low: the lower bounds, shape (action_dim,)
+    :param high: the upper bounds, shape (action_dim,)
+    :return: shape (batch, action_dim)
+    """
+    # an infinite bound as a huge finite one: Φ and φ are then exactly 0 or 1 there, and the products 0
+    low, high = th.clamp(low, min=-_HUGE), th.clamp(high, max=_HUGE)
+    alpha, beta = (low - mean) / std, (high - mean) / std
+    cdf_alpha, cdf_beta = 0.5 * (1 + th.erf(alpha * _SQRT_HALF)), 0.5 * (1 + th.erf(beta * _SQRT_HALF))
+    pdf_alpha, pdf_beta = th.exp(-0.5 * alpha**2) * _INV_SQRT_2PI, th.exp(-0.5 * beta**2) * _INV_SQRT_2PI
+    below, above = low * cdf_alpha, high * (1 - cdf_beta)
+    return below + above + mean * (cdf_beta - cdf_alpha) + std * (pdf_alpha - pdf_beta)
+
+
 def centered_control_variate(q_taken: th.Tensor, q_expected: th.Tensor) -> th.Tensor:
     """
     Ā(s, a) = Q_w(s, a) − E_{a'∼π(s)}[Q_w(s, a')]: the Stein control variate with φ = Q_w
-    ("reparameterization", the expectation estimated by sampling) and the exact one for Discrete
-    actions ("expected"). Subtracting a function of s alone leaves the estimator unbiased.
+    ("reparameterization", the expectation estimated by sampling; Liu et al. 2018, eq. 8) and the exact
+    one for finite action sets ("expected"). Subtracting a function of s alone leaves the estimator unbiased.
     """
     return q_taken - q_expected
 
 
-def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str) -> th.Tensor:
+def expected_analytic_term(probs: th.Tensor, q_table: th.Tensor) -> th.Tensor:
     """
-    Q-Prop's weight η of the control variate: "ones" (η = 1), "conservative" (η = 1 where
-    Ĉov(Â, Ā) > 0, else 0) or "aggressive" (η = sign Ĉov(Â, Ā)), the covariance taken over the rollout.
+    The exact analytic term over a finite action set, per state: Σ_a π_θ(a|s) Q_w(s, a), whose gradient in
+    θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] with no sampling at all.
 
-    :return: η as a 0-d tensor
+    :param probs: π_θ(·|s), differentiable, shape (batch, n_actions)
+    :param q_table: Q_w(s, ·), constants of shape (batch, n_actions)
+    :return: shape (batch,)
     """
+    return (probs * q_table.detach()).sum(dim=1)
+
+
+ETA_RULES = ("adaptive", "ones", "conservative", "aggressive")
+
+
+def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str, folds: th.Tensor | None = None) -> th.Tensor:
+    """
+    Q-Prop's weight η of the control variate, per sample (Gu et al. 2017, sec. 3.3 and 3.4):
+
+    - "adaptive": η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ), i.e. the least-squares
+      coefficient of Â on Ā; it never raises that variance in expectation;
+    - "ones": η = 1 (a perfect critic's weight; Var(Â − Ā) < Var(Â) only where Ĉov(Â, Ā) > V̂ar(Ā) / 2);
+    - "conservative": η = 1 where Ĉov(Â, Ā) > 0, else 0;
+    - "aggressive": η = sign Ĉov(Â, Ā).
+
+    Cross-fitted: the statistics that set the η of a sample of fold f are taken over the samples of the
+    other folds, never over the sample itself, so that η_i is independent of a_i and the estimator stays
+    unbiased. ``folds=None`` is a single fold: the in-sample estimate, biased by O(1/N) (for comparisons).
+
+    :param advantages: Â of the rollout, shape (N,)
+    :param control_variate: Ā of the rollout, shape (N,)
+    :param rule: one of ``ETA_RULES``
+    :param folds: the fold of each sample, integers of shape (N,) (see :func:`rollout_folds`), or None
+    :return: η per sample, shape (N,)
+    """
+    if rule not in ETA_RULES:
+        raise ValueError(f"eta must be one of {ETA_RULES}, got {rule!r}")
     if rule == "ones":
-        return th.ones((), device=advantages.device)
-    covariance = ((advantages - advantages.mean()) * (control_variate - control_variate.mean())).mean()
-    if rule == "conservative":
-        return (covariance > 0).to(advantages.dtype)
-    if rule == "aggressive":
-        return th.sign(covariance)
-    raise ValueError(f"eta must be 'ones', 'conservative' or 'aggressive', got {rule!r}")
+        return th.ones_like(advantages)
+    if folds is None:
+        folds = th.zeros_like(advantages, dtype=th.long)
+    eta = th.empty_like(advantages)
+    for fold in th.unique(folds):
+        inside = folds == fold
+        # the other folds' statistics; a rollout of a single fold (one sample per env...) uses its own
+        others = ~inside if (~inside).any() else inside
+        a, c = advantages[others], control_variate[others]
+        c_centered = c - c.mean()
+        covariance = ((a - a.mean()) * c_centered).mean()
+        if rule == "adaptive":
+            variance = c_centered.pow(2).mean()
+            eta[inside] = covariance / variance if variance > 0 else 0.0
+        elif rule == "conservative":
+            eta[inside] = (covariance > 0).to(advantages.dtype)
+        else:  # aggressive
+            eta[inside] = th.sign(covariance)
+    return eta
+
+
+def rollout_folds(n_steps: int, n_envs: int, n_folds: int = 2) -> th.Tensor:
+    """
+    The cross-fitting fold of each sample of a rollout, in the flattened order of SB3's ``RolloutBuffer``
+    (index = env · n_steps + step).
+
+    With several envs, whole envs form the folds (env e in fold e mod n_folds): their trajectories are
+    independent given the rollout's start, so a statistic of one fold is independent of the other folds'
+    actions. With one env, the rollout's consecutive blocks form the folds: the first block's statistics
+    are then independent of the later blocks' actions, while the later blocks' states depend (weakly,
+    through the dynamics) on the first block's actions.
+
+    :param n_steps: steps per env in the rollout
+    :param n_envs: number of envs
+    :param n_folds: number of folds (2: each half's η comes from the other half)
+    :return: fold indices, a long tensor of shape (n_steps · n_envs,)
+    """
+    if n_envs >= n_folds:
+        return (th.arange(n_envs) % n_folds).repeat_interleave(n_steps)
+    return (th.arange(n_steps) * n_folds // n_steps).repeat(n_envs)

@@ -1,7 +1,9 @@
 """
-Measured variance of a policy-gradient estimator (lecture notes seed 000 sections 3.1.3–3.1.4 and
-4.2.1; Tucker et al. 2018, "The Mirage of Action-Dependent Baselines": a claimed variance
-reduction has to be measured).
+Measured variance of a policy-gradient estimator. Baselines and control variates exist to cut it
+(Greensmith et al. 2004, "Variance Reduction Techniques for Gradient Estimates in Reinforcement
+Learning", https://jmlr.org/papers/v5/greensmith04a.html), and a claimed reduction has to be measured
+(Tucker et al. 2018, "The Mirage of Action-Dependent Baselines in Reinforcement Learning",
+https://arxiv.org/abs/1802.10031).
 
 One batch is split into K minibatches; the estimator's gradient ĝ_k is computed on each, and
 
@@ -62,14 +64,16 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     """
     Variance of the model's policy-gradient estimator, measured on one batch split into minibatches.
 
-    On-policy models (PPOKL) use the rollout they last trained on (a fresh rollout is collected when
-    there is none yet); the estimator is ∇_θ mean[log π_θ(a|s) Â] at the current parameters, with
-    the raw (not normalized) advantages, and ``control_variate=False`` drops the value baseline
-    (Â + V(s), the returns). OffPAC uses ``n_minibatches`` fresh replay samples of ``batch_size``
-    and its actor loss; ``control_variate=False`` drops the leave-one-out baseline of "likelihood".
-    Nothing is trained and the global random streams are left as they were.
+    On-policy models (PPOKL, CVPG) use the rollout they last collected (a model with none, new or just
+    loaded, raises a ValueError); the estimator is ∇_θ mean[log π_θ(a|s) Â] at the current parameters,
+    with the raw (not normalized) advantages, and ``control_variate=False`` drops the value baseline
+    (Â + V(s), the returns), or CVPG's control variate (Â instead of Â − ηĀ, no analytic term).
+    OffPAC uses ``n_minibatches`` fresh replay samples of ``batch_size`` and its actor loss;
+    ``control_variate=False`` drops the leave-one-out baseline of "likelihood". Nothing is trained or
+    collected: the model, its buffers and counters, and the global random streams (numpy's, torch's CPU
+    and CUDA ones) are left as they were.
 
-    :param model: a model of the package (PPOKL, OffPAC)
+    :param model: a model of the package (PPOKL, CVPG, OffPAC)
     :param n_minibatches: K, the number of minibatches (>= 2)
     :param control_variate: whether the estimator keeps its baseline / control variate
     :return: ``variance`` (trace of the covariance of the K minibatch gradients), ``mean_sq_norm``
@@ -80,6 +84,7 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
         raise ValueError(f"n_minibatches must be an integer >= 2, got {n_minibatches!r}")
     parameters = model._pg_parameters()
     numpy_state, torch_state = np.random.get_state(), th.random.get_rng_state()
+    cuda_states = th.cuda.get_rng_state_all() if th.cuda.is_available() and th.cuda.is_initialized() else None
     try:
         rows, minibatch_size = [], 0
         for batch in model._pg_minibatches(n_minibatches):
@@ -90,6 +95,8 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     finally:
         np.random.set_state(numpy_state)
         th.random.set_rng_state(torch_state)
+        if cuda_states is not None:
+            th.cuda.set_rng_state_all(cuda_states)
     gradients = th.stack(rows).double().cpu()
     statistics = minibatch_gradient_statistics(gradients)
     return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size, mean=gradients.mean(dim=0))

@@ -1,5 +1,6 @@
 """The PPO-family base: SB3's PPO with an update loop made of overridable pieces."""
 
+import copy
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -352,21 +353,24 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         return [param for param in self.policy.parameters() if param.requires_grad]
 
     def _pg_minibatches(self, n_minibatches: int) -> Iterator[RolloutBufferSamples]:
-        """``n_minibatches`` disjoint minibatches of the last rollout (collected first if there is none)."""
+        """
+        ``n_minibatches`` disjoint minibatches of the rollout the model last trained on, drawn from a shallow
+        copy of the buffer, so that the buffer's layout and recorded indices stay as they were.
+        """
         if not self.rollout_buffer.full:
-            self._collect_fresh_rollout()
-        minibatch_size = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs // n_minibatches
+            raise ValueError(
+                "gradient_variance measures the policy gradient on the rollout the model last collected, and this "
+                "model has none (it is new or was just loaded): train it first, or pass log_grad_var=True to the "
+                "constructor to measure it at every update, the first one included"
+            )
+        n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
+        minibatch_size = n_samples // n_minibatches
         if minibatch_size < 1:
-            raise ValueError(f"n_minibatches={n_minibatches} exceeds the rollout's {self.n_steps * self.n_envs} samples")
-        for index, rollout_data in enumerate(self.rollout_buffer.get(minibatch_size)):
+            raise ValueError(f"n_minibatches={n_minibatches} exceeds the rollout's {n_samples} samples")
+        for index, rollout_data in enumerate(copy.copy(self.rollout_buffer).get(minibatch_size)):
             if index == n_minibatches:
                 break  # the remainder, when the rollout does not split evenly
             yield rollout_data
-
-    def _collect_fresh_rollout(self) -> None:
-        """One rollout with the current policy, for gradient_variance on a model that has none yet."""
-        _, callback = self._setup_learn(self.n_steps * self.n_envs, None, reset_num_timesteps=False)
-        self.collect_rollouts(self.env, callback, self.rollout_buffer, n_rollout_steps=self.n_steps)  # type: ignore[arg-type]
 
     def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
         """−mean[log π_θ(a|s) Â] (raw advantages); without the control variate Â + V(s), the returns."""
@@ -410,10 +414,12 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
     def _rollout_chunks(self):  # type: ignore[no-untyped-def]
         """
         Yield (observations, slice) over the whole rollout in the order ``get()`` indexes it, with the
-        policy in evaluation mode (as when the rollout's log-probabilities were computed).
+        policy in evaluation mode (as when the rollout's log-probabilities were computed); the policy's
+        mode is restored afterwards.
         """
         observations = flat_observations(self.rollout_buffer)
         n_samples = self.rollout_buffer.buffer_size * self.rollout_buffer.n_envs
+        training = self.policy.training
         self.policy.set_training_mode(False)
         try:
             for start in range(0, n_samples, _FULL_ROLLOUT_CHUNK):
@@ -424,7 +430,7 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
                     obs_chunk = observations[chunk]
                 yield obs_as_tensor(obs_chunk, self.device), chunk  # type: ignore[arg-type]
         finally:
-            self.policy.set_training_mode(True)
+            self.policy.set_training_mode(training)
 
     @th.no_grad()
     def _rollout_distribution_params(self) -> DistributionParams | None:

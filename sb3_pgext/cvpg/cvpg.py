@@ -1,4 +1,5 @@
 import io
+import math
 import pathlib
 import warnings
 from typing import Any, ClassVar, TypeVar
@@ -6,57 +7,83 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer, RolloutBuffer
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
-from stable_baselines3.common.policies import BasePolicy, ContinuousCritic
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
-from stable_baselines3.common.utils import polyak_update
-from torch import nn
-from torch.nn import functional as F
+from stable_baselines3.common.utils import obs_as_tensor
 
-from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, flat_array, set_flat
-from sb3_pgext.common.critics import DiscreteCritic
-from sb3_pgext.common.gradient_variance import gradient_variance
+from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
 from sb3_pgext.common.estimators import (
+    ETA_RULES,
     centered_control_variate,
+    clipped_gaussian_mean,
+    expected_analytic_term,
     qprop_eta,
+    rollout_folds,
     taylor_analytic_term,
     taylor_control_variate,
 )
+from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.on_policy import PPOBase
 from sb3_pgext.common.utils import repeat_observations
+from sb3_pgext.cvpg.buffers import (
+    CVPGBufferMixin,
+    CVPGDictRolloutBuffer,
+    CVPGDictRolloutBufferSamples,
+    CVPGRolloutBuffer,
+    CVPGRolloutBufferSamples,
+)
+from sb3_pgext.cvpg.critic import FINITE_ACTION_SPACES, MAX_JOINT_ACTIONS, QF_TARGETS, QCritic, action_choices, joint_action_probs
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfCVPG = TypeVar("SelfCVPG", bound="CVPG")
 
 CONTROL_VARIATES = ("auto", "none", "taylor", "reparameterization", "expected")
-ETA_RULES = ("ones", "conservative", "aggressive")
 SURROGATES = ("vanilla", "clip", "kl")
 BASELINES = ("value", "mean", "none")
+#: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td"
+DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 10, 100
 
 
-class _RolloutToReplay(BaseCallback):
-    """Feeds each env step of the rollout into CVPG's replay buffer and keeps the rollout's last values."""
+class _RolloutCallback(BaseCallback):
+    """
+    Feeds each env step of the rollout into the TD critic's replay buffer (the env's original observations
+    and rewards, as SB3's off-policy algorithms store them) and keeps the rollout's last values.
+    """
 
     model: "CVPG"
 
     def _on_step(self) -> bool:
-        model, locals_ = self.model, self.locals
-        if model.replay_buffer is not None:
-            new_obs, dones, infos = locals_["new_obs"], locals_["dones"], locals_["infos"]
-            next_obs = {k: v.copy() for k, v in new_obs.items()} if isinstance(new_obs, dict) else new_obs.copy()
-            for idx, done in enumerate(dones):
-                if done and infos[idx].get("terminal_observation") is not None:
-                    terminal = infos[idx]["terminal_observation"]
-                    if isinstance(next_obs, dict):
-                        for key in next_obs:
-                            next_obs[key][idx] = terminal[key]
-                    else:
-                        next_obs[idx] = terminal
-            # the raw rewards (SB3 adds the truncation bootstrap only after this callback) and the
-            # policy's own (unclipped) actions, the ones log π and the critic's Taylor expansion refer to
-            model.replay_buffer.add(model._last_obs, next_obs, locals_["actions"], locals_["rewards"], dones, infos)
+        model = self.model
+        replay_buffer = None if model.q_critic is None else model.q_critic.replay_buffer
+        if replay_buffer is None:
+            return True
+        new_obs, rewards, dones, infos = (self.locals[key] for key in ("new_obs", "rewards", "dones", "infos"))
+        vec_normalize = model.get_vec_normalize_env()
+        if vec_normalize is not None:  # the originals; the buffer normalises them with the statistics of when it is sampled
+            obs, new_obs, rewards = model._last_original_obs, vec_normalize.get_original_obs(), vec_normalize.get_original_reward()
+        else:
+            obs = model._last_obs
+        next_obs = {k: v.copy() for k, v in new_obs.items()} if isinstance(new_obs, dict) else new_obs.copy()
+        for idx, done in enumerate(dones):
+            terminal = infos[idx].get("terminal_observation") if done else None
+            if terminal is None:
+                continue
+            if vec_normalize is not None:  # VecNormalize normalised it in the info
+                terminal = vec_normalize.unnormalize_obs(terminal)
+            if isinstance(next_obs, dict):
+                for key in next_obs:
+                    next_obs[key][idx] = terminal[key]
+            else:
+                next_obs[idx] = terminal
+        # the raw rewards (SB3 adds the truncation bootstrap only after this callback) and the
+        # policy's own (unclipped) actions, the ones log π and the critic's Taylor expansion refer to
+        replay_buffer.add(obs, next_obs, self.locals["actions"], rewards, dones, infos)  # type: ignore[arg-type]
+        if vec_normalize is not None:
+            model._last_original_obs = new_obs
         return True
 
     def _on_rollout_end(self) -> None:
@@ -65,26 +92,36 @@ class _RolloutToReplay(BaseCallback):
 
 class CVPG(PPOBase):
     """
-    Policy gradient with a Q-critic control variate (Q-Prop / Stein style), on the PPO-family base.
+    Policy gradient with a Q-critic control variate (Q-Prop / Stein), on the PPO-family base.
 
-    Lecture notes seed 000 eq. 4.2.5–4.2.6 and seed 004 (Stein's identity); Gu et al. 2017, "Q-Prop:
-    Sample-Efficient Policy Gradient with An Off-Policy Critic" (https://arxiv.org/abs/1611.02247);
-    Liu et al. 2018, "Action-dependent Control Variates for Policy Optimization via Stein's Identity"
-    (https://arxiv.org/abs/1710.11198). The estimator is
+    Gu et al. 2017, "Q-Prop: Sample-Efficient Policy Gradient with An Off-Policy Critic"
+    (https://arxiv.org/abs/1611.02247); Liu et al. 2018, "Action-dependent Control Variates for Policy
+    Optimization via Stein's Identity" (https://arxiv.org/abs/1710.11198); Tucker et al. 2018, "The Mirage
+    of Action-Dependent Baselines in Reinforcement Learning" (https://arxiv.org/abs/1802.10031). The estimator is
 
-        ∇J ≈ (1/N) Σ ∇ log π(a|s) (Â(s,a) − η Ā(s,a))  +  (1/N) Σ η ∇_θ E_{a∼π_θ(s)}[ Q_w(s, a) ]
+        ∇J ≈ (1/N) Σ_i ∇ log π(a_i|s_i) (Â_i − η_i Ā_i)  +  (1/N) Σ_i η_i ∇_θ E_{a∼π_θ(s_i)}[ Q_w(s_i, a) ]
 
-    with Â from the rollout (GAE with a value baseline, or the baselines below), Ā the part of an
-    off-policy critic Q_w(s, a) that depends on the action, and η Q-Prop's weight. Q_w is learned on an
-    SB3 ``ReplayBuffer`` fed with every rollout step, with an expected-SARSA target
-    y = r + γ (1 − d) E_{a'∼π(s')}[Q_w̄(s', a')] and a Polyak-averaged target network, for
-    ``qf_gradient_steps`` steps before each policy update; Ā and η are then computed once per rollout.
-    The corrected advantage Â − ηĀ goes into the chosen surrogate (its per-minibatch normalisation
-    also scales the analytic term, so the two stay consistent). With PPO's clipping, a sample's analytic
-    term counts only while its ratio is inside [1 − ε, 1 + ε]: at θ_old that is every sample (the
-    estimator above), and later epochs cannot follow the critic past the clipped trust region. The
-    critic sees the action the env executes, Q_w(s, clip(a)) for Box actions, so its gradient never
-    pushes the mean past the action bounds.
+    with Â from the rollout (GAE with a value baseline, or the baselines below), Ā the part of a critic
+    Q_w(s, a) that depends on the action, and η Q-Prop's weight. Per rollout:
+
+    1. Ā, η and the analytic term's constants are computed for every sample (:meth:`_prepare_control_variate`)
+       and travel as named fields of the rollout buffer's samples (:class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBufferSamples`);
+    2. the policy is updated on the chosen surrogate of Â − ηĀ minus η times the analytic term (:meth:`_policy_loss`);
+    3. the critic is fitted (:class:`~sb3_pgext.cvpg.critic.QCritic`): by regression onto the rollout's
+       advantages (``qf_target="advantages"``, default) or λ-returns ("returns"), or by Q-Prop's off-policy TD
+       on a replay buffer ("td").
+
+    The estimator is unbiased for any critic and η that do not depend on the actions they are applied to:
+    the critic that builds a rollout's Ā was fitted on earlier rollouts only, and each sample's η comes from
+    the other fold of the rollout (other envs, or the other half of a single env's rollout; see
+    :func:`~sb3_pgext.common.estimators.rollout_folds`). Tucker et al. (sec. 4) found open-source
+    implementations that fitted them on the same samples, which biases the gradient.
+
+    The corrected advantage's per-minibatch normalisation also scales the analytic term, so the two stay
+    consistent. With PPO's clipping, a sample's analytic term counts only while its ratio is inside
+    [1 − ε, 1 + ε]: at θ_old that is every sample (the estimator above), and later epochs cannot follow the
+    critic past the clipped trust region. The critic sees the action the env executes, Q_w(s, clip(a)) for
+    Box actions, so its gradient never pushes the mean past the action bounds.
 
     With ``control_variate="none"``, ``surrogate="clip"`` and ``baseline="value"``, training is
     bit-identical to SB3's PPO with the same seed. The policy is SB3's ``ActorCriticPolicy``.
@@ -100,11 +137,15 @@ class CVPG(PPOBase):
     :param control_variate: Ā and its analytic term: "none" (plain policy gradient with the baseline);
         "taylor" (Q-Prop: Ā = ∇_a Q_w(s, μ(s))ᵀ (a − μ(s)), analytic term ∇_a Q_w(s, μ)ᵀ ∇_θ μ_θ(s); Box);
         "reparameterization" (Stein, φ = Q_w: Ā = Q_w(s, a) − E_a' Q_w(s, a') estimated with
-        ``n_cv_samples`` actions, analytic term through a = μ_θ(s) + σ_θ(s) ξ; Box without gSDE);
-        "expected" (Ā = Q_w(s, a) − Σ_a' π(a'|s) Q_w(s, a'), exact analytic term Σ_a ∇π Q_w; Discrete);
-        "auto" (default): "taylor" for Box, "expected" for Discrete
-    :param eta: Q-Prop's weight η: "ones", "conservative" (1 if Ĉov(Â, Ā) > 0 over the rollout, else 0;
-        default) or "aggressive" (sign of Ĉov(Â, Ā))
+        ``n_cv_samples`` actions, analytic term through a = μ_θ(s) + σ_θ(s) ξ; Box, with gSDE through the
+        per-state Gaussian its log-probabilities use);
+        "expected" (Ā = Q_w(s, a) − Σ_a' π(a'|s) Q_w(s, a'), exact analytic term Σ_a ∇π Q_w; Discrete, and
+        MultiDiscrete / MultiBinary with at most 1024 joint actions, the sum running over joint actions);
+        "auto" (default): "taylor" for Box, "expected" for finite action sets ("none", with a warning, where
+        the joint action set is too large to sum over)
+    :param eta: the control variate's weight η, cross-fitted (each fold's from the other fold of the rollout):
+        "adaptive" (default; Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ)),
+        "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
     :param surrogate: the objective the corrected advantage enters: "vanilla" (one policy-gradient
         step on the whole rollout), "clip" (PPO's clipped surrogate, default) or "kl" (PPOKL's KL
         penalty with the ``kl_*`` arguments below, no clipping unless ``clip_range`` is given)
@@ -119,7 +160,8 @@ class CVPG(PPOBase):
     :param max_grad_norm: The maximum value for the gradient clipping
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
-    :param rollout_buffer_class: Rollout buffer class to use (None: chosen from the observation space)
+    :param rollout_buffer_class: Rollout buffer class to use (None: chosen from the observation space); with a
+        control variate it must subclass :class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBuffer` (or the Dict one)
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param target_kl: SB3 PPO's early stop on the minibatch KL (None: none)
     :param kl_coef: Initial β of the KL penalty (``surrogate="kl"``)
@@ -130,12 +172,17 @@ class CVPG(PPOBase):
     :param kl_hinge_coef: Coefficient of the hinge term beyond 2 d_targ (``surrogate="kl"``)
     :param kl_estimator: "analytic", "k1" or "k3" (``surrogate="kl"``)
     :param kl_direction: "forward" or "reverse" (``surrogate="kl"``)
+    :param qf_target: how the Q critic is fitted after each policy update: "advantages" (default; least
+        squares onto the rollout's Â, so Q_w tracks A^π up to a function of s), "returns" (onto the λ-returns,
+        the value function's targets, so Q_w tracks Q^π) or "td" (Q-Prop's off-policy critic: expected-SARSA TD
+        on a replay buffer of every step, with a Polyak target network)
     :param qf_learning_rate: learning rate of the Q critic's Adam optimizer
-    :param qf_buffer_size: size of the Q critic's replay buffer
+    :param qf_buffer_size: size of the Q critic's replay buffer (``qf_target="td"``)
     :param qf_batch_size: minibatch size of the Q critic's updates
-    :param qf_gradient_steps: Q critic updates before each policy update (each on a fresh replay sample)
-    :param qf_tau: Polyak coefficient of the Q critic's target network, in (0, 1]
-    :param qf_net_arch: hidden layers of the Q critic (None: [256, 256])
+    :param qf_gradient_steps: Q critic updates per rollout; None: 10 passes over the rollout ("advantages", "returns")
+        or 100 ("td")
+    :param qf_tau: Polyak coefficient of the Q critic's target network, in (0, 1] (``qf_target="td"``)
+    :param qf_net_arch: hidden layers of the Q critic (None: those of the policy's value network)
     :param n_cv_samples: actions per state estimating E_a' Q_w(s, a') for "reparameterization"
     :param log_grad_var: Log ``train/grad_var`` each update (see :func:`sb3_pgext.gradient_variance`), and
         ``train/grad_var_no_cv``, the same estimator's variance without the control variate on the same data
@@ -154,6 +201,7 @@ class CVPG(PPOBase):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    q_critic: QCritic | None
 
     def __init__(
         self,
@@ -166,7 +214,7 @@ class CVPG(PPOBase):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         control_variate: str = "auto",
-        eta: str = "conservative",
+        eta: str = "adaptive",
         surrogate: str = "clip",
         baseline: str = "value",
         clip_range: float | Schedule | None = None,
@@ -188,10 +236,11 @@ class CVPG(PPOBase):
         kl_hinge_coef: float = 0.0,
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
+        qf_target: str = "advantages",
         qf_learning_rate: float = 1e-3,
         qf_buffer_size: int = 1_000_000,
         qf_batch_size: int = 256,
-        qf_gradient_steps: int = 100,
+        qf_gradient_steps: int | None = None,
         qf_tau: float = 0.005,
         qf_net_arch: list[int] | None = None,
         n_cv_samples: int = 8,
@@ -205,12 +254,12 @@ class CVPG(PPOBase):
         _init_setup_model: bool = True,
     ):
         _check_names(control_variate=(control_variate, CONTROL_VARIATES), eta=(eta, ETA_RULES))
-        _check_names(surrogate=(surrogate, SURROGATES), baseline=(baseline, BASELINES))
+        _check_names(surrogate=(surrogate, SURROGATES), baseline=(baseline, BASELINES), qf_target=(qf_target, QF_TARGETS))
         for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, n_cv_samples=n_cv_samples).items():
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if not isinstance(qf_gradient_steps, (int, np.integer)) or qf_gradient_steps < 0:
-            raise ValueError(f"qf_gradient_steps must be an integer >= 0, got {qf_gradient_steps!r}")
+        if qf_gradient_steps is not None and (not isinstance(qf_gradient_steps, (int, np.integer)) or qf_gradient_steps < 0):
+            raise ValueError(f"qf_gradient_steps must be None or an integer >= 0, got {qf_gradient_steps!r}")
         if not 0 < qf_tau <= 1:
             raise ValueError(f"qf_tau must be in (0, 1], got {qf_tau!r}")
         if not qf_learning_rate > 0:
@@ -263,12 +312,13 @@ class CVPG(PPOBase):
         self.eta = eta
         self.surrogate = surrogate
         self.baseline = baseline
+        self.qf_target = qf_target
         self.qf_learning_rate = qf_learning_rate
         self.qf_buffer_size = qf_buffer_size
         self.qf_batch_size = qf_batch_size
         self.qf_gradient_steps = qf_gradient_steps
         self.qf_tau = qf_tau
-        self.qf_net_arch = [256, 256] if qf_net_arch is None else list(qf_net_arch)
+        self.qf_net_arch = None if qf_net_arch is None else list(qf_net_arch)
         self.n_cv_samples = n_cv_samples
         if env is not None:  # None only while loading without an env: the saved values are restored
             self._resolve_for_env()
@@ -277,64 +327,88 @@ class CVPG(PPOBase):
 
     def _resolve_for_env(self) -> None:
         """Check the action space and resolve "auto" and the vanilla surrogate's epochs / batch."""
-        if not isinstance(self.action_space, (spaces.Box, spaces.Discrete)):
+        if not isinstance(self.action_space, (spaces.Box, *FINITE_ACTION_SPACES)):
             raise ValueError(
-                f"CVPG supports Discrete and Box action spaces, not {type(self.action_space).__name__} "
-                f"(env action_space={self.action_space})"
+                f"CVPG supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, not "
+                f"{type(self.action_space).__name__} (env action_space={self.action_space})"
             )
-        discrete = isinstance(self.action_space, spaces.Discrete)
+        choices = action_choices(self.action_space)
+        joint = math.prod(choices) if choices is not None else None
         if self.control_variate == "auto":
-            self.control_variate = "expected" if discrete else "taylor"
-        if self.control_variate in ("taylor", "reparameterization") and discrete:
-            raise ValueError(f'control_variate="{self.control_variate}" needs Box actions; use "expected" for Discrete actions')
-        if self.control_variate == "expected" and not discrete:
-            raise ValueError('control_variate="expected" sums over every action and needs Discrete actions')
+            if joint is None:
+                self.control_variate = "taylor"
+            elif joint <= MAX_JOINT_ACTIONS:
+                self.control_variate = "expected"
+            else:
+                warnings.warn(
+                    f"control_variate='auto': {self.action_space} has {joint} joint actions, more than the "
+                    f"{MAX_JOINT_ACTIONS} the exact control variate sums over; CVPG runs without one (as PPO)",
+                    stacklevel=3,
+                )
+                self.control_variate = "none"
+        if self.control_variate in ("taylor", "reparameterization") and joint is not None:
+            raise ValueError(f'control_variate="{self.control_variate}" needs Box actions; use "expected" for finite action sets')
+        if self.control_variate == "expected":
+            if joint is None:
+                raise ValueError('control_variate="expected" sums over every action and needs a finite action space')
+            if joint > MAX_JOINT_ACTIONS:
+                raise ValueError(
+                    f'control_variate="expected" sums over the {joint} joint actions of {self.action_space}: at most '
+                    f'{MAX_JOINT_ACTIONS} are supported; use control_variate="none"'
+                )
         if self.control_variate in ("taylor", "reparameterization") and self.policy_kwargs.get("squash_output", False):
             raise ValueError(f'control_variate="{self.control_variate}" needs an unsquashed Gaussian policy (squash_output=False)')
-        if self.control_variate == "reparameterization" and self.use_sde:
-            raise ValueError('control_variate="reparameterization" needs independent Gaussian noise: use use_sde=False')
         if self.surrogate == "vanilla":
             self.n_epochs, self.batch_size = 1, self.n_steps * self.n_envs
 
     def _setup_model(self) -> None:
+        user_buffer_class = self.rollout_buffer_class
+        if self.control_variate != "none":  # the buffer's samples carry Ā's per-sample data
+            default = CVPGDictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else CVPGRolloutBuffer
+            # SB3's own classes (what a PPO checkpoint saved) become CVPG's; another class must be CVPG's
+            buffer_class = default if user_buffer_class in (None, RolloutBuffer, DictRolloutBuffer) else user_buffer_class
+            if not issubclass(buffer_class, CVPGBufferMixin):
+                raise ValueError(
+                    f"rollout_buffer_class must subclass {default.__name__} with control_variate="
+                    f"{self.control_variate!r}, got {buffer_class.__name__}"
+                )
+            self.rollout_buffer_class = buffer_class
         super()._setup_model()
-        self.replay_buffer: ReplayBuffer | None = None
-        self.q_net: ContinuousCritic | DiscreteCritic | None = None
-        self._cv: dict[str, Any] | None = None
+        self.rollout_buffer_class = user_buffer_class  # the user's setting is what is saved
         self._rollout_end: tuple[th.Tensor, np.ndarray] | None = None
-        self._action_low = self._action_high = None
-        if isinstance(self.action_space, spaces.Box):  # the bounds the env's actions are clipped to
-            self._action_low = th.as_tensor(self.action_space.low, dtype=th.float32, device=self.device)
-            self._action_high = th.as_tensor(self.action_space.high, dtype=th.float32, device=self.device)
+        self.q_critic = None
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
-        self.q_net = self._make_q_net()
-        self.q_net_target = self._make_q_net()
-        self.q_net_target.load_state_dict(self.q_net.state_dict())
-        self.q_net_target.set_training_mode(False)
-        self.q_optimizer = th.optim.Adam(self.q_net.parameters(), lr=self.qf_learning_rate)
-        buffer_class = DictReplayBuffer if isinstance(self.observation_space, spaces.Dict) else ReplayBuffer
-        self.replay_buffer = buffer_class(
-            self.qf_buffer_size, self.observation_space, self.action_space, device=self.device, n_envs=self.n_envs
-        )
-
-    def _make_q_net(self) -> ContinuousCritic | DiscreteCritic:
-        features_extractor = self.policy.make_features_extractor()
-        critic_class = DiscreteCritic if isinstance(self.action_space, spaces.Discrete) else ContinuousCritic
-        return critic_class(
+        gradient_steps = self.qf_gradient_steps
+        if gradient_steps is None:
+            n_samples = self.n_steps * self.n_envs
+            gradient_steps = math.ceil(DEFAULT_QF_PASSES * n_samples / self.qf_batch_size) if self.qf_target != "td" else DEFAULT_QF_TD_STEPS
+        self.q_critic = QCritic(
             self.observation_space,
-            self.action_space,  # type: ignore[arg-type]
-            net_arch=self.qf_net_arch,
-            features_extractor=features_extractor,
-            features_dim=features_extractor.features_dim,
-            activation_fn=nn.ReLU,
+            self.action_space,
+            self.policy.make_features_extractor,
+            net_arch=self._qf_net_arch(),
             normalize_images=self.policy.normalize_images,
-            n_critics=1,
-            share_features_extractor=False,
-        ).to(self.device)
+            target=self.qf_target,
+            learning_rate=self.qf_learning_rate,
+            batch_size=self.qf_batch_size,
+            gradient_steps=gradient_steps,
+            buffer_size=self.qf_buffer_size,
+            tau=self.qf_tau,
+            gamma=self.gamma,
+            n_envs=self.n_envs,
+            device=self.device,
+        ).requires_grad_(False)  # trained only in _fit_q_critic; elsewhere a fixed function of the actions
+
+    def _qf_net_arch(self) -> list[int]:
+        """``qf_net_arch``, or the hidden layers of the policy's value network."""
+        if self.qf_net_arch is not None:
+            return self.qf_net_arch
+        net_arch = self.policy.net_arch
+        return list(net_arch.get("vf", [])) if isinstance(net_arch, dict) else list(net_arch)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
-        if self.control_variate != "none" or self.baseline != "value":
+        if self.qf_target == "td" or self.baseline != "value":
             if callback is None:
                 callbacks: list[BaseCallback] = []
             elif isinstance(callback, list):
@@ -343,7 +417,7 @@ class CVPG(PPOBase):
                 callbacks = [callback]
             else:
                 callbacks = [ConvertCallback(callback)]
-            callback = [*callbacks, _RolloutToReplay()]
+            callback = [*callbacks, _RolloutCallback()]
         return super()._init_callback(callback, progress_bar)
 
     # ------------------------------------------------------------------ per rollout
@@ -352,12 +426,15 @@ class CVPG(PPOBase):
         super()._begin_update()
         if self.baseline != "value":
             self._reward_to_go_advantages()
-        self._cv = None
-        if self.control_variate != "none":
-            self._train_logs["qf_loss"] = [self._train_q_critic()]
+        if self.q_critic is not None:
             self._prepare_control_variate()
             if self.log_grad_var:  # the same estimator without its control variate, on the same data
                 self._train_logs["grad_var_no_cv"] = [gradient_variance(self, control_variate=False)["variance"]]
+
+    def _end_update(self) -> None:
+        super()._end_update()
+        if self.q_critic is not None:  # after the policy update: the next rollout's Ā comes from a critic that never saw it
+            self._train_logs["qf_loss"] = [self._fit_q_critic()]
 
     def _reward_to_go_advantages(self) -> None:
         """Â = reward-to-go ("none") or reward-to-go minus its batch mean ("mean"); V's targets are kept."""
@@ -370,98 +447,82 @@ class CVPG(PPOBase):
         buffer.gae_lambda, buffer.returns = gae_lambda, returns
         buffer.advantages = reward_to_go - reward_to_go.mean() if self.baseline == "mean" else reward_to_go.copy()
 
-    def _q_values(self, q_net: nn.Module, obs: PyTorchObs, actions: th.Tensor | None = None) -> th.Tensor:
-        """
-        Q(s, a) of shape (batch,) for Box actions; Q(s, ·) of shape (batch, n_actions) for Discrete.
-
-        Box: the critic sees the action the env executes, clip(a) to the action space's bounds (as SB3's
-        rollout does), so Q(s, a) = Q_w(s, clip(a)). Its gradient in a vanishes outside the bounds: the
-        Taylor and pathwise terms never push the policy's mean past them.
-        """
-        if isinstance(self.action_space, spaces.Discrete):
-            return q_net(obs)[0]
-        assert actions is not None and self._action_low is not None and self._action_high is not None
-        return q_net(obs, th.clamp(actions, self._action_low, self._action_high))[0].flatten()
-
-    def _train_q_critic(self) -> float:
-        """``qf_gradient_steps`` TD updates of Q_w with y = r + γ (1 − d) E_{a'∼π(s')}[Q_w̄(s', a')]."""
-        assert self.replay_buffer is not None and self.q_net is not None
-        self.q_net.requires_grad_(True)
-        losses = []
-        for _ in range(self.qf_gradient_steps):
-            data = self.replay_buffer.sample(self.qf_batch_size)
-            with th.no_grad():
-                distribution = self.policy.get_distribution(data.next_observations).distribution
-                if isinstance(self.action_space, spaces.Discrete):
-                    next_q = (distribution.probs * self._q_values(self.q_net_target, data.next_observations)).sum(dim=1)
-                else:
-                    next_q = self._q_values(self.q_net_target, data.next_observations, distribution.sample())
-                target = data.rewards.flatten() + (1 - data.dones.flatten()) * self.gamma * next_q
-            if isinstance(self.action_space, spaces.Discrete):
-                q = self._q_values(self.q_net, data.observations).gather(1, data.actions.long()).flatten()
+    def _fit_q_critic(self) -> float:
+        """Fit Q_w on this rollout's advantages or λ-returns, or on the replay buffer ("td"); the mean loss."""
+        assert self.q_critic is not None
+        self.q_critic.requires_grad_(True)
+        try:
+            if self.qf_target == "td":
+                return self.q_critic.fit_td(self.policy, self.get_vec_normalize_env())
+            buffer = self.rollout_buffer
+            observations = obs_as_tensor(flat_observations(buffer), self.device)  # type: ignore[arg-type]
+            actions = th.as_tensor(flat_actions(buffer), device=self.device)
+            if self.qf_target == "advantages":
+                targets = th.as_tensor(buffer.plain_advantages, device=self.device)
             else:
-                q = self._q_values(self.q_net, data.observations, data.actions)
-            loss = F.mse_loss(q, target)
-            self.q_optimizer.zero_grad()
-            loss.backward()
-            self.q_optimizer.step()
-            polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.qf_tau)
-            losses.append(loss.item())
-        self.q_net.requires_grad_(False)  # from here on Q_w is a fixed function of the actions
-        return float(np.mean(losses)) if losses else float("nan")
+                targets = th.as_tensor(flat_array(buffer, "returns"), device=self.device)
+            return self.q_critic.fit_rollout(observations, actions, targets)
+        finally:
+            self.q_critic.requires_grad_(False)  # between fits Q_w is a fixed function of the actions
 
     def _prepare_control_variate(self) -> None:
-        """Ā, η and the analytic term's constants for every sample of the rollout; Â ← Â − η Ā in the buffer."""
-        assert self.q_net is not None
+        """Ā, the cross-fitted η and the analytic term's constants for every sample; the buffer's Â becomes Â − ηĀ."""
+        assert self.q_critic is not None
         buffer = self.rollout_buffer
+        assert isinstance(buffer, CVPGBufferMixin)
         actions = th.as_tensor(flat_actions(buffer), device=self.device)
-        cv_parts, constants = [], []
+        cv_parts, constant_parts = [], []
         for obs, chunk in self._rollout_chunks():
-            with th.no_grad():
-                distribution = self.policy.get_distribution(obs).distribution
-            chunk_actions = actions[chunk]
-            if self.control_variate == "expected":
-                with th.no_grad():
-                    q_table = self._q_values(self.q_net, obs)
-                    q_taken = q_table.gather(1, chunk_actions.long().reshape(-1, 1)).flatten()
-                    cv_parts.append(centered_control_variate(q_taken, (distribution.probs * q_table).sum(dim=1)))
-                constants.append(q_table)
-            elif self.control_variate == "taylor":
-                mean_actions = distribution.mean.detach().requires_grad_(True)
-                with th.enable_grad():
-                    q_grad = th.autograd.grad(self._q_values(self.q_net, obs, mean_actions).sum(), mean_actions)[0]
-                cv_parts.append(taylor_control_variate(q_grad, chunk_actions, mean_actions.detach()))
-                constants.append(q_grad)
-            else:  # "reparameterization"
-                with th.no_grad():
-                    n_states = len(chunk_actions)
-                    samples = distribution.sample((self.n_cv_samples,)).reshape(self.n_cv_samples * n_states, -1)
-                    obs_k = repeat_observations(obs, self.n_cv_samples)
-                    q_expected = self._q_values(self.q_net, obs_k, samples).reshape(self.n_cv_samples, n_states).mean(dim=0)
-                    cv_parts.append(centered_control_variate(self._q_values(self.q_net, obs, chunk_actions), q_expected))
+            control_variate, constants = self._control_variate(obs, self.policy.get_distribution(obs), actions[chunk])
+            cv_parts.append(control_variate)
+            constant_parts.append(constants)
         control_variate = th.cat(cv_parts)
         advantages = th.as_tensor(flat_array(buffer, "advantages"), device=self.device)
-        eta = qprop_eta(advantages, control_variate, self.eta)
-        set_flat(buffer, "advantages", (advantages - eta * control_variate).cpu().numpy())
-        self._cv = dict(eta=eta, advantages=advantages, constants=th.cat(constants) if constants else None)
-        self._train_logs["eta_mean"] = [eta.item()]
+        constants = None if constant_parts[0] is None else th.cat(constant_parts).cpu().numpy()
+        folds = rollout_folds(buffer.buffer_size, buffer.n_envs).to(self.device)
+        eta = qprop_eta(advantages, control_variate, self.eta, folds)
+        buffer.set_control_variate(advantages.cpu().numpy(), control_variate.cpu().numpy(), eta.cpu().numpy(), constants)
+        self._train_logs["eta_mean"] = [eta.mean().item()]
         self._train_logs["cv_corr"] = [_correlation(advantages, control_variate)]
+
+    def _control_variate(self, obs: PyTorchObs, distribution: Distribution, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
+        """Ā(s, a) of the rollout's actions, and the constants the analytic term needs (None: it evaluates Q_w)."""
+        assert self.q_critic is not None
+        critic = self.q_critic
+        if self.control_variate == "expected":
+            with th.no_grad():
+                q_table = critic(obs)
+                probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
+                return centered_control_variate(critic.q_taken(obs, actions), (probs * q_table).sum(dim=1)), q_table
+        if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
+            expansion = self._executed_mean(distribution).detach().requires_grad_(True)
+            with th.enable_grad():
+                q_grad = th.autograd.grad(critic(obs, expansion).sum(), expansion)[0]
+            executed = th.clamp(actions.to(expansion.dtype), critic.action_low, critic.action_high)
+            return taylor_control_variate(q_grad, executed, expansion.detach()), q_grad
+        with th.no_grad():  # "reparameterization": E_a' Q_w(s, a') from n_cv_samples actions
+            n_states = len(actions)
+            samples = distribution.distribution.sample((self.n_cv_samples,)).reshape(self.n_cv_samples * n_states, -1)
+            q_expected = critic(repeat_observations(obs, self.n_cv_samples), samples).reshape(self.n_cv_samples, n_states)
+            return centered_control_variate(critic(obs, actions), q_expected.mean(dim=0)), None
+
+    def _executed_mean(self, distribution: Distribution) -> th.Tensor:
+        """m_θ(s) = E_{a∼π_θ(s)}[clip(a)], the mean of the action the env executes (μ_θ(s) without bounds)."""
+        assert self.q_critic is not None
+        normal = distribution.distribution
+        return clipped_gaussian_mean(normal.mean, normal.stddev, self.q_critic.action_low, self.q_critic.action_high)
 
     # ------------------------------------------------------------------ per minibatch
 
-    def _analytic_term(self, obs: PyTorchObs, distribution: Any, batch_inds: th.Tensor) -> th.Tensor:
-        """Per sample, a surrogate whose gradient is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)]: shape (batch,)."""
-        assert self._cv is not None
-        torch_distribution = distribution.distribution
+    def _analytic_term(self, rollout_data: CVPGRolloutBufferSamples, distribution: Distribution) -> th.Tensor:
+        """Per sample, a surrogate whose gradient in θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (Q-Prop's first-order one for "taylor")."""
+        assert self.q_critic is not None
         if self.control_variate == "expected":
-            return (torch_distribution.probs * self._cv["constants"][batch_inds]).sum(dim=1)
+            probs = joint_action_probs(distribution, self.q_critic.choices)  # type: ignore[arg-type]
+            return expected_analytic_term(probs, rollout_data.q_constants)
         if self.control_variate == "taylor":
-            return taylor_analytic_term(self._cv["constants"][batch_inds], torch_distribution.mean)
-        return self._q_values(self.q_net, obs, torch_distribution.rsample())  # a = μ_θ + σ_θ ξ
-
-    def _batch_inds(self) -> th.Tensor:
-        assert isinstance(self.rollout_buffer, BatchIndicesMixin) and self.rollout_buffer.batch_inds is not None
-        return th.from_numpy(self.rollout_buffer.batch_inds).to(self.device)
+            return taylor_analytic_term(rollout_data.q_constants, self._executed_mean(distribution))
+        return self.q_critic(rollout_data.observations, distribution.distribution.rsample())  # a = μ_θ + σ_θ ξ
 
     def _policy_loss(
         self,
@@ -473,21 +534,26 @@ class CVPG(PPOBase):
         clip_range: float | None,
     ) -> th.Tensor:
         """
-        The surrogate on Â − ηĀ (``advantages``), minus η times the analytic term. With PPO's clipping
-        the analytic term is clipped too: a sample's term counts while its ratio is inside [1 − ε, 1 + ε]
-        (all do at θ_old, where the estimator is Q-Prop's), so the critic cannot carry the policy past the
-        trust region the clipped surrogate keeps, epoch after epoch.
+        CVPG's minibatch objective, to minimise:
+
+            L(θ) = L_surrogate(r(θ), (Â − ηĀ − m) / σ)  −  (1/σ) mean_i[ η_i c_i(θ) S_i(θ) ]
+
+        L_surrogate is the family's surrogate (PPO's clip, or the importance-weighted advantage, plus the KL
+        penalty when active) on the buffer's corrected advantages Â − ηĀ, normalised per minibatch (mean m,
+        standard deviation σ) when ``normalize_advantage``; S_i is :meth:`_analytic_term`, scaled by the same
+        1/σ; c_i = 1 while the ratio r_i is inside [1 − ε, 1 + ε] with PPO's clip, else 0 (always 1 without).
+        At θ = θ_old its gradient is minus the estimator of the class docstring (up to the normalisation).
         """
         policy_loss = super()._policy_loss(rollout_data, advantages, ratio, log_prob, distribution, clip_range)
-        if self._cv is None:
+        if self.q_critic is None:
             return policy_loss
         scale = 1.0
         if self.normalize_advantage and len(rollout_data.advantages) > 1:
             scale = 1.0 / (rollout_data.advantages.std() + 1e-8)  # the same scale as the normalised Â − ηĀ
-        analytic = self._analytic_term(rollout_data.observations, distribution, self._batch_inds())
+        analytic = self._analytic_term(rollout_data, distribution)  # type: ignore[arg-type]
         if clip_range is not None:
             analytic = analytic * ((ratio - 1).abs() <= clip_range).detach()
-        return policy_loss - self._cv["eta"] * scale * analytic.mean()
+        return policy_loss - scale * (rollout_data.eta * analytic).mean()  # type: ignore[attr-defined]
 
     def _record_train_logs(self, clip_range: float | None, clip_range_vf: float | None) -> None:
         super()._record_train_logs(clip_range, clip_range_vf)
@@ -497,24 +563,20 @@ class CVPG(PPOBase):
 
     # ------------------------------------------------------------------ measured gradient variance
 
-    def _collect_fresh_rollout(self) -> None:
-        super()._collect_fresh_rollout()
-        self._begin_update()  # the critic's update and the control variate of this rollout
-
     def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
         """
-        −mean[log π_θ(a|s) (Â − ηĀ)] − η · analytic term (raw advantages); ``control_variate=False``:
+        −mean[log π_θ(a|s) (Â − ηĀ)] − mean[η · analytic term] (raw advantages); ``control_variate=False``:
         −mean[log π_θ(a|s) Â], the same estimator without the control variate.
         """
+        if self.q_critic is None:
+            return super()._pg_surrogate(rollout_data, control_variate)
+        assert isinstance(rollout_data, (CVPGRolloutBufferSamples, CVPGDictRolloutBufferSamples))
         actions = self._prepare_actions(rollout_data.actions)
         _, log_prob, _ = self.policy.evaluate_actions(rollout_data.observations, actions)
-        if self._cv is None:
-            return -(log_prob * rollout_data.advantages).mean()
-        batch_inds = self._batch_inds()
         if not control_variate:
-            return -(log_prob * self._cv["advantages"][batch_inds]).mean()
-        analytic = self._analytic_term(rollout_data.observations, self.policy.action_dist, batch_inds)
-        return -(log_prob * rollout_data.advantages).mean() - self._cv["eta"] * analytic.mean()
+            return -(log_prob * rollout_data.plain_advantages).mean()
+        analytic = self._analytic_term(rollout_data, self.policy.action_dist)  # type: ignore[arg-type]
+        return -(log_prob * rollout_data.advantages).mean() - (rollout_data.eta * analytic).mean()
 
     # ------------------------------------------------------------------ save / load
 
@@ -537,12 +599,12 @@ class CVPG(PPOBase):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_net", "q_net_target", "q_optimizer", "_cv", "_rollout_end", "_action_low", "_action_high"]
+        return [*super()._excluded_save_params(), "q_critic", "_rollout_end"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
         if self.control_variate != "none":
-            state_dicts = [*state_dicts, "q_net", "q_net_target", "q_optimizer"]
+            state_dicts = [*state_dicts, "q_critic", "q_critic.optimizer"]
         return state_dicts, variables
 
     def set_parameters(
@@ -560,8 +622,8 @@ class CVPG(PPOBase):
         params = load_path_or_dict
         if not isinstance(params, dict):
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
-        critic = {"q_net", "q_net_target", "q_optimizer"}
-        if exact_match and self.q_net is not None and not critic & params.keys():
+        critic = {"q_critic", "q_critic.optimizer"}
+        if exact_match and self.q_critic is not None and not critic & params.keys():
             expected = set(self._get_torch_save_params()[0]) - critic
             if params.keys() != expected:
                 raise ValueError(f"Names of parameters do not match agents' parameters: expected {expected}, got {set(params)}")
@@ -581,5 +643,6 @@ def _check_names(**arguments: tuple[str, tuple[str, ...]]) -> None:
 
 def _correlation(x: th.Tensor, y: th.Tensor) -> float:
     x, y = x - x.mean(), y - y.mean()
+    x, y = x.to(th.float64), y.to(th.float64)
     denominator = (x.norm() * y.norm()).item()
     return (x.dot(y) / denominator).item() if denominator > 0 else 0.0
