@@ -185,6 +185,37 @@ def test_speed_times_updates_and_the_report_shows_them(tmp_path):
         measure_speed(suite, out, device="cpu", envs=["CartPole-v1"])
 
 
+def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
+    """compare.json has each model's repeats, their median, the order rotated each round and the goals' ratios of medians."""
+    import statistics
+
+    from sb3_pgext.suite.compare import compare, sbx_available
+
+    tiny = {
+        "offpac": TINY_MODELS["offpac"], "sac": TINY_MODELS["sac"],
+        "ppokl": {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2}, "ppo": {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2},
+    }  # fmt: skip
+    out = tmp_path / "speed"
+    data = json.loads(compare(out, repeats=2, steps=40, cases=("pendulum-sac", "ppokl-ppo"), envs=("Pendulum-v1", "CartPole-v1"), hyperparams=tiny).read_text())
+    assert data["device"] == "cpu" and data["repeats"] == 2 and ("sbx" in data["versions"]) == sbx_available()
+    assert [(result["case"], result["env"]) for result in data["results"]] == [
+        ("pendulum-sac", "Pendulum-v1"), ("ppokl-ppo", "CartPole-v1"), ("ppokl-ppo", "Pendulum-v1")
+    ]
+    sac, ppo, _ = data["results"]
+    names = ["OffPAC", "OffPAC (exact)", "SB3 SAC"] + (["SBX SAC"] if sbx_available() else [])
+    assert [row["name"] for row in sac["rows"]] == names and sac["unit"] == "env steps/s"
+    assert sac["orders"] == [names, names[1:] + names[:1]]
+    for row in sac["rows"] + ppo["rows"]:
+        assert len(row["values"]) == 2 and row["median"] == statistics.median(row["values"]) > 0
+    medians = {row["name"]: row["median"] for row in sac["rows"]}
+    goal = sac["goals"][0]
+    assert (goal["name"], goal["reference"], goal["goal"]) == ("OffPAC", "SB3 SAC", 2.0)
+    assert goal["ratio"] == pytest.approx(medians["OffPAC"] / medians["SB3 SAC"])
+    assert (ppo["case"], ppo["env"], [row["name"] for row in ppo["rows"]]) == ("ppokl-ppo", "CartPole-v1", ["PPOKL", "PPO"])
+    text = (out / "compare.md").read_text()
+    assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
 def test_speed_on_cuda_without_cuda_is_refused(tmp_path):
     path = tmp_path / "speed.yml"
