@@ -38,7 +38,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_pgext.suite.speed import _synchronize, _update_step, zoo_model
+from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_sac_like, zoo_model
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -75,15 +75,6 @@ class Goal:
     ratio: float
 
 
-def sbx_available() -> bool:
-    """Whether SBX (sbx-rl) can be imported."""
-    try:
-        import sbx  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _learn_step(steps: int, warm_up_steps: int | None = None) -> Callable[[BaseAlgorithm], tuple[Callable[[], None], int]]:
     """
     Warm-up: ``learn(warm_up_steps)`` (None: ``learning_starts`` and a quarter of ``steps``, so that every
@@ -106,17 +97,6 @@ def _train_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
 
 def _rollout_size(model: BaseAlgorithm) -> int:
     return model.n_steps * model.n_envs  # type: ignore[attr-defined]
-
-
-def sbx_sac_like(model: BaseAlgorithm) -> BaseAlgorithm:
-    """SBX's SAC with the hyperparameters of SB3's SAC ``model`` (as the zoo built it), on the same env."""
-    import sbx
-
-    names = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "gradient_steps", "ent_coef", "target_entropy")
-    kwargs = {name: getattr(model, name) for name in names}
-    kwargs["train_freq"] = (model.train_freq.frequency, model.train_freq.unit.value)  # type: ignore[attr-defined]
-    net_arch = model.policy_kwargs.get("net_arch")
-    return sbx.SAC("MlpPolicy", model.get_env(), seed=0, policy_kwargs={"net_arch": net_arch} if net_arch else None, **kwargs)
 
 
 def contenders(case: str, env_id: str, folder: Path, steps: int, hyperparams: dict[str, dict[str, Any]]) -> list[Contender]:
