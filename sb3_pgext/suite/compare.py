@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeats < 1 or args.steps < 1 or args.threads < 1:
         parser.error("--repeats, --steps and --threads must be at least 1")
     th.set_num_threads(args.threads)
-    if args.threads == 1 and "jax" not in sys.modules:
+    if args.threads == 1 and "jax" not in sys.modules and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
     print(f"compare: {compare(args.out, args.repeats, args.steps, tuple(args.cases), tuple(args.envs) if args.envs else None)}")
     return 0
