@@ -1,6 +1,8 @@
-"""OffPAC's own tests: SAC identity, the critic target, the three actor-gradient estimators, HER, bad input."""
+"""OffPAC's own tests: SAC identity, the fast update, the critic target, the three actor-gradient estimators, HER, bad input."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from sb3_pgext.common.estimators import leave_one_out_baseline, likelihood_ratio
 from sb3_pgext.common.gradient_variance import flatten_gradients
 
 TINY = dict(learning_starts=32, batch_size=32, buffer_size=2_000, policy_kwargs=dict(net_arch=[16]))
+DATA = Path(__file__).parent / "data"
 
 
 def flat_params(model) -> th.Tensor:
@@ -41,10 +44,11 @@ def flat_grad(module: th.nn.Module) -> th.Tensor:
     ids=["auto-entropy", "fixed-entropy-3-step", "gSDE"],
 )
 def test_bit_identical_to_sac(kwargs):
-    """Box actions, "reparameterization", one sample: parameters, optimizers and logs equal SAC's exactly."""
+    """Box actions, "reparameterization", one sample, exact update: parameters, optimizers and logs equal SAC's exactly."""
     models = []
     for model_class in (SAC, OffPAC):
-        model = model_class("MlpPolicy", "Pendulum-v1", seed=1, gradient_steps=2, **TINY, **kwargs)
+        exact = dict(fast_update=False) if model_class is OffPAC else {}
+        model = model_class("MlpPolicy", "Pendulum-v1", seed=1, gradient_steps=2, **TINY, **kwargs, **exact)
         model.learn(300)
         models.append(model)
     sac, offpac = models
@@ -59,6 +63,99 @@ def test_bit_identical_to_sac(kwargs):
         assert sac.logger.name_to_value[key] == offpac.logger.name_to_value[key]
     if kwargs.get("n_steps", 1) > 1:
         assert isinstance(offpac.replay_buffer, NStepReplayBuffer)
+
+
+# --- the fast update: the exact update's arithmetic within float rounding ---------------------------
+
+
+@pytest.mark.parametrize("n_critics", [2, 5])
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"], ids=["Box", "Discrete"])
+def test_fast_update_equals_exact_update(env_id, n_critics):
+    """From the same start, 300 gradient steps of the fast update give the exact update's parameters within float tolerance."""
+    models = {}
+    for fast_update in (False, True):
+        model = OffPAC(
+            "MlpPolicy", env_id, seed=3, fast_update=fast_update, learning_starts=32, batch_size=32, buffer_size=2_000,
+            policy_kwargs=dict(net_arch=[32, 32], n_critics=n_critics),
+        )  # fmt: skip
+        models[fast_update] = (model, {key: value.clone() for key, value in model.policy.state_dict().items()})
+        model.learn(332)
+    (exact, exact_start), (fast, fast_start) = models[False], models[True]
+    assert fast.critic.q_net.n_nets == n_critics and not hasattr(exact.critic, "q_net")
+    assert fast.critic.optimizer.param_groups[0]["fused"] and not exact.critic.optimizer.param_groups[0]["fused"]
+    assert exact_start.keys() == fast_start.keys() and all(th.equal(exact_start[key], fast_start[key]) for key in exact_start)
+    assert fast._n_updates == exact._n_updates == 300
+    exact_state, fast_state = exact.policy.state_dict(), fast.policy.state_dict()
+    for key, value in exact_state.items():
+        assert not th.equal(value, exact_start[key]), f"{key} did not train"
+        assert th.allclose(fast_state[key], value, rtol=1e-4, atol=1e-5), key
+    for key in ("train/actor_loss", "train/critic_loss", "train/ent_coef", "train/entropy", "train/q_mean", "train/ent_coef_loss"):
+        assert fast.logger.name_to_value[key] == pytest.approx(exact.logger.name_to_value[key], rel=1e-4, abs=1e-5), key
+
+
+def test_fast_update_logs_once_per_train_call(monkeypatch):
+    """The logged values are read from the device once per train() call, not once per gradient step."""
+    model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, **TINY).learn(64)
+    reads = []
+    original = th.Tensor.item
+    monkeypatch.setattr(th.Tensor, "item", lambda tensor: reads.append(tensor.shape) or original(tensor))
+    model.train(gradient_steps=16, batch_size=32)
+    assert reads == []
+    th.ones(()).item()
+    assert reads == [th.Size([])], "the patch sees reads"
+    assert model.logger.name_to_value["train/n_updates"] == model._n_updates
+
+
+@pytest.mark.parametrize("name", ["offpac_box_v0_1", "offpac_discrete_v0_1"])
+@pytest.mark.parametrize("fast_update", [True, False], ids=["fast", "exact"])
+def test_old_saved_models_load(name, fast_update, tmp_path):
+    """Files saved before the batched critics load into both updates, with their critics, optimizers and α."""
+    expected = json.loads((DATA / "offpac_v0_1.json").read_text())[name]
+    model = OffPAC.load(DATA / f"{name}.zip", fast_update=fast_update)
+    assert model.fast_update is fast_update and model._n_updates == expected["n_updates"]
+    obs = th.tensor(expected["obs"])
+    with th.no_grad():
+        inputs = (obs,) if model.policy.is_discrete else (obs, th.tensor(expected["actions"]))
+        for critic, key in ((model.critic, "q"), (model.critic_target, "q_target")):
+            values = critic(*inputs)
+            assert len(values) == len(expected[key]) == model.policy.critic_kwargs["n_critics"]
+            for value, reference in zip(values, expected[key]):
+                assert th.allclose(value, th.tensor(reference), atol=1e-6), key
+    np.testing.assert_array_equal(model.predict(np.array(expected["obs"]), deterministic=True)[0], expected["predict"])
+    assert model.log_ent_coef.item() == expected["log_ent_coef"]
+    assert model.critic.optimizer.state, "the critic optimizer's moments were restored"
+    # the moments of the separate critics, stacked or not, are those saved
+    exact = OffPAC.load(DATA / f"{name}.zip", fast_update=False)
+    exact_moments = [exact.critic.optimizer.state[param]["exp_avg"] for param in exact.critic.parameters()]
+    moments = th.cat([model.critic.optimizer.state[param]["exp_avg"].flatten() for param in model.critic.parameters()])
+    assert th.equal(th.sort(moments).values, th.sort(th.cat([moment.flatten() for moment in exact_moments])).values)
+    model.set_env(make_vec_env("Pendulum-v1" if name == "offpac_box_v0_1" else "CartPole-v1", n_envs=1, seed=0))
+    model.learn(64, reset_num_timesteps=False)
+    assert model._n_updates > expected["n_updates"]
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_saved_files_do_not_depend_on_the_update(env_id, tmp_path):
+    """A fast model's file has the separate critics' layout: loaded into the exact update, it is the same model."""
+    fast = OffPAC("MlpPolicy", env_id, seed=0, **{**TINY, "policy_kwargs": dict(net_arch=[16], n_critics=3)}).learn(100)
+    fast.save(tmp_path / "fast")
+    exact = OffPAC.load(tmp_path / "fast", fast_update=False)
+    assert isinstance(exact.critic.qf2, th.nn.Sequential)
+    fast_state, exact_state = fast.policy.state_dict(), exact.policy.state_dict()
+    assert fast_state.keys() == exact_state.keys() and all(th.equal(fast_state[key], exact_state[key]) for key in fast_state)
+    assert not exact.critic.optimizer.param_groups[0]["fused"], "the exact update keeps SB3's Adam whatever the file had"
+    for index, param in enumerate(exact.critic.parameters()):
+        net, rest = divmod(index, len(list(exact.critic.qf0.parameters())))
+        stacked = list(fast.critic.q_net.weights) + list(fast.critic.q_net.biases)
+        layer, kind = divmod(rest, 2)
+        source = stacked[kind * len(fast.critic.q_net.weights) + layer]
+        assert th.equal(exact.critic.optimizer.state[param]["exp_avg_sq"], fast.critic.optimizer.state[source]["exp_avg_sq"][net])
+    exact.save(tmp_path / "exact")
+    again = OffPAC.load(tmp_path / "exact")
+    assert again.fast_update is False  # the saved setting, unless overridden
+    again = OffPAC.load(tmp_path / "exact", fast_update=True)
+    assert all(th.equal(again.policy.state_dict()[key], fast_state[key]) for key in fast_state)
+    assert again.critic.optimizer.param_groups[0]["fused"]
 
 
 # --- the critic target: fresh actions from the current policy ---------------------------------------
@@ -295,14 +392,24 @@ def test_save_and_load_replay_buffer(tmp_path):
 
 
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("fast_update", [True, False], ids=["fast", "exact"])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_cuda(env_id):
-    model = OffPAC("MlpPolicy", env_id, seed=0, device="cuda", **TINY)
+def test_cuda(env_id, fast_update, tmp_path):
+    model = OffPAC("MlpPolicy", env_id, seed=0, device="cuda", fast_update=fast_update, **TINY)
     assert model.replay_buffer.device.type == "cuda"
     assert model.replay_buffer.sample(8).observations.device.type == "cuda"
     model.learn(200)
     assert all(p.device.type == "cuda" for p in model.policy.parameters())
     assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
+    # a file of the other update, and an old one, continue training on the GPU (fused Adam's steps move there)
+    model.save(tmp_path / "model")
+    other = OffPAC.load(tmp_path / "model", env=model.get_env(), device="cuda", fast_update=not fast_update)
+    other.learn(64, reset_num_timesteps=False)
+    old = "offpac_discrete_v0_1" if env_id == "CartPole-v1" else "offpac_box_v0_1"
+    loaded = OffPAC.load(DATA / f"{old}.zip", device="cuda", fast_update=fast_update)
+    loaded.set_env(make_vec_env(env_id, n_envs=1, seed=0))
+    loaded.learn(64, reset_num_timesteps=False)
+    assert np.isfinite(loaded.logger.name_to_value["train/critic_loss"])
 
 
 # --- bad input -----------------------------------------------------------------------------------

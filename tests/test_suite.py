@@ -171,10 +171,13 @@ def test_speed_times_updates_and_the_report_shows_them(tmp_path):
     assert "Not measured yet: `python -m sb3_pgext.suite speed speed --device cuda`" in write_report(suite, out, "cmd").read_text()
     data = json.loads(measure_speed(suite, out, device="cpu", repeats=2, hyperparams=TINY_MODELS).read_text())
     assert data["devices"] == ["cpu"] and data["repeats"] == 2
+    from sb3_pgext.suite.speed import sbx_available
+
     rows = {row["algo"]: row for row in data["rows"]}
-    assert list(rows) == ["offpac", "cvpg", "sac"] and {row["device"] for row in rows.values()} == {"cpu"}
+    # SBX's SAC, the outside anchor, only when sbx-rl is installed
+    assert list(rows) == ["offpac", "cvpg", "sac"] + (["sbx"] if sbx_available() else []) and {row["device"] for row in rows.values()} == {"cpu"}
     # 64 gradient steps per call off-policy; CVPG: n_epochs × minibatches of its 32-step rollout
-    assert rows["offpac"]["updates_per_call"] == rows["sac"]["updates_per_call"] == 64
+    assert rows["offpac"]["updates_per_call"] == rows["sac"]["updates_per_call"] == rows.get("sbx", rows["sac"])["updates_per_call"] == 64
     assert rows["cvpg"]["updates_per_call"] == 2 * 2
     for row in rows.values():
         assert row["updates_per_s"] == pytest.approx(row["updates_per_call"] / row["seconds_per_call"]) and row["updates_per_s"] > 0
@@ -183,6 +186,38 @@ def test_speed_times_updates_and_the_report_shows_them(tmp_path):
     assert f"{rows['sac']['updates_per_s']:.0f} | 1.00 |" in text and "No GPU was measured" in text
     with pytest.raises(ValueError, match="envs must name envs of the suite"):
         measure_speed(suite, out, device="cpu", envs=["CartPole-v1"])
+
+
+def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
+    """compare.json has each model's repeats, their median, the order rotated each round and the goals' ratios of medians."""
+    import statistics
+
+    from sb3_pgext.suite.compare import compare
+    from sb3_pgext.suite.speed import sbx_available
+
+    tiny = {
+        "offpac": TINY_MODELS["offpac"], "sac": TINY_MODELS["sac"],
+        "ppokl": {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2}, "ppo": {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2},
+    }  # fmt: skip
+    out = tmp_path / "speed"
+    data = json.loads(compare(out, repeats=2, steps=40, cases=("pendulum-sac", "ppokl-ppo"), envs=("Pendulum-v1", "CartPole-v1"), hyperparams=tiny).read_text())
+    assert data["device"] == "cpu" and data["repeats"] == 2 and ("sbx" in data["versions"]) == sbx_available()
+    assert [(result["case"], result["env"]) for result in data["results"]] == [
+        ("pendulum-sac", "Pendulum-v1"), ("ppokl-ppo", "CartPole-v1"), ("ppokl-ppo", "Pendulum-v1")
+    ]
+    sac, ppo, _ = data["results"]
+    names = ["OffPAC", "OffPAC (exact)", "SB3 SAC"] + (["SBX SAC"] if sbx_available() else [])
+    assert [row["name"] for row in sac["rows"]] == names and sac["unit"] == "env steps/s"
+    assert sac["orders"] == [names, names[1:] + names[:1]]
+    for row in sac["rows"] + ppo["rows"]:
+        assert len(row["values"]) == 2 and row["median"] == statistics.median(row["values"]) > 0
+    medians = {row["name"]: row["median"] for row in sac["rows"]}
+    goal = sac["goals"][0]
+    assert (goal["name"], goal["reference"], goal["goal"]) == ("OffPAC", "SB3 SAC", 2.0)
+    assert goal["ratio"] == pytest.approx(medians["OffPAC"] / medians["SB3 SAC"])
+    assert (ppo["case"], ppo["env"], [row["name"] for row in ppo["rows"]]) == ("ppokl-ppo", "CartPole-v1", ["PPOKL", "PPO"])
+    text = (out / "compare.md").read_text()
+    assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")

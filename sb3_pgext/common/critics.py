@@ -1,8 +1,13 @@
-"""Q-networks for Discrete actions, the counterpart of SB3's ``ContinuousCritic`` (used by OffPAC and CVPG)."""
+"""
+Q-networks for Discrete actions, the counterpart of SB3's ``ContinuousCritic`` (used by OffPAC and CVPG), and
+both critics with their Q-networks batched into one network (OffPAC's fast update).
+"""
+
+from typing import Any
 
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.policies import BaseModel
+from stable_baselines3.common.policies import BaseModel, ContinuousCritic
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, create_mlp
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
@@ -58,3 +63,262 @@ class DiscreteCritic(BaseModel):
         with th.set_grad_enabled(not self.share_features_extractor):
             features = self.extract_features(obs, self.features_extractor)
         return tuple(q_net(features) for q_net in self.q_networks)
+
+
+class BatchedMLP(nn.Module):
+    """
+    ``n_nets`` MLPs of the same shape evaluated as one network: layer j keeps the weights of every net
+    stacked, ``weight`` of shape (n_nets, out, in) and ``bias`` of shape (n_nets, out), and a forward
+    pass is one batched matrix product per layer (``torch.baddbmm``) instead of a Python loop of modules
+    (the "ensemble" of Chua et al. 2018, https://arxiv.org/abs/1805.12114, and of REDQ,
+    https://arxiv.org/abs/2101.05982, as JAX ports build it with ``vmap``).
+
+    It is built from ``nn.Sequential`` networks of SB3's ``create_mlp`` (``Linear`` layers separated by
+    one activation module), whose parameters it copies: built after them from the same seed, the nets
+    start from the same values as the separate modules.
+
+    :param networks: the networks to stack, of the same shape
+    """
+
+    def __init__(self, networks: list[nn.Sequential]):
+        super().__init__()
+        first = networks[0]
+        #: positions of the Linear layers inside each ``nn.Sequential``, for the per-network state-dict keys
+        self.linear_indices = [index for index, module in enumerate(first) if isinstance(module, nn.Linear)]
+        activations = [module for module in first if not isinstance(module, nn.Linear)]
+        if len(activations) != max(len(self.linear_indices) - 1, 0) or any(
+            isinstance(module, nn.Linear) == (position % 2 == 1) for position, module in enumerate(first)
+        ):
+            raise ValueError(f"BatchedMLP stacks Linear layers separated by one activation, got {first}")
+        self.activation = activations[0] if activations else nn.Identity()
+        self.n_nets = len(networks)
+        self.weights = nn.ParameterList(
+            nn.Parameter(th.stack([net[index].weight.detach() for net in networks]).clone()) for index in self.linear_indices
+        )
+        self.biases = nn.ParameterList(
+            nn.Parameter(th.stack([net[index].bias.detach() for net in networks]).clone()) for index in self.linear_indices
+        )
+
+    def forward(self, inputs: th.Tensor) -> th.Tensor:
+        """
+        Every net on the same inputs.
+
+        :param inputs: shape (batch, in)
+        :return: the outputs of every net, shape (n_nets, batch, out)
+        """
+        hidden = inputs.expand(self.n_nets, *inputs.shape)
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            if layer > 0:
+                hidden = self.activation(hidden)
+            hidden = th.baddbmm(bias.unsqueeze(1), hidden, weight.transpose(1, 2))
+        return hidden
+
+    def per_network_keys(self, prefix: str, network_prefix: str) -> list[tuple[str, str, int]]:
+        """
+        (stacked key, per-network key, network index) for every parameter, the per-network keys being those
+        of the ``nn.Sequential`` networks (``<network_prefix><i>.<layer>.weight``), e.g. SB3's ``qf0.0.weight``.
+
+        :param prefix: prefix of this module's keys in the state dict
+        :param network_prefix: prefix of the separate networks' keys, e.g. ``critic.qf``
+        """
+        keys = []
+        for layer, index in enumerate(self.linear_indices):
+            for name, stacked in (("weight", "weights"), ("bias", "biases")):
+                for net in range(self.n_nets):
+                    keys.append((f"{prefix}{stacked}.{layer}", f"{network_prefix}{net}.{index}.{name}", net))
+        return keys
+
+
+class BatchedCriticMixin:
+    """
+    The ``n_critics`` Q-networks of a critic as one :class:`BatchedMLP` (``q_net``); ``forward`` keeps the
+    critic's contract (a tuple of each critic's values). The state dict has the separate networks' keys
+    (``qf0.0.weight`` ...), so saved files, SB3 SAC checkpoints and critics of separate modules load into
+    each other.
+    """
+
+    q_net: BatchedMLP
+    n_critics: int
+
+    def _batch_q_networks(self) -> None:
+        """Replace the separate ``qf<i>`` networks built by the critic's constructor with one BatchedMLP."""
+        networks = [getattr(self, f"qf{index}") for index in range(self.n_critics)]
+        for index in range(self.n_critics):
+            delattr(self, f"qf{index}")
+        self.q_net = BatchedMLP(networks)
+        self.q_networks = []
+        self.register_state_dict_post_hook(_stacked_to_per_network)  # type: ignore[attr-defined]
+        self.register_load_state_dict_pre_hook(_per_network_to_stacked)  # type: ignore[attr-defined]
+
+    def _key_pairs(self, prefix: str) -> list[tuple[str, str, int]]:
+        return self.q_net.per_network_keys(f"{prefix}q_net.", f"{prefix}qf")
+
+    def per_network_optimizer_state(self, state_dict: dict[str, Any], parameters: list[th.Tensor]) -> dict[str, Any]:
+        """
+        An optimizer state dict over ``parameters`` (the stacked ones) rewritten for the separate networks:
+        the parameters and per-parameter states in the order an optimizer over the separate critics has
+        them (the features extractor's first, then each critic's layers).
+
+        :param state_dict: the optimizer's ``state_dict()``
+        :param parameters: the optimizer's parameters, in order
+        """
+        slots = self._optimizer_slots(parameters)
+        state = {}
+        for new_index, (old_index, net) in enumerate(slots):
+            if old_index in state_dict["state"]:
+                state[new_index] = {
+                    key: value[net].clone() if net is not None and _is_stacked(value, parameters[old_index]) else value
+                    for key, value in state_dict["state"][old_index].items()
+                }
+        return _with_params(state_dict, state, len(slots))
+
+    def stacked_optimizer_state(self, state_dict: dict[str, Any], parameters: list[th.Tensor]) -> dict[str, Any]:
+        """
+        The inverse of :meth:`per_network_optimizer_state`: a state dict saved for the separate networks,
+        rewritten for ``parameters``; returned unchanged when it already has one entry per parameter.
+
+        :param state_dict: an optimizer state dict over the separate critics' parameters
+        :param parameters: this optimizer's parameters, in order
+        """
+        n_saved = sum(len(group["params"]) for group in state_dict["param_groups"])
+        if n_saved == len(parameters):
+            return state_dict
+        slots = self._optimizer_slots(parameters)
+        if n_saved != len(slots):
+            raise ValueError(f"the critic optimizer's state has {n_saved} parameters, expected {len(slots)} or {len(parameters)}")
+        gathered: dict[int, list[dict[str, Any]]] = {}
+        for saved_index, (index, _) in enumerate(slots):
+            if saved_index in state_dict["state"]:
+                gathered.setdefault(index, []).append(state_dict["state"][saved_index])
+        state = {}
+        for index, parts in gathered.items():
+            if len(parts) == 1:
+                state[index] = parts[0]
+                continue
+            state[index] = {
+                key: th.stack([part[key] for part in parts]) if parts[0][key].shape == parameters[index].shape[1:] else value
+                for key, value in parts[0].items()
+            }
+        return _with_params(state_dict, state, len(parameters))
+
+    def _optimizer_slots(self, parameters: list[th.Tensor]) -> list[tuple[int, int | None]]:
+        """For each parameter of the separate networks' optimizer, in order: (index in ``parameters``, network or None)."""
+        stacked = {id(param): layer for layer, param in enumerate(self.q_net.parameters())}
+        head = [(index, None) for index, param in enumerate(parameters) if id(param) not in stacked]
+        by_layer = {stacked[id(param)]: index for index, param in enumerate(parameters) if id(param) in stacked}
+        n_layers = len(self.q_net.linear_indices)
+        if len(by_layer) != 2 * n_layers or any(index != position for position, (index, _) in enumerate(head)):
+            raise ValueError("the critic optimizer must hold every Q-network parameter after the features extractor's")
+        # named_parameters order: weights.0, weights.1, ..., biases.0, ...; the separate networks': per net, per layer w, b
+        tail = [
+            (by_layer[kind * n_layers + layer], net)
+            for net in range(self.n_critics)
+            for layer in range(n_layers)
+            for kind in (0, 1)
+        ]
+        return head + tail
+
+
+def _is_stacked(value: Any, parameter: th.Tensor) -> bool:
+    return isinstance(value, th.Tensor) and value.shape == parameter.shape
+
+
+def _with_params(state_dict: dict[str, Any], state: dict[int, Any], n_params: int) -> dict[str, Any]:
+    if len(state_dict["param_groups"]) != 1:
+        raise ValueError("only optimizers with one parameter group can be converted between critic layouts")
+    group = {**state_dict["param_groups"][0], "params": list(range(n_params))}
+    group.pop("param_names", None)
+    return {"state": state, "param_groups": [group]}
+
+
+def _stacked_to_per_network(module: BatchedCriticMixin, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook: the stacked parameters under the separate networks' keys."""
+    for stacked_key, key, net in module._key_pairs(prefix):
+        state_dict[key] = state_dict[stacked_key][net]
+    for stacked_key, _, _ in module._key_pairs(prefix):
+        state_dict.pop(stacked_key, None)
+
+
+def _per_network_to_stacked(
+    module: BatchedCriticMixin,
+    state_dict: dict[str, Any],
+    prefix: str,
+    local_metadata: Any,
+    strict: bool,
+    missing_keys: list[str],
+    unexpected_keys: list[str],
+    error_msgs: list[str],
+) -> None:
+    """load_state_dict pre-hook: the separate networks' keys (``qf0.0.weight`` ...) stacked into ``q_net``'s."""
+    pairs = module._key_pairs(prefix)
+    if not all(key in state_dict for _, key, _ in pairs):
+        return  # already stacked, or incomplete: load_state_dict reports the missing keys
+    stacked: dict[str, list[th.Tensor]] = {}
+    for stacked_key, key, _ in pairs:
+        stacked.setdefault(stacked_key, []).append(state_dict.pop(key))
+    state_dict.update({key: th.stack(values) for key, values in stacked.items()})
+
+
+class BatchedContinuousCritic(BatchedCriticMixin, ContinuousCritic):
+    """
+    SB3's ``ContinuousCritic`` with its ``n_critics`` Q-networks evaluated as one batched network
+    (:class:`BatchedMLP`); same arguments, same outputs, same state-dict keys.
+
+    :param observation_space: Observation space
+    :param action_space: Action space (Box)
+    :param net_arch: Network architecture of each Q-network
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param n_critics: Number of Q-networks
+    :param share_features_extractor: Whether the features extractor is shared with the actor
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._batch_q_networks()
+
+    def all_q_values(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        """Every critic's Q(s, a), shape (n_critics, batch, 1)."""
+        with th.set_grad_enabled(not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        return self.q_net(th.cat([features, actions], dim=1))
+
+    def forward(self, obs: PyTorchObs, actions: th.Tensor) -> tuple[th.Tensor, ...]:  # type: ignore[override]
+        return tuple(self.all_q_values(obs, actions).unbind(0))
+
+    def q1_forward(self, obs: PyTorchObs, actions: th.Tensor) -> th.Tensor:
+        with th.no_grad():
+            features = self.extract_features(obs, self.features_extractor)
+        return self.q_net(th.cat([features, actions], dim=1))[0]
+
+
+class BatchedDiscreteCritic(BatchedCriticMixin, DiscreteCritic):
+    """
+    :class:`DiscreteCritic` with its ``n_critics`` Q-networks evaluated as one batched network
+    (:class:`BatchedMLP`); same arguments, same outputs, same state-dict keys.
+
+    :param observation_space: Observation space
+    :param action_space: Action space (Discrete)
+    :param net_arch: Network architecture of each Q-network
+    :param features_extractor: Network to extract features
+    :param features_dim: Number of features
+    :param activation_fn: Activation function
+    :param normalize_images: Whether to normalize images or not, dividing by 255.0
+    :param n_critics: Number of Q-networks
+    :param share_features_extractor: Whether the features extractor is shared with the actor
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._batch_q_networks()
+
+    def all_q_values(self, obs: PyTorchObs) -> th.Tensor:
+        """Every critic's Q(s, ·), shape (n_critics, batch, n_actions)."""
+        with th.set_grad_enabled(not self.share_features_extractor):
+            features = self.extract_features(obs, self.features_extractor)
+        return self.q_net(features)
+
+    def forward(self, obs: PyTorchObs) -> tuple[th.Tensor, ...]:
+        return tuple(self.all_q_values(obs).unbind(0))

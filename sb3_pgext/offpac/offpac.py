@@ -1,3 +1,6 @@
+import io
+import pathlib
+from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -8,11 +11,13 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from torch.nn import functional as F
 
 from sb3_pgext.common.compat import LegacyLoadMixin
+from sb3_pgext.common.critics import BatchedCriticMixin
 from sb3_pgext.common.utils import repeat_observations
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
@@ -41,17 +46,24 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 
-    Lecture notes seed 000, Algorithm 20 and eq. 4.4.2–4.4.5; seed 004 section 3 for the pathwise
-    estimator. A stochastic actor π_θ and ``n_critics`` critics Q_φ are learned from SB3's replay
-    buffer (n-step returns and HER through SB3's buffers)::
+    Degris, White and Sutton 2012, "Off-Policy Actor-Critic" (https://arxiv.org/abs/1205.4839), with the
+    soft (entropy-regularised) targets, twin critics and pathwise actor gradient of SAC (Haarnoja et al.
+    2018, https://arxiv.org/abs/1812.05905). A stochastic actor π_θ and ``n_critics`` critics Q_φ are
+    learned from SB3's replay buffer (n-step returns and HER through SB3's buffers)::
 
         critic: y = r + γ (1 − d) E_{a'∼π(s')}[ min_j Q_φ̄j(s', a') − α log π(a'|s') ]
         actor : ∇_θ J ≈ (1/N) Σ_i ∇_θ E_{a∼π_θ(s_i)}[ min_j Q_φj(s_i, a) ] + α ∇_θ H(π_θ(s_i))
 
     The action a' of the target and the actions of the actor update come from the *current* policy,
-    never from the buffer (eq. 4.4.2 and 4.4.4). For Discrete actions the critics output Q(s, ·)
-    and the target's expectation over a' is an exact sum. With ``actor_gradient="reparameterization"``,
-    one action sample and Box actions, an update is SAC's (bit for bit, given the same seed).
+    never from the buffer. For Discrete actions the critics output Q(s, ·) and the target's expectation
+    over a' is an exact sum. With ``actor_gradient="reparameterization"``, one action sample and Box
+    actions, an update is SAC's: bit for bit with ``fast_update=False`` (given the same seed), within float
+    rounding with the default fast update.
+
+    The fast update (``fast_update=True``) computes the same update with less framework overhead: the
+    critics (and their targets) as one batched network, fused Adam steps, the actor's backward pass
+    without the critics' (discarded) weight gradients, the Polyak update as one foreach operation, and the
+    logged values kept on the device and read once per ``train()`` call. Saved files are the same either way.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -73,8 +85,8 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     :param n_steps: n-step returns for the critic target (SB3's NStepReplayBuffer) when > 1
     :param actor_gradient: the estimator of ∇_θ E_{a∼π_θ}[Q(s, a)]:
         "likelihood" (score function with ``n_action_samples`` fresh actions per state and a
-        leave-one-out baseline, seed 000 eq. 4.4.5; any action space),
-        "reparameterization" (pathwise through a = f_θ(s, ξ), seed 004 section 3; Box),
+        leave-one-out baseline, Kool et al. 2019, https://openreview.net/forum?id=r1lgTGL5DE; any action space),
+        "reparameterization" (pathwise through a = f_θ(s, ξ), as SAC; Box),
         "expected" (the exact sum Σ_a π(a|s) Q(s, a); Discrete),
         "auto" (default: "expected" for Discrete, "reparameterization" for Box).
         See :mod:`sb3_pgext.common.estimators`.
@@ -89,6 +101,8 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         0.5 · log|A| for Discrete actions (half the uniform policy's entropy)
     :param log_grad_var: Log ``train/grad_var`` each update: the variance of the actor-gradient estimator
         over ``batch_size`` replay minibatches (see :func:`sb3_pgext.gradient_variance`)
+    :param fast_update: the fast update described above (default); False: SB3 SAC's arithmetic (separate
+        critic modules, SB3's Adam and ``polyak_update``), for bit-for-bit comparisons with SAC
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE), Box actions only
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
     :param use_sde_at_warmup: Whether to use gSDE instead of uniform sampling before learning starts
@@ -133,6 +147,7 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         target_update_interval: int = 1,
         target_entropy: str | float = "auto",
         log_grad_var: bool = False,
+        fast_update: bool = True,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         use_sde_at_warmup: bool = False,
@@ -180,6 +195,7 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         self.ent_coef = ent_coef
         self.target_update_interval = target_update_interval
         self.log_grad_var = log_grad_var
+        self.fast_update = fast_update
         self.ent_coef_optimizer: th.optim.Adam | None = None
         if env is not None:  # None only while loading without an env: the saved values are restored
             self._resolve_for_action_space()
@@ -216,7 +232,13 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
             )
 
     def _setup_model(self) -> None:
-        super()._setup_model()
+        # fast_update is passed to the policy here, not kept in the saved policy_kwargs: a file loads with either
+        policy_kwargs = self.policy_kwargs
+        self.policy_kwargs = {**policy_kwargs, "fast_update": self.fast_update}
+        try:
+            super()._setup_model()
+        finally:
+            self.policy_kwargs = policy_kwargs
         self.actor = self.policy.actor
         self.critic = self.policy.critic
         self.critic_target = self.policy.critic_target
@@ -234,7 +256,7 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         if isinstance(self.ent_coef, str):  # "auto" or "auto_<initial value>", checked in the constructor
             init_value = float(self.ent_coef.split("_")[1]) if "_" in self.ent_coef else 1.0
             self.log_ent_coef = th.log(th.ones(1, device=self.device) * init_value).requires_grad_(True)
-            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1))
+            self.ent_coef_optimizer = th.optim.Adam([self.log_ent_coef], lr=self.lr_schedule(1), fused=self.fast_update or None)
         else:
             self.ent_coef_tensor = th.tensor(float(self.ent_coef), device=self.device)
 
@@ -269,7 +291,7 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         return PolicySample(neg_entropy, actions.reshape(-1), log_prob.reshape(-1), probs)
 
     def _soft_state_value(self, obs: PyTorchObs, ent_coef: th.Tensor) -> th.Tensor:
-        """E_{a∼π(s)}[ min_j Q_φ̄j(s, a) − α log π(a|s) ] with fresh a from the current policy (eq. 4.4.2)."""
+        """E_{a∼π(s)}[ min_j Q_φ̄j(s, a) − α log π(a|s) ] with fresh a from the current policy."""
         if isinstance(self.action_space, spaces.Discrete):
             distribution = self.actor.distribution(obs)  # type: ignore[union-attr]
             log_probs = distribution.distribution.logits  # torch keeps Categorical logits normalised: log π(·|s)
@@ -322,8 +344,12 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         if self.log_grad_var:  # before the update, on fresh replay minibatches of batch_size
             self.logger.record("train/grad_var", gradient_variance(self)["variance"])
 
-        ent_coef_losses, ent_coefs, entropies = [], [], []
-        actor_losses, critic_losses, q_means = [], [], []
+        # The fast update differentiates the actor's loss for the actor only (the critics' weight gradients
+        # would be discarded) and moves the targets with one foreach operation
+        actor_parameters = [param for group in self.actor.optimizer.param_groups for param in group["params"]]
+        critic_parameters, target_parameters = list(self.critic.parameters()), list(self.critic_target.parameters())
+        # Logged values stay on the device and are read once, after the loop: no synchronisation per step
+        logs: dict[str, list[th.Tensor]] = defaultdict(list)
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
             # n-step replay: the discount is γ^n (when the episode did not end earlier)
@@ -338,12 +364,12 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
                 assert isinstance(self.target_entropy, float)
                 # Detached: only log α learns from this loss (softlearning issue 60)
                 ent_coef_loss = -(self.log_ent_coef * (sample.neg_entropy + self.target_entropy).detach()).mean()
-                ent_coef_losses.append(ent_coef_loss.item())
+                logs["ent_coef_loss"].append(ent_coef_loss.detach())
                 self.ent_coef_optimizer.zero_grad()
                 ent_coef_loss.backward()
                 self.ent_coef_optimizer.step()
-            ent_coefs.append(ent_coef.item())
-            entropies.append(-sample.neg_entropy.mean().item())
+            logs["ent_coef"].append(ent_coef)
+            logs["entropy"].append(-sample.neg_entropy.detach().mean())
 
             with th.no_grad():
                 next_values = self._soft_state_value(replay_data.next_observations, ent_coef)
@@ -352,32 +378,36 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
             current_q_values = self._replay_q_values(replay_data.observations, replay_data.actions)
             critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
             assert isinstance(critic_loss, th.Tensor)
-            critic_losses.append(critic_loss.item())
-            q_means.append(current_q_values[0].mean().item())
+            logs["critic_loss"].append(critic_loss.detach())
+            logs["q_mean"].append(current_q_values[0].detach().mean())
             self.critic.optimizer.zero_grad()
             critic_loss.backward()
             self.critic.optimizer.step()
 
             actor_loss = self._actor_loss(replay_data.observations, sample, ent_coef)
-            actor_losses.append(actor_loss.item())
+            logs["actor_loss"].append(actor_loss.detach())
             self.actor.optimizer.zero_grad()
-            actor_loss.backward()
+            actor_loss.backward(inputs=actor_parameters if self.fast_update else None)
             self.actor.optimizer.step()
 
             if gradient_step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                if self.fast_update:
+                    with th.no_grad():
+                        th._foreach_lerp_(target_parameters, critic_parameters, self.tau)
+                else:
+                    polyak_update(critic_parameters, target_parameters, self.tau)
                 # Copy running stats, see SB3 issue #996
                 polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/ent_coef", np.mean(ent_coefs))
-        self.logger.record("train/entropy", np.mean(entropies))
-        self.logger.record("train/actor_loss", np.mean(actor_losses))
-        self.logger.record("train/critic_loss", np.mean(critic_losses))
-        self.logger.record("train/q_mean", np.mean(q_means))
-        if len(ent_coef_losses) > 0:
-            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+        if gradient_steps == 0:
+            return
+        # One transfer for every logged value; means in float64 of the float32 values, as np.mean of .item()s
+        keys = [key for key in ("ent_coef", "entropy", "actor_loss", "critic_loss", "q_mean", "ent_coef_loss") if logs[key]]
+        table = th.stack([th.stack(logs[key]).reshape(-1) for key in keys]).cpu().numpy().astype(np.float64)
+        for key, values in zip(keys, table):
+            self.logger.record(f"train/{key}", np.mean(values))
 
     # --- measured gradient variance (sb3_pgext.gradient_variance) ---------------------------------
 
@@ -416,11 +446,62 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor", "critic", "critic_target"]
 
+    def get_parameters(self) -> dict[str, dict]:
+        """
+        SB3's ``get_parameters``; the critic optimizer's state is given in the layout of separate critics
+        (as the policy's state dict is), so that files do not depend on ``fast_update``.
+        """
+        params = super().get_parameters()
+        if isinstance(self.critic, BatchedCriticMixin):
+            params["critic.optimizer"] = self.critic.per_network_optimizer_state(
+                params["critic.optimizer"], _optimizer_parameters(self.critic.optimizer)
+            )
+        return params
+
+    def set_parameters(
+        self,
+        load_path_or_dict: str | pathlib.Path | io.BufferedIOBase | dict[str, dict],
+        exact_match: bool = True,
+        device: th.device | str = "auto",
+    ) -> None:
+        """
+        SB3's ``set_parameters``, for files saved with either value of ``fast_update`` (and by older
+        versions): the critic optimizer's state is rewritten for this model's critics, and each optimizer
+        keeps this model's implementation (fused or not) whatever the saved one was.
+
+        :param load_path_or_dict: the parameters, or a model zip to read them from
+        :param exact_match: whether every module and optimizer of the model must be given
+        :param device: the device to load the parameters on
+        """
+        if isinstance(load_path_or_dict, dict):
+            params = dict(load_path_or_dict)
+        else:
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        if isinstance(self.critic, BatchedCriticMixin) and "critic.optimizer" in params:
+            params["critic.optimizer"] = self.critic.stacked_optimizer_state(
+                params["critic.optimizer"], _optimizer_parameters(self.critic.optimizer)
+            )
+        optimizers = [optimizer for optimizer in (self.actor.optimizer, self.critic.optimizer, self.ent_coef_optimizer) if optimizer]
+        implementations = [[(group.get("fused"), group.get("foreach")) for group in opt.param_groups] for opt in optimizers]
+        super().set_parameters(params, exact_match=exact_match, device=device)
+        for optimizer, settings in zip(optimizers, implementations):
+            for group, (fused, foreach) in zip(optimizer.param_groups, settings):
+                group["fused"], group["foreach"] = fused, foreach
+                if fused:  # fused kernels take the step count on the parameters' device
+                    for param in group["params"]:
+                        state = optimizer.state.get(param, {})
+                        if isinstance(state.get("step"), th.Tensor):
+                            state["step"] = state["step"].to(device=param.device, dtype=th.float32)
+
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
         if self.ent_coef_optimizer is not None:
             return [*state_dicts, "ent_coef_optimizer"], ["log_ent_coef"]
         return state_dicts, ["ent_coef_tensor"]
+
+
+def _optimizer_parameters(optimizer: th.optim.Optimizer) -> list[th.Tensor]:
+    return [param for group in optimizer.param_groups for param in group["params"]]
 
 
 def _check_arguments(

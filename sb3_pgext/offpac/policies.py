@@ -22,10 +22,12 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.sac.policies import Actor, SACPolicy
 from torch import nn
 
-from sb3_pgext.common.critics import DiscreteCritic
+from sb3_pgext.common.critics import BatchedContinuousCritic, BatchedDiscreteCritic, DiscreteCritic
 
 #: What SACPolicy passes to its actor for gSDE; a Categorical actor has no use for them
 _GAUSSIAN_ACTOR_KWARGS = ("use_sde", "log_std_init", "use_expln", "clip_mean")
+#: Optimizers whose fused implementation the fast update uses, unless told otherwise by ``optimizer_kwargs``
+_FUSABLE_OPTIMIZERS = (th.optim.Adam, th.optim.AdamW)
 
 
 class CategoricalActor(BasePolicy):
@@ -119,11 +121,32 @@ class OffPACPolicy(SACPolicy):
     :param optimizer_kwargs: Additional keyword arguments, excluding the learning rate, for the optimizer
     :param n_critics: Number of critic networks (the target takes their minimum)
     :param share_features_extractor: Whether to share the features extractor between actor and critic
+    :param fast_update: The critics' Q-networks as one batched network (:class:`~sb3_pgext.common.critics.BatchedMLP`,
+        same state-dict keys) and the fused implementation of Adam / AdamW (unless ``optimizer_kwargs`` sets
+        ``fused`` or ``foreach``); False: SB3's separate modules and Adam, SAC's arithmetic bit for bit
     """
 
     actor: Actor | CategoricalActor  # type: ignore[assignment]
     critic: ContinuousCritic | DiscreteCritic  # type: ignore[assignment]
     critic_target: ContinuousCritic | DiscreteCritic  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, fast_update: bool = False, **kwargs: Any):
+        self.fast_update = fast_update  # read by make_critic, which SACPolicy's constructor calls
+        optimizer_class = kwargs.get("optimizer_class", th.optim.Adam)
+        optimizer_kwargs = kwargs.get("optimizer_kwargs") or {}
+        self._fused_by_default = (
+            fast_update and optimizer_class in _FUSABLE_OPTIMIZERS and not {"fused", "foreach"} & set(optimizer_kwargs)
+        )
+        if self._fused_by_default:
+            kwargs["optimizer_kwargs"] = {**optimizer_kwargs, "fused": True}
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()
+        data["fast_update"] = self.fast_update
+        if self._fused_by_default:  # chosen by fast_update, not by the user
+            data["optimizer_kwargs"] = {key: value for key, value in self.optimizer_kwargs.items() if key != "fused"}
+        return data
 
     @property
     def is_discrete(self) -> bool:
@@ -138,10 +161,12 @@ class OffPACPolicy(SACPolicy):
         return CategoricalActor(**actor_kwargs).to(self.device)
 
     def make_critic(self, features_extractor: BaseFeaturesExtractor | None = None) -> ContinuousCritic | DiscreteCritic:  # type: ignore[override]
-        if not self.is_discrete:
-            return super().make_critic(features_extractor)
         critic_kwargs = self._update_features_extractor(self.critic_kwargs, features_extractor)
-        return DiscreteCritic(**critic_kwargs).to(self.device)
+        if self.is_discrete:
+            critic_class = BatchedDiscreteCritic if self.fast_update else DiscreteCritic
+        else:
+            critic_class = BatchedContinuousCritic if self.fast_update else ContinuousCritic
+        return critic_class(**critic_kwargs).to(self.device)
 
     def min_q(self, critic: ContinuousCritic | DiscreteCritic, obs: PyTorchObs, actions: th.Tensor | None = None) -> th.Tensor:
         """

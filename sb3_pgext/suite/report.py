@@ -29,7 +29,7 @@ from sb3_pgext.suite.speed import SPEED_FILE
 from sb3_pgext.zoo import ALGOS as OUR_ALGOS
 
 BOOTSTRAP_REPS = 2000
-NAMES = {"ppokl": "PPOKL", "cvpg": "CVPG", "offpac": "OffPAC", "ppo": "PPO", "a2c": "A2C", "sac": "SAC", "dqn": "DQN"}
+NAMES = {"ppokl": "PPOKL", "cvpg": "CVPG", "offpac": "OffPAC", "ppo": "PPO", "a2c": "A2C", "sac": "SAC", "dqn": "DQN", "sbx": "SBX SAC"}
 
 
 def display(algo: str) -> str:
@@ -173,8 +173,8 @@ SLOWER_RATIO = 0.95
 
 #: Why one of ours may train exactly as its peer, for the report's "same runs" sentence
 SAME_BY_DESIGN = {
-    ("offpac", "sac"): " (with its default estimator on Box actions OffPAC is SAC bit for bit: "
-    "`tests/test_offpac.py::test_bit_identical_to_sac`)",
+    ("offpac", "sac"): " (OffPAC's exact update, `fast_update=False`, is SAC bit for bit with its default estimator on "
+    "Box actions: `tests/test_offpac.py::test_bit_identical_to_sac`)",
 }
 
 
@@ -244,7 +244,9 @@ def speed_section(out: Path, suite_name: str) -> list[str]:
         "An update is one minibatch gradient step of the actor: for OffPAC and SAC one step of actor and critics, for "
         "CVPG one PPO minibatch step, its Q critic's steps of that rollout included in the time. Median of "
         f"{data['repeats']} timed `train()` calls after a warm-up call, env stepping left out; models built by the zoo "
-        f"from the same hyperparameter files as the runs. CPU: {data['cpu']}, {data['torch_threads']} torch thread(s); "
+        f"from the same hyperparameter files as the runs"
+        + (" (SBX SAC, the JAX port of SB3, with SB3 SAC's)" if any(row["algo"] == "sbx" for row in data["rows"]) else "")
+        + f". Measured on: CPU {data['cpu']}, {data['torch_threads']} torch thread(s); "
         + (f"GPU: {data['device_name']}; " if gpu else "")
         + f"torch {data['torch']}.",
         "",

@@ -10,7 +10,10 @@ data, and their ``train()`` is timed on the device. An *update* is one minibatch
 actor: for OffPAC and SAC one step of actor and critics (``gradient_steps=1``); for CVPG one PPO
 minibatch step, the Q critic's ``qf_gradient_steps`` of that rollout included in the time. Env
 stepping is left out, so the figures isolate what a GPU can speed up. The results go to
-``<out>/speed.json``, which the report turns into its "Updates per second" section.
+``<out>/speed.json``, which the report turns into its "Updates per second" section. When sbx-rl is
+installed (the ``[sbx]`` extra), SBX's SAC (SB3's JAX port) with the hyperparameters the zoo gave SB3's SAC
+is timed beside them on the CPU, as an outside anchor (``algo`` "sbx"). For env steps per second side by
+side, see :mod:`sb3_pgext.suite.compare`.
 """
 
 import argparse
@@ -63,6 +66,26 @@ def zoo_model(
         setup = manager.setup_experiment()
     assert setup is not None  # None only when optimising hyperparameters
     return setup[0]
+
+
+def sbx_available() -> bool:
+    """Whether SBX (sbx-rl) can be imported."""
+    try:
+        import sbx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sbx_sac_like(model: BaseAlgorithm) -> BaseAlgorithm:
+    """SBX's SAC with the hyperparameters of SB3's SAC ``model`` (as the zoo built it), on the same env."""
+    import sbx
+
+    names = ("learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "gradient_steps", "ent_coef", "target_entropy")
+    kwargs = {name: getattr(model, name) for name in names}
+    kwargs["train_freq"] = (model.train_freq.frequency, model.train_freq.unit.value)  # type: ignore[attr-defined]
+    net_arch = model.policy_kwargs.get("net_arch")
+    return sbx.SAC("MlpPolicy", model.get_env(), seed=0, policy_kwargs={"net_arch": net_arch} if net_arch else None, **kwargs)
 
 
 def _update_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
@@ -139,8 +162,12 @@ def measure_speed(
                     th.manual_seed(0)
                     model = zoo_model(algo, env.env_id, name, Path(tmp) / f"{algo}-{name}", conf, overrides)
                     rows.append({"env": env.env_id, "algo": algo, "device": name, **updates_per_second(model, repeats)})
-                    model.get_env().close()  # type: ignore[union-attr]
                     print(f"{env.env_id} {algo} {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
+                    if algo == "sac" and name == "cpu" and sbx_available():  # the outside anchor: SBX's SAC, same settings
+                        sbx_model = sbx_sac_like(model)
+                        rows.append({"env": env.env_id, "algo": "sbx", "device": name, **updates_per_second(sbx_model, repeats)})
+                        print(f"{env.env_id} sbx {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
+                    model.get_env().close()  # type: ignore[union-attr]
     result = {
         "devices": devices,
         "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,

@@ -1,0 +1,301 @@
+"""
+Side-by-side speed of our algorithms and their peers, in one process, the order rotated between repeats::
+
+    python -m sb3_pgext.suite.compare --repeats 5 --out benchmark/speed
+
+Three comparisons, each a set of models built once and timed in turn, ``repeats`` times, the first model
+of a round moving to the end of the next one (so that none always runs first, or after the same one);
+each figure is the median over the repeats and each ratio the ratio of two medians:
+
+- ``pendulum-sac``: env steps per second of ``learn()`` on Pendulum-v1 with the RL Zoo's SAC settings
+  (256×256 networks, batch 256, one gradient step per env step) of OffPAC (fast and exact update),
+  SB3's SAC and, when sbx-rl is installed (``pip install sb3-pgext[sbx]``), SBX's SAC, the JAX port of SB3;
+- ``cartpole-offpac``: gradient steps per second of OffPAC's ``train()`` on CartPole-v1 (offpac.yml), fast
+  update against the exact one (SAC's arithmetic, the update before the fast one existed);
+- ``ppokl-ppo``: env steps per second of ``learn()`` of PPOKL (ppokl.yml) and PPO (the zoo's ppo.yml) on
+  CartPole-v1, Acrobot-v1 and Pendulum-v1.
+
+Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
+gave SB3's). One torch thread by default, and one XLA thread for SBX. The results go to
+``<out>/compare.json`` and ``<out>/compare.md``, with the device that was measured.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch as th
+from stable_baselines3.common.base_class import BaseAlgorithm
+
+from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_sac_like, zoo_model
+
+COMPARE_JSON = "compare.json"
+COMPARE_MD = "compare.md"
+CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo")
+PPO_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
+#: XLA's flags for one CPU thread, as torch.set_num_threads(1) (read when jax is first imported)
+XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclass
+class Contender:
+    """
+    One model of a comparison.
+
+    :param name: its name in the tables
+    :param build: builds the model
+    :param warm_up: an untimed first run (buffers filled, JIT compiled, caches warm); returns the timed step
+    :param unit: what the timed step counts ("env steps" or "gradient steps")
+    """
+
+    name: str
+    build: Callable[[], BaseAlgorithm]
+    warm_up: Callable[[BaseAlgorithm], tuple[Callable[[], None], int]]
+    unit: str
+    values: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Goal:
+    """The issue's goal for a comparison: ``name``'s median at least ``ratio`` times ``reference``'s."""
+
+    name: str
+    reference: str
+    ratio: float
+
+
+def _learn_step(steps: int, warm_up_steps: int | None = None) -> Callable[[BaseAlgorithm], tuple[Callable[[], None], int]]:
+    """
+    Warm-up: ``learn(warm_up_steps)`` (None: ``learning_starts`` and a quarter of ``steps``, so that every
+    timed step trains); timed: ``learn(steps)`` more, continuing the same run.
+    """
+
+    def warm_up(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+        model.learn(warm_up_steps if warm_up_steps is not None else model.learning_starts + max(steps // 4, 1))  # type: ignore[attr-defined]
+        return (lambda: model.learn(steps, reset_num_timesteps=False)), steps
+
+    return warm_up
+
+
+def _train_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+    """Warm-up: fill a batch and call ``train()`` once; timed: ``train()`` (64 gradient steps)."""
+    step, updates = _update_step(model)
+    step()
+    return step, updates
+
+
+def _rollout_size(model: BaseAlgorithm) -> int:
+    return model.n_steps * model.n_envs  # type: ignore[attr-defined]
+
+
+def contenders(case: str, env_id: str, folder: Path, steps: int, hyperparams: dict[str, dict[str, Any]]) -> list[Contender]:
+    """
+    The models of one comparison on one env.
+
+    :param case: one of :data:`CASES`
+    :param env_id: the env
+    :param folder: where the zoo may write
+    :param steps: env steps per timed ``learn()`` call (rounded up to whole rollouts on-policy)
+    :param hyperparams: per zoo algorithm name (``offpac``, ``sac``, ``ppokl``, ``ppo``), overrides
+    """
+
+    def zoo(algo: str, **extra: Any) -> Callable[[], BaseAlgorithm]:
+        def build() -> BaseAlgorithm:
+            th.manual_seed(0)
+            log_folder = Path(tempfile.mkdtemp(prefix=f"{algo}-", dir=folder))
+            return zoo_model(algo, env_id, "cpu", log_folder, None, {**hyperparams.get(algo, {}), **extra} or None)
+
+        return build
+
+    if case == "pendulum-sac":
+        def sac_then_sbx() -> BaseAlgorithm:
+            return sbx_sac_like(zoo("sac")())
+
+        warm_up = _learn_step(steps)
+        found = [
+            Contender("OffPAC", zoo("offpac"), warm_up, "env steps"),
+            Contender("OffPAC (exact)", zoo("offpac", fast_update=False), warm_up, "env steps"),
+            Contender("SB3 SAC", zoo("sac"), warm_up, "env steps"),
+        ]
+        if sbx_available():
+            found.append(Contender("SBX SAC", sac_then_sbx, warm_up, "env steps"))
+        return found
+    if case == "cartpole-offpac":
+        return [
+            Contender("OffPAC", zoo("offpac"), _train_step, "gradient steps"),
+            Contender("OffPAC (exact)", zoo("offpac", fast_update=False), _train_step, "gradient steps"),
+        ]
+    if case == "ppokl-ppo":
+        def on_policy(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+            rollouts = max(1, -(-steps // _rollout_size(model)))
+            return _learn_step(rollouts * _rollout_size(model), _rollout_size(model))(model)
+
+        return [Contender("PPOKL", zoo("ppokl"), on_policy, "env steps"), Contender("PPO", zoo("ppo"), on_policy, "env steps")]
+    raise ValueError(f"case must be one of {CASES}, got {case!r}")
+
+
+GOALS = {
+    "pendulum-sac": [Goal("OffPAC", "SB3 SAC", 2.0), Goal("OffPAC", "SBX SAC", 1.0)],
+    "cartpole-offpac": [Goal("OffPAC", "OffPAC (exact)", 1.5)],
+    "ppokl-ppo": [Goal("PPOKL", "PPO", 0.98)],
+}
+ENVS = {"pendulum-sac": ("Pendulum-v1",), "cartpole-offpac": ("CartPole-v1",), "ppokl-ppo": PPO_ENVS}
+
+
+def race(entrants: list[Contender], repeats: int) -> list[list[str]]:
+    """
+    Build and warm up every contender, then time them ``repeats`` times each, the order rotated by one
+    each round; fills ``values`` (units per second) and returns the orders.
+
+    :param entrants: the contenders
+    :param repeats: timed calls per contender
+    """
+    models = [entrant.build() for entrant in entrants]
+    steps = [entrant.warm_up(model) for entrant, model in zip(entrants, models)]
+    orders = []
+    for round_ in range(repeats):
+        order = [(round_ + offset) % len(entrants) for offset in range(len(entrants))]
+        orders.append([entrants[index].name for index in order])
+        for index in order:
+            step, count = steps[index]
+            _synchronize(models[index].device)
+            start = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                step()
+            _synchronize(models[index].device)
+            entrants[index].values.append(count / (time.perf_counter() - start))
+    for model in models:
+        env = model.get_env()
+        if env is not None:
+            env.close()
+    return orders
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def compare(
+    out: Path,
+    repeats: int = 5,
+    steps: int = 2000,
+    cases: tuple[str, ...] = CASES,
+    envs: tuple[str, ...] | None = None,
+    hyperparams: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """
+    Run the comparisons on the CPU; write ``out/compare.json`` and ``out/compare.md``; return the json's path.
+
+    :param out: the results folder
+    :param repeats: timed calls per model (the median is reported)
+    :param steps: env steps per timed ``learn()`` call
+    :param cases: which comparisons (default: all of :data:`CASES`)
+    :param envs: only these envs of the comparisons
+    :param hyperparams: per zoo algorithm name, overrides of its hyperparameters (tests shrink the models)
+    """
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            for env_id in ENVS[case]:
+                if envs and env_id not in envs:
+                    continue
+                entrants = contenders(case, env_id, Path(tmp), steps, hyperparams or {})
+                orders = race(entrants, repeats)
+                medians = {entrant.name: statistics.median(entrant.values) for entrant in entrants}
+                goals = [
+                    {"name": goal.name, "reference": goal.reference, "goal": goal.ratio, "ratio": medians[goal.name] / medians[goal.reference]}
+                    for goal in GOALS[case]
+                    if goal.reference in medians
+                ]
+                results.append({
+                    "case": case, "env": env_id, "unit": entrants[0].unit + "/s", "orders": orders,
+                    "rows": [{"name": entrant.name, "median": medians[entrant.name], "values": entrant.values} for entrant in entrants],
+                    "goals": goals,
+                })  # fmt: skip
+                for goal in goals:
+                    print(f"{case} {env_id}: {goal['name']} / {goal['reference']} = {goal['ratio']:.2f} (goal {goal['goal']})")
+    versions = {"torch": th.__version__}
+    if sbx_available():
+        import jax
+        import sbx
+
+        versions.update(jax=jax.__version__, sbx=sbx.__version__)
+    data = {
+        "device": "cpu",
+        "cpu": cpu_name(),
+        "torch_threads": th.get_num_threads(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": versions,
+        "repeats": repeats,
+        "steps": steps,
+        "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / COMPARE_JSON
+    path.write_text(json.dumps(data, indent=1))
+    (out / COMPARE_MD).write_text("\n".join(compare_markdown(data)) + "\n")
+    return path
+
+
+def compare_markdown(data: dict[str, Any]) -> list[str]:
+    """The tables of ``compare.json``."""
+    versions = ", ".join(f"{name} {version}" for name, version in data["versions"].items())
+    lines = [
+        "# Side-by-side speed",
+        "",
+        f"`python -m sb3_pgext.suite.compare --repeats {data['repeats']} --steps {data['steps']}`",
+        "",
+        f"Device: CPU ({data['cpu']}), {data['torch_threads']} torch thread(s)"
+        + (f", XLA flags `{data['xla_flags']}`" if data["xla_flags"] else "")
+        + f"; {versions}. Every figure is the median of {data['repeats']} timed calls, the models of a table timed "
+        "in turn in one process, the order rotated each round; ratios are ratios of medians.",
+        "",
+    ]
+    for result in data["results"]:
+        lines += [f"## {result['case']}: {result['env']}", "", f"| model | {result['unit']} (median) | all repeats |", "| --- | --- | --- |"]
+        for row in result["rows"]:
+            lines.append(f"| {row['name']} | {row['median']:.1f} | {', '.join(f'{value:.1f}' for value in row['values'])} |")
+        lines.append("")
+        for goal in result["goals"]:
+            met = "met" if goal["ratio"] >= goal["goal"] else "not met"
+            lines.append(f"- {goal['name']} / {goal['reference']}: {goal['ratio']:.2f} (goal ≥ {goal['goal']}: {met})")
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sb3_pgext.suite.compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmark") / "speed", help="results folder")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per model (median reported)")
+    parser.add_argument("--steps", type=int, default=2000, help="env steps per timed learn() call")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (and XLA's, for SBX)")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--envs", nargs="+", help="only these envs")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.steps < 1 or args.threads < 1:
+        parser.error("--repeats, --steps and --threads must be at least 1")
+    th.set_num_threads(args.threads)
+    if args.threads == 1 and "jax" not in sys.modules and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
+    print(f"compare: {compare(args.out, args.repeats, args.steps, tuple(args.cases), tuple(args.envs) if args.envs else None)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
