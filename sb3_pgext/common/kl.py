@@ -1,8 +1,8 @@
 """
 KL divergences between action distributions, and the adaptive KL-penalty coefficient.
 
-Follows Schulman et al. 2017 ("Proximal Policy Optimization Algorithms", section 4) and the lecture
-notes (seed 002, "PPO KL penalty"):
+Follows Schulman et al. 2017 ("Proximal Policy Optimization Algorithms", section 4,
+https://arxiv.org/abs/1707.06347):
 
     L(θ) = Ê[ r_t(θ) Â_t − β · KL(π_old(·|s_t) ‖ π_θ(·|s_t)) ]
 
