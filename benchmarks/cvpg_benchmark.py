@@ -89,10 +89,12 @@ def variance_report(runs: list[dict[str, Any]]) -> list[str]:
         "Variance: at every update, on the same rollout, tr Cov of the 16 minibatch policy-gradient estimates with "
         "the control variate over the same without it; updates of all seeds pooled (median, first / last third of "
         "training, share of updates below 1). corr(Â, Ā): the correlation of the rollout's advantages with the "
-        "critic's control variate; η: its mean weight; medians over updates.",
+        "critic's control variate; 1 − corr²: the share of Â's variance that Â − η*Ā keeps with the best η for the "
+        "rollout, the most this critic's Ā can remove from the advantages; η: its mean weight; medians over updates.",
         "",
-        "| env | variant | seeds | final return [95% CI] | updates | median ratio | first third | last third | ratio < 1 | corr(Â, Ā) | η |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| env | variant | seeds | final return [95% CI] | updates | median ratio | first third | last third | ratio < 1 "
+        "| corr(Â, Ā) | 1 − corr² | η |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for env_id in dict.fromkeys(r["env"] for r in runs):
         for variant in VARIANTS:
@@ -115,10 +117,11 @@ def variance_report(runs: list[dict[str, Any]]) -> list[str]:
             if ratios:
                 row += (
                     f" {len(ratios)} | {np.median(ratios):.3f} | {np.median(early):.3f} | {np.median(late):.3f} "
-                    f"| {np.mean(np.array(ratios) < 1):.0%} | {np.median(corr):.3f} | {np.median(eta):.2f} |"
+                    f"| {np.mean(np.array(ratios) < 1):.0%} | {np.median(corr):.3f} | {np.median(1 - np.square(corr)):.3f} "
+                    f"| {np.median(eta):.2f} |"
                 )
             else:
-                row += " | | | | | | |"
+                row += " | | | | | | | |"
             lines.append(row)
     return lines
 

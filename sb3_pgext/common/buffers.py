@@ -87,4 +87,3 @@ def set_flat(buffer: RolloutBuffer, name: str, values: np.ndarray) -> None:
         getattr(buffer, name)[...] = values.reshape(getattr(buffer, name).shape)
     else:  # flat index = env * buffer_size + step
         setattr(buffer, name, values.reshape(buffer.n_envs, buffer.buffer_size).T.astype(np.float32).copy())
-

@@ -36,7 +36,14 @@ from sb3_pgext.cvpg.buffers import (
     CVPGRolloutBuffer,
     CVPGRolloutBufferSamples,
 )
-from sb3_pgext.cvpg.critic import FINITE_ACTION_SPACES, MAX_JOINT_ACTIONS, QF_TARGETS, QCritic, action_choices, joint_action_probs
+from sb3_pgext.cvpg.critic import (
+    FINITE_ACTION_SPACES,
+    MAX_JOINT_ACTIONS,
+    QF_TARGETS,
+    QCritic,
+    action_choices,
+    joint_action_probs,
+)
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfCVPG = TypeVar("SelfCVPG", bound="CVPG")
