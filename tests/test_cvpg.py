@@ -569,6 +569,13 @@ def test_bad_input(env, kwargs, match):
         CVPG("MlpPolicy", env, **kwargs)
 
 
+def test_squashed_policy_runs_without_a_control_variate():
+    with pytest.warns(UserWarning, match="squash"):
+        model = CVPG("MlpPolicy", "Pendulum-v1", use_sde=True, policy_kwargs=dict(squash_output=True), seed=0, n_steps=64)
+    assert model.control_variate == "none"
+    model.learn(64)
+
+
 def test_large_joint_action_set_runs_without_a_control_variate():
     with pytest.warns(UserWarning, match="joint actions"):
         model = CVPG("MlpPolicy", IdentityEnvMultiDiscrete(40), seed=0, **TINY)

@@ -175,9 +175,9 @@ class QCritic(nn.Module):
             self.q_net_target.set_training_mode(False)
             buffer_class = DictReplayBuffer if isinstance(observation_space, spaces.Dict) else ReplayBuffer
             self.replay_buffer = buffer_class(buffer_size, observation_space, action_space, device=device, n_envs=n_envs)
-        if isinstance(action_space, spaces.Box):  # the bounds the env clips actions to
-            self.register_buffer("action_low", th.as_tensor(action_space.low, dtype=th.float32), persistent=False)
-            self.register_buffer("action_high", th.as_tensor(action_space.high, dtype=th.float32), persistent=False)
+        if isinstance(action_space, spaces.Box):  # the bounds the env clips actions to, flattened as SB3 flattens actions
+            self.register_buffer("action_low", th.as_tensor(action_space.low.flatten(), dtype=th.float32), persistent=False)
+            self.register_buffer("action_high", th.as_tensor(action_space.high.flatten(), dtype=th.float32), persistent=False)
         self.to(device)
 
     # ------------------------------------------------------------------ evaluation

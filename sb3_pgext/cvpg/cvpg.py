@@ -148,8 +148,8 @@ class CVPG(PPOBase):
         per-state Gaussian its log-probabilities use);
         "expected" (Ā = Q_w(s, a) − Σ_a' π(a'|s) Q_w(s, a'), exact analytic term Σ_a ∇π Q_w; Discrete, and
         MultiDiscrete / MultiBinary with at most 1024 joint actions, the sum running over joint actions);
-        "auto" (default): "taylor" for Box, "expected" for finite action sets ("none", with a warning, where
-        the joint action set is too large to sum over)
+        "auto" (default): "taylor" for Box, "expected" for finite action sets ("none", with a warning, for a
+        squashed Box policy or where the joint action set is too large to sum over)
     :param eta: the control variate's weight η, cross-fitted (each fold's from the other fold of the rollout):
         "adaptive" (default; Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ)),
         "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
@@ -341,8 +341,16 @@ class CVPG(PPOBase):
             )
         choices = action_choices(self.action_space)
         joint = math.prod(choices) if choices is not None else None
+        squashed = self.policy_kwargs.get("squash_output", False)
         if self.control_variate == "auto":
-            if joint is None:
+            if joint is None and squashed:
+                warnings.warn(
+                    "control_variate='auto': the policy squashes its actions (squash_output=True), which the Taylor and "
+                    "reparameterization control variates do not support; CVPG runs without one (as PPO)",
+                    stacklevel=3,
+                )
+                self.control_variate = "none"
+            elif joint is None:
                 self.control_variate = "taylor"
             elif joint <= MAX_JOINT_ACTIONS:
                 self.control_variate = "expected"
@@ -363,7 +371,7 @@ class CVPG(PPOBase):
                     f'control_variate="expected" sums over the {joint} joint actions of {self.action_space}: at most '
                     f'{MAX_JOINT_ACTIONS} are supported; use control_variate="none"'
                 )
-        if self.control_variate in ("taylor", "reparameterization") and self.policy_kwargs.get("squash_output", False):
+        if self.control_variate in ("taylor", "reparameterization") and squashed:
             raise ValueError(f'control_variate="{self.control_variate}" needs an unsquashed Gaussian policy (squash_output=False)')
         if self.surrogate == "vanilla":
             self.n_epochs, self.batch_size = 1, self.n_steps * self.n_envs
