@@ -531,6 +531,20 @@ def test_save_load_keeps_the_critic(tmp_path):
     assert loaded.num_timesteps == 128
 
 
+def test_older_cvpg_parameters_warm_start_the_policy():
+    """Files of CVPG before its QCritic stored q_net / q_net_target / q_optimizer: the policy loads, the critic starts fresh."""
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, **TINY)
+    other = CVPG("MlpPolicy", "Pendulum-v1", seed=1, **TINY)
+    params = other.get_parameters()
+    older = {"policy": params["policy"], "policy.optimizer": params["policy.optimizer"], "q_net": {}, "q_net_target": {},
+             "q_optimizer": {}}
+    critic = {k: v.clone() for k, v in model.q_critic.state_dict().items()}
+    with pytest.warns(UserWarning, match="older CVPG"):
+        model.set_parameters(older)
+    assert all(th.equal(a, b) for a, b in zip(model.policy.state_dict().values(), other.policy.state_dict().values()))
+    assert all(th.equal(v, model.q_critic.state_dict()[k]) for k, v in critic.items())
+
+
 @pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 @pytest.mark.parametrize("qf_target", ["advantages", "td"])

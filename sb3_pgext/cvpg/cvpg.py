@@ -632,11 +632,16 @@ class CVPG(PPOBase):
         SB3's ``set_parameters``; parameters without a Q critic (a PPO or PPOKL checkpoint, or CVPG with
         ``control_variate="none"``) warm-start the policy and value function, strictly, and leave the Q
         critic freshly initialised, with a warning. This is how ``CVPG.load("ppo.zip", env=env)`` and the
-        zoo's ``train --algo cvpg -i ppo.zip`` continue from a PPO agent.
+        zoo's ``train --algo cvpg -i ppo.zip`` continue from a PPO agent; a file of an older CVPG, whose critic
+        had another layout, loads the same way.
         """
         params = load_path_or_dict
         if not isinstance(params, dict):
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        older_critic = {"q_net", "q_net_target", "q_optimizer"} & params.keys()
+        if older_critic:  # CVPG before its QCritic: the policy loads, the critic (another layout) starts fresh
+            warnings.warn(f"the checkpoint's critic {sorted(older_critic)} is of an older CVPG and is not loaded")
+            params = {key: value for key, value in params.items() if key not in older_critic}
         critic = {"q_critic", "q_critic.optimizer"}
         if exact_match and self.q_critic is not None and not critic & params.keys():
             expected = set(self._get_torch_save_params()[0]) - critic
