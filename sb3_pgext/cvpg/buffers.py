@@ -30,7 +30,7 @@ class CVPGRolloutBufferSamples(NamedTuple):
     plain_advantages: th.Tensor
     #: η of each sample (cross-fitted: from the other fold of the rollout)
     eta: th.Tensor
-    #: the analytic term's constants: ∇_a Q_w(s, μ_old(s)) ("taylor", (batch, action_dim)), Q_w(s, ·)
+    #: the analytic term's constants: ∇_a Q_w at the rollout policy's executed mean ("taylor", (batch, action_dim)), Q_w(s, ·)
     #: ("expected", (batch, n_actions)), or nothing ("reparameterization" evaluates Q_w itself, (batch, 0))
     q_constants: th.Tensor
 

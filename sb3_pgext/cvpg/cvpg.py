@@ -488,7 +488,9 @@ class CVPG(PPOBase):
         actions = th.as_tensor(flat_actions(buffer), device=self.device)
         cv_parts, constant_parts = [], []
         for obs, chunk in self._rollout_chunks():
-            control_variate, constants = self._control_variate(obs, self.policy.get_distribution(obs), actions[chunk])
+            with th.no_grad():
+                distribution = self.policy.get_distribution(obs)
+            control_variate, constants = self._control_variate(obs, distribution, actions[chunk])
             cv_parts.append(control_variate)
             constant_parts.append(constants)
         control_variate = th.cat(cv_parts)
