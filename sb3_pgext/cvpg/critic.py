@@ -141,7 +141,6 @@ class QCritic(nn.Module):
         device: th.device | str = "cpu",
     ):
         super().__init__()
-        self.action_space = action_space
         self.target = target
         self.batch_size = batch_size
         self.gradient_steps = gradient_steps
