@@ -42,6 +42,7 @@ from sb3_pgext.cvpg.critic import (
     QF_TARGETS,
     QCritic,
     action_choices,
+    joint_action_index,
     joint_action_probs,
 )
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -509,8 +510,9 @@ class CVPG(PPOBase):
         if self.control_variate == "expected":
             with th.no_grad():
                 q_table = critic(obs)
+                q_taken = q_table.gather(1, joint_action_index(actions, critic.choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
                 probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
-                return centered_control_variate(critic.q_taken(obs, actions), (probs * q_table).sum(dim=1)), q_table
+                return centered_control_variate(q_taken, (probs * q_table).sum(dim=1)), q_table
         if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
             expansion = self._executed_mean(distribution).detach().requires_grad_(True)
             with th.enable_grad():
