@@ -3,6 +3,7 @@
 import os
 
 from sb3_pgext.common.gradient_variance import gradient_variance
+from sb3_pgext.common.variance_decomposition import variance_decomposition
 from sb3_pgext.cvpg import CVPG
 from sb3_pgext.offpac import OffPAC
 from sb3_pgext.ppokl import PPOKL
@@ -10,4 +11,4 @@ from sb3_pgext.ppokl import PPOKL
 with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["CVPG", "OffPAC", "PPOKL", "gradient_variance"]
+__all__ = ["CVPG", "OffPAC", "PPOKL", "gradient_variance", "variance_decomposition"]

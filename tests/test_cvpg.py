@@ -325,7 +325,7 @@ def test_taylor_term_is_autograd_of_q_at_the_executed_mean():
     data = next(model.rollout_buffer.get(32))
     params = model._pg_parameters()
     distribution = model.policy.get_distribution(data.observations)
-    ours = th.autograd.grad(model._analytic_term(data, distribution).mean(), params, allow_unused=True)
+    ours = th.autograd.grad(model._analytic_term(data.observations, data.q_constants, distribution).mean(), params, allow_unused=True)
     # reference: ∇_θ mean_s Q_w(s, m_θ(s)) with Q_w fixed, m_θ(s) = E_π[clip(a)]
     normal = model.policy.get_distribution(data.observations).distribution
     executed_mean = clipped_gaussian_mean(normal.mean, normal.stddev, th.tensor([-2.0]), th.tensor([2.0]))
@@ -387,7 +387,7 @@ def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
     # half the samples inside: the gradient of those samples' terms alone
     th.manual_seed(0)
     distribution = model.policy.get_distribution(data.observations)
-    terms = model._analytic_term(data, distribution)
+    terms = model._analytic_term(data.observations, data.q_constants, distribution)
     scale = 1.0 / (data.advantages.std() + 1e-8)
     reference = th.autograd.grad(-scale * (data.eta * terms * (half == 1)).mean(), params, allow_unused=True)
     assert th.allclose(gradient(half, 0.2), flatten_gradients(reference, params), atol=1e-7)

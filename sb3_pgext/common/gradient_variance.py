@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch as th
 
+from sb3_pgext.common.utils import isolated_random_streams
+
 
 class GradientVarianceMixin:
     """
@@ -83,20 +85,13 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     if not isinstance(n_minibatches, (int, np.integer)) or n_minibatches < 2:
         raise ValueError(f"n_minibatches must be an integer >= 2, got {n_minibatches!r}")
     parameters = model._pg_parameters()
-    numpy_state, torch_state = np.random.get_state(), th.random.get_rng_state()
-    cuda_states = th.cuda.get_rng_state_all() if th.cuda.is_available() and th.cuda.is_initialized() else None
-    try:
-        rows, minibatch_size = [], 0
+    rows, minibatch_size = [], 0
+    with isolated_random_streams():
         for batch in model._pg_minibatches(n_minibatches):
             loss = model._pg_surrogate(batch, control_variate)
             grads = th.autograd.grad(loss, parameters, allow_unused=True)
             rows.append(-flatten_gradients(grads, parameters))  # the loss descends: its negative is the estimate
             minibatch_size = len(batch.actions)
-    finally:
-        np.random.set_state(numpy_state)
-        th.random.set_rng_state(torch_state)
-        if cuda_states is not None:
-            th.cuda.set_rng_state_all(cuda_states)
     gradients = th.stack(rows).double().cpu()
     statistics = minibatch_gradient_statistics(gradients)
     return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size, mean=gradients.mean(dim=0))

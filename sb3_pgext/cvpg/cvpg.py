@@ -533,15 +533,18 @@ class CVPG(PPOBase):
 
     # ------------------------------------------------------------------ per minibatch
 
-    def _analytic_term(self, rollout_data: CVPGRolloutBufferSamples, distribution: Distribution) -> th.Tensor:
-        """Per sample, a surrogate whose gradient in θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (Q-Prop's first-order one for "taylor")."""
+    def _analytic_term(self, obs: PyTorchObs, q_constants: th.Tensor, distribution: Distribution) -> th.Tensor:
+        """
+        Per sample, a surrogate whose gradient in θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (Q-Prop's first-order one for
+        "taylor"), given the constants :meth:`_control_variate` returned for the samples' states.
+        """
         assert self.q_critic is not None
         if self.control_variate == "expected":
             probs = joint_action_probs(distribution, self.q_critic.choices)  # type: ignore[arg-type]
-            return expected_analytic_term(probs, rollout_data.q_constants)
+            return expected_analytic_term(probs, q_constants)
         if self.control_variate == "taylor":
-            return taylor_analytic_term(rollout_data.q_constants, self._executed_mean(distribution))
-        return self.q_critic(rollout_data.observations, distribution.distribution.rsample())  # a = μ_θ + σ_θ ξ
+            return taylor_analytic_term(q_constants, self._executed_mean(distribution))
+        return self.q_critic(obs, distribution.distribution.rsample())  # a = μ_θ + σ_θ ξ
 
     def _policy_loss(
         self,
@@ -569,7 +572,7 @@ class CVPG(PPOBase):
         scale = 1.0
         if self.normalize_advantage and len(rollout_data.advantages) > 1:
             scale = 1.0 / (rollout_data.advantages.std() + 1e-8)  # the same scale as the normalised Â − ηĀ
-        analytic = self._analytic_term(rollout_data, distribution)  # type: ignore[arg-type]
+        analytic = self._analytic_term(rollout_data.observations, rollout_data.q_constants, distribution)  # type: ignore[attr-defined]
         if clip_range is not None:
             analytic = analytic * ((ratio - 1).abs() <= clip_range).detach()
         return policy_loss - scale * (rollout_data.eta * analytic).mean()  # type: ignore[attr-defined]
@@ -594,8 +597,30 @@ class CVPG(PPOBase):
         _, log_prob, _ = self.policy.evaluate_actions(rollout_data.observations, actions)
         if not control_variate:
             return -(log_prob * rollout_data.plain_advantages).mean()
-        analytic = self._analytic_term(rollout_data, self.policy.action_dist)  # type: ignore[arg-type]
+        analytic = self._analytic_term(rollout_data.observations, rollout_data.q_constants, self.policy.action_dist)  # type: ignore[arg-type]
         return -(log_prob * rollout_data.advantages).mean() - (rollout_data.eta * analytic).mean()
+
+    def _pg_control_variate_terms(
+        self, obs: PyTorchObs, actions: th.Tensor, distribution: Distribution
+    ) -> tuple[th.Tensor, th.Tensor] | None:
+        """
+        For :func:`sb3_pgext.variance_decomposition`: ηĀ(s, a) per sample, and the per-sample surrogate whose
+        gradient is η ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)], for states and actions outside the rollout buffer. η is the mean
+        η of the rollout the model last trained on (1 before its first update). None without a control variate.
+
+        :param obs: the states (policy input)
+        :param actions: one action per state, as the policy samples them
+        :param distribution: π_θ(·|s) of the states, differentiable in θ
+        """
+        if self.q_critic is None:
+            return None
+        if self.baseline != "value":
+            raise ValueError(f"variance_decomposition needs CVPG's value baseline (baseline='value'), got baseline={self.baseline!r}")
+        control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions))
+        buffer = self.rollout_buffer
+        eta = float(buffer.eta.mean()) if buffer is not None and buffer.full and len(buffer.eta) else 1.0  # type: ignore[attr-defined]
+        analytic = self._analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
+        return eta * control_variate.detach(), eta * analytic
 
     # ------------------------------------------------------------------ save / load
 
