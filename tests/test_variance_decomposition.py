@@ -224,3 +224,15 @@ def test_nothing_in_the_model_the_training_env_or_the_random_streams_changes(mod
     random.seed(5), np.random.seed(5), th.manual_seed(5)
     twin.learn(64, reset_num_timesteps=False)
     assert all(th.equal(value, twin.policy.state_dict()[key]) for key, value in model.policy.state_dict().items())
+
+
+def test_the_time_limit_travels_when_rl_zoo3_has_patched_it():
+    import rl_zoo3.gym_patches  # noqa: F401  (replaces gymnasium's TimeLimit by its subclass)
+
+    env, other = gym.make("Pendulum-v1"), gym.make("Pendulum-v1")
+    assert type(env).__name__ == "PatchedTimeLimit"
+    env.reset(seed=0), other.reset(seed=0)
+    for _ in range(7):
+        env.step(env.action_space.sample())
+    set_env_state(other, get_env_state(env))
+    assert other._elapsed_steps == 7

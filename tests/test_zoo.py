@@ -80,13 +80,21 @@ def test_null_schedules_pass_through_the_zoo():
     [("ppokl", "CartPole-v1", 512), ("cvpg", "Pendulum-v1", 512), ("offpac", "Pendulum-v1", 300)],
 )
 def test_train_and_enjoy_through_the_zoo(tmp_path, algo, env_id, steps):
-    """The package's yml is read without --conf-file, -params overrides it, enjoy replays the agent."""
+    """
+    The package's yml is read without --conf-file, -params overrides it (the PPO family's horizon-aware value
+    function included), enjoy replays the agent.
+    """
     logs = tmp_path / "logs"
+    extra = [] if algo == "offpac" else ["horizon_aware_value:True"]
     zoo("train", "--algo", algo, "--env", env_id, "-n", str(steps), "-f", str(logs), "--eval-freq", "-1",
-        "--seed", "1", "-params", "policy_kwargs:dict(net_arch=[16])", "--num-threads", "1")  # fmt: skip
+        "--seed", "1", "-params", "policy_kwargs:dict(net_arch=[16])", *extra, "--num-threads", "1")  # fmt: skip
     run_dir = logs / algo / f"{env_id}_1"
     assert (run_dir / f"{env_id}.zip").is_file()
     config = saved_config(run_dir, env_id)
+    if extra:
+        assert config["horizon_aware_value"] is True
+        model = ALGOS[algo].load(run_dir / f"{env_id}.zip")
+        assert model.horizon_aware_value and model.policy.value_net.linear.out_features == 2
     with open(Path(__file__).parents[1] / "hyperparams" / f"{algo}.yml") as file:
         entry = yaml.safe_load(file)[env_id]
     assert config["policy_kwargs"]["net_arch"] == [16]  # the override
@@ -124,6 +132,8 @@ def test_sampler_builds_models_and_converts_back(algo, env_id):
         estimators.add(kwargs.get("actor_gradient"))
         model = ALGOS[algo]("MlpPolicy", env, **kwargs)
         assert model.gamma == pytest.approx(1 - trial.params["one_minus_gamma"])
+        if algo != "offpac":
+            assert model.horizon_aware_value == trial.params["horizon_aware_value"]
         study.tell(trial, 0.0)
     if algo == "offpac":  # the estimators offered match the action space
         assert estimators <= ({"reparameterization", "likelihood"} if n_actions else {"expected", "likelihood"})

@@ -6,10 +6,14 @@ parameters for an analytic KL, a control-variate weight, ...) is indexed with
 :attr:`BatchIndicesMixin.batch_inds`. Sampling, shuffling and the random stream are SB3's own.
 """
 
+from collections.abc import Generator
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
+import torch as th
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.type_aliases import TensorDict
 from stable_baselines3.common.vec_env import VecNormalize
 
 
@@ -29,6 +33,61 @@ class IndexedRolloutBuffer(BatchIndicesMixin, RolloutBuffer):
 
 class IndexedDictRolloutBuffer(BatchIndicesMixin, DictRolloutBuffer):
     """:class:`DictRolloutBuffer` that records the indices of its last minibatch."""
+
+
+class TimeLeftRolloutBufferSamples(NamedTuple):
+    observations: th.Tensor
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    #: T − t: the steps left in the episode at the observation (its TimeLimit's), for a horizon-aware value
+    time_left: th.Tensor
+
+
+class TimeLeftDictRolloutBufferSamples(NamedTuple):
+    observations: TensorDict
+    actions: th.Tensor
+    old_values: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    returns: th.Tensor
+    time_left: th.Tensor
+
+
+class TimeLeftMixin(BatchIndicesMixin):
+    """
+    Also stores ``time_left``, the steps left in the episode at each observation (written by the algorithm
+    during collection, ``time_left[pos, env]``), and returns it with each sample, as a named field.
+    """
+
+    time_left: np.ndarray
+    buffer_size: int
+    n_envs: int
+    generator_ready: bool
+
+    def reset(self) -> None:
+        super().reset()  # type: ignore[misc]
+        self.time_left = np.zeros((self.buffer_size, self.n_envs), dtype=np.float32)
+
+    def get(self, batch_size: int | None = None) -> Generator:
+        if not self.generator_ready:  # flattened as RolloutBuffer.get flattens its own arrays
+            self.time_left = self.swap_and_flatten(self.time_left)  # type: ignore[attr-defined]
+        yield from super().get(batch_size)  # type: ignore[misc]
+
+    def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None):  # type: ignore[no-untyped-def]
+        samples = super()._get_samples(batch_inds, env)
+        samples_class = TimeLeftDictRolloutBufferSamples if isinstance(samples.observations, dict) else TimeLeftRolloutBufferSamples
+        return samples_class(*samples, time_left=self.to_torch(self.time_left[batch_inds].flatten()))  # type: ignore[attr-defined]
+
+
+class TimeLeftRolloutBuffer(TimeLeftMixin, RolloutBuffer):
+    """:class:`RolloutBuffer` whose samples are :class:`TimeLeftRolloutBufferSamples`."""
+
+
+class TimeLeftDictRolloutBuffer(TimeLeftMixin, DictRolloutBuffer):
+    """:class:`DictRolloutBuffer` whose samples are :class:`TimeLeftDictRolloutBufferSamples`."""
 
 
 @lru_cache(maxsize=None)

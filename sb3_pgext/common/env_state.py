@@ -18,11 +18,12 @@ env raises a ``TypeError`` that names it.
 """
 
 import copy
+from collections.abc import Iterable
 from typing import Any
 
 import gymnasium as gym
 
-#: wrapper class name -> the attributes that hold its per-episode state
+#: wrapper class name (or that of a base class: rl_zoo3 patches TimeLimit) -> the attributes of its per-episode state
 WRAPPER_COUNTERS = {"TimeLimit": ("_elapsed_steps",), "TimeFeatureWrapper": ("_current_step",)}
 #: classic-control attributes restored along with ``state``, where the env has them
 CLASSIC_CONTROL_EXTRAS = ("last_u", "steps_beyond_terminated")
@@ -33,6 +34,12 @@ def _wrappers(env: gym.Env) -> list[gym.Env]:
     while isinstance(chain[-1], gym.Wrapper):
         chain.append(chain[-1].env)
     return chain
+
+
+def wrapper_kind(wrapper: gym.Env, names: Iterable[str]) -> str | None:
+    """The first of ``names`` that is the name of ``wrapper``'s class or of one of its base classes, else None."""
+    bases = {cls.__name__ for cls in type(wrapper).__mro__}
+    return next((name for name in names if name in bases), None)
 
 
 def _is_mujoco(env: gym.Env) -> bool:
@@ -66,11 +73,11 @@ def get_env_state(env: gym.Env) -> dict[str, Any]:
     """
     check_restorable(env)
     unwrapped = env.unwrapped
-    wrappers = {
-        index: {name: copy.deepcopy(getattr(wrapper, name)) for name in WRAPPER_COUNTERS[type(wrapper).__name__]}
-        for index, wrapper in enumerate(_wrappers(env))
-        if type(wrapper).__name__ in WRAPPER_COUNTERS
-    }
+    wrappers = {}
+    for index, wrapper in enumerate(_wrappers(env)):
+        kind = wrapper_kind(wrapper, WRAPPER_COUNTERS)
+        if kind is not None:
+            wrappers[index] = {name: copy.deepcopy(getattr(wrapper, name)) for name in WRAPPER_COUNTERS[kind]}
     if _is_mujoco(unwrapped):
         return dict(kind="mujoco", state=copy.copy(unwrapped.data), wrappers=wrappers)
     extras = {name: copy.deepcopy(getattr(unwrapped, name)) for name in CLASSIC_CONTROL_EXTRAS if hasattr(unwrapped, name)}

@@ -11,14 +11,27 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
-from stable_baselines3.common.type_aliases import GymEnv, RolloutBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
+from sb3_pgext.common.buffers import (
+    BatchIndicesMixin,
+    TimeLeftDictRolloutBuffer,
+    TimeLeftMixin,
+    TimeLeftRolloutBuffer,
+    flat_actions,
+    flat_array,
+    flat_observations,
+    set_flat,
+    with_batch_indices,
+)
 from sb3_pgext.common.compat import LegacyLoadMixin
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
-from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, flat_observations, with_batch_indices
+from sb3_pgext.common.horizon import HorizonAwareValueHead, horizon_aware_value, use_horizon_aware_value
 from sb3_pgext.common.kl import (
     DistributionParams,
     adapt_kl_coef,
@@ -30,6 +43,28 @@ from sb3_pgext.common.kl import (
 
 # States per forward pass when the whole rollout goes through the policy at once (KL bookkeeping)
 _FULL_ROLLOUT_CHUNK = 2048
+
+
+class _TimeLeftCallback(BaseCallback):
+    """
+    Records T − t, the steps left in its episode, for each observation the rollout stores: t is read from the
+    envs' ``TimeLimit`` at the start of each rollout and counted on from there.
+    """
+
+    model: "PPOBase"
+
+    def _on_rollout_start(self) -> None:
+        assert self.model.env is not None
+        self.model._elapsed_steps = np.array(self.model.env.get_attr("_elapsed_steps"), dtype=np.int64)
+
+    def _on_step(self) -> bool:
+        model = self.model
+        buffer = model.rollout_buffer
+        assert isinstance(buffer, TimeLeftMixin) and model._elapsed_steps is not None
+        buffer.time_left[buffer.pos] = model._time_limits - model._elapsed_steps  # of model._last_obs, stored next
+        model._elapsed_steps += 1
+        model._elapsed_steps[self.locals["dones"]] = 0
+        return True
 
 
 class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
@@ -87,6 +122,7 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
         log_grad_var: bool = False,
+        horizon_aware_value: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -135,6 +171,7 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         self.kl_estimator = kl_estimator
         self.kl_direction = kl_direction
         self.log_grad_var = log_grad_var
+        self.horizon_aware_value = horizon_aware_value
 
         if _init_setup_model:
             self._setup_model()
@@ -145,6 +182,14 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         buffer_class = self.rollout_buffer_class
         if buffer_class is None:
             buffer_class = DictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RolloutBuffer
+        if self.horizon_aware_value:  # the samples carry the time left in the episode
+            buffer_class = {RolloutBuffer: TimeLeftRolloutBuffer, DictRolloutBuffer: TimeLeftDictRolloutBuffer}.get(
+                buffer_class, buffer_class
+            )
+            if not issubclass(buffer_class, TimeLeftMixin):
+                raise ValueError(
+                    f"rollout_buffer_class must subclass TimeLeftRolloutBuffer with horizon_aware_value=True, got {buffer_class.__name__}"
+                )
         user_buffer_class, self.rollout_buffer_class = self.rollout_buffer_class, with_batch_indices(buffer_class)
         # PPO wraps clip_range in a schedule; None (no clipping) is this family's own setting
         clip_range = self.clip_range
@@ -157,9 +202,38 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         self._old_params: DistributionParams | None = None
         self._last_minibatch_kl = th.zeros(())
         self._train_logs: dict[str, list[float]] = defaultdict(list)
+        self._elapsed_steps: np.ndarray | None = None
+        if self.horizon_aware_value:
+            use_horizon_aware_value(self.policy)
+            if self.env is not None:
+                self._time_limits = _time_limits(self.env)
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_old_params", "_last_minibatch_kl", "_train_logs"]
+        return [*super()._excluded_save_params(), "_old_params", "_last_minibatch_kl", "_train_logs", "_elapsed_steps"]
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)
+        if self.horizon_aware_value:
+            self._time_limits = _time_limits(self.env)  # type: ignore[arg-type]
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callback, plus the family's own for the rollout (:meth:`_rollout_callbacks`) when there are any."""
+        own = self._rollout_callbacks()
+        if own:
+            if callback is None:
+                callbacks: list[BaseCallback] = []
+            elif isinstance(callback, list):
+                callbacks = list(callback)
+            elif isinstance(callback, BaseCallback):
+                callbacks = [callback]
+            else:
+                callbacks = [ConvertCallback(callback)]
+            callback = [*callbacks, *own]
+        return super()._init_callback(callback, progress_bar)
+
+    def _rollout_callbacks(self) -> list[BaseCallback]:
+        """Callbacks the algorithm needs during collection: the time left in the episode for a horizon-aware value."""
+        return [_TimeLeftCallback()] if self.horizon_aware_value else []
 
     @property
     def penalty_active(self) -> bool:
@@ -181,6 +255,8 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         if self.clip_range_vf is not None:
             clip_range_vf = self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
         self._train_logs = defaultdict(list)
+        if self.horizon_aware_value:
+            self._horizon_aware_returns()
         self._begin_update()
         if self.log_grad_var:  # on the rollout, at the parameters that collected it
             self._train_logs["grad_var"] = [gradient_variance(self)["variance"]]
@@ -238,6 +314,8 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         # evaluate_actions leaves the minibatch's distribution in policy.action_dist
         distribution = self.policy.action_dist
         values = values.flatten()
+        if self.horizon_aware_value:  # V'(s) + (Σ γ^i) r̂(s), with the samples' time left
+            values = self._with_horizon(values, rollout_data.time_left)  # type: ignore[attr-defined]
         advantages = rollout_data.advantages
         # Normalization does not make sense if mini batchsize == 1, see GH issue #325
         if self.normalize_advantage and len(advantages) > 1:
@@ -346,6 +424,46 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         if self._tracks_kl():
             self.logger.record("train/kl", logs["kl"][0])
             self.logger.record("train/kl_coef", self.kl_coef)
+
+    # ------------------------------------------------------------------ horizon-aware value function
+
+    def _with_horizon(self, values: th.Tensor, time_left: th.Tensor) -> th.Tensor:
+        """V(s) = V'(s) + (Σ_{i<T−t} γ^i) r̂(s), from V'(s) the policy just returned (its head keeps r̂(s))."""
+        head = self.policy.value_net
+        assert isinstance(head, HorizonAwareValueHead) and head.reward_rate is not None
+        return horizon_aware_value(values, head.reward_rate.flatten(), time_left.flatten(), self.gamma)
+
+    def predict_horizon_values(self, obs: PyTorchObs, time_left: th.Tensor) -> th.Tensor:
+        """
+        V(s) of observations at given times left in their episodes, T − t (the plain V(s) without a
+        horizon-aware value function), shape (batch,).
+
+        :param obs: observations, as the policy takes them
+        :param time_left: T − t per observation
+        """
+        values = self.policy.predict_values(obs).flatten()
+        return self._with_horizon(values, time_left) if self.horizon_aware_value else values
+
+    @th.no_grad()
+    def _horizon_aware_returns(self) -> None:
+        """
+        Collection stored V'(s) (the head's output, right for SB3's bootstrap at a time limit, where no time is
+        left); make the rollout's values V'(s) + (Σ γ^i) r̂(s) with each observation's time left, and compute
+        GAE again from them.
+        """
+        buffer = self.rollout_buffer
+        assert isinstance(buffer, TimeLeftMixin) and self._elapsed_steps is not None and self._last_obs is not None
+        time_left = th.as_tensor(flat_array(buffer, "time_left"), device=self.device)
+        values = []
+        for obs, chunk in self._rollout_chunks():
+            values.append(self.predict_horizon_values(obs, time_left[chunk]))
+        set_flat(buffer, "values", th.cat(values).cpu().numpy())
+        training = self.policy.training
+        self.policy.set_training_mode(False)
+        last_time_left = th.as_tensor(self._time_limits - self._elapsed_steps, dtype=th.float32, device=self.device)
+        last_values = self.predict_horizon_values(obs_as_tensor(self._last_obs, self.device), last_time_left)  # type: ignore[arg-type]
+        self.policy.set_training_mode(training)
+        buffer.compute_returns_and_advantage(last_values=last_values, dones=self._last_episode_starts)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ measured gradient variance
 
@@ -458,3 +576,14 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
             log_probs.append(self.policy.get_distribution(obs).log_prob(chunk_actions))
         log_ratio = th.cat(log_probs) - old_log_prob
         return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean().item()  # type: ignore[arg-type]
+
+
+def _time_limits(env: VecEnv) -> np.ndarray:
+    """T of each env, from its ``TimeLimit``; a ValueError when an env has none."""
+    try:
+        return np.array(env.get_attr("_max_episode_steps"), dtype=np.int64)
+    except AttributeError:
+        raise ValueError(
+            "horizon_aware_value=True needs episodes with a time limit: wrap the env in gymnasium's TimeLimit "
+            "(gym.make(..., max_episode_steps=...))"
+        ) from None

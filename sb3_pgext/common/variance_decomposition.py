@@ -47,8 +47,9 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
-from sb3_pgext.common.env_state import check_restorable, get_env_state, set_env_state
+from sb3_pgext.common.env_state import check_restorable, get_env_state, set_env_state, wrapper_kind
 from sb3_pgext.common.gradient_variance import flatten_gradients
+from sb3_pgext.common.horizon import HorizonAwareValueHead, horizon_aware_value, use_horizon_aware_value
 from sb3_pgext.common.utils import isolated_random_streams
 
 #: the continuations are cut (and bootstrapped with V, as a rollout's end is) where (γλ)^t falls below this
@@ -166,6 +167,9 @@ class _Measurement:
         self.model = model
         # a copy: the model's policy (and the distribution it keeps from its last forward pass) stays as it was
         self.policy: ActorCriticPolicy = type(model.policy)(**model.policy._get_constructor_parameters())
+        self.horizon_aware = isinstance(model.policy.value_net, HorizonAwareValueHead)
+        if self.horizon_aware:
+            use_horizon_aware_value(self.policy)
         self.policy.load_state_dict(model.policy.state_dict())
         self.policy.to(model.policy.device)
         self.policy.set_training_mode(False)
@@ -201,10 +205,19 @@ class _Measurement:
             self.policy.reset_noise(n_envs)
 
     @th.no_grad()
-    def _act(self, obs: np.ndarray | dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Sampled actions (as SB3's rollout sends them to the env) and V(s) for a batch of raw observations."""
+    def _act(self, obs: np.ndarray | dict[str, np.ndarray], envs: list[gym.Env]) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Sampled actions (as SB3's rollout sends them to the env) and V(s) for a batch of raw observations, the
+        current observations of ``envs`` (whose time limits give a horizon-aware value its time left).
+        """
         actions, values, _ = self.policy(self._obs_tensor(obs))
-        return self._env_actions(actions), values.flatten().double().cpu().numpy()
+        values = values.flatten()
+        if self.horizon_aware:
+            time_left = [env.get_wrapper_attr("_max_episode_steps") - env.get_wrapper_attr("_elapsed_steps") for env in envs]
+            reward_rate = self.policy.value_net.reward_rate
+            assert reward_rate is not None
+            values = horizon_aware_value(values, reward_rate, th.as_tensor(time_left, device=values.device), self.gamma)
+        return self._env_actions(actions), values.double().cpu().numpy()
 
     def _env_actions(self, actions: th.Tensor) -> np.ndarray:
         actions_np = actions.cpu().numpy()
@@ -230,7 +243,7 @@ class _Measurement:
                 states.append((copy.deepcopy(obs), get_env_state(env)))
             if self.model.use_sde and sde_sample_freq > 0 and step % sde_sample_freq == 0:
                 self._reset_noise(1)
-            actions, _ = self._act(_batch([obs]))
+            actions, _ = self._act(_batch([obs]), [env])
             obs, _, terminated, truncated, _ = env.step(actions[0])
             if terminated or truncated:
                 obs, _ = env.reset()
@@ -246,9 +259,9 @@ class _Measurement:
         self._reset_noise(n_actions)  # gSDE: each action with its own exploration noise
         with th.no_grad():
             actions = self.policy.get_distribution(obs_batch).get_actions()
-            state_value = float(self.policy.predict_values(obs_batch)[0])
         env_actions = np.repeat(self._env_actions(actions), n_rollouts, axis=0)
-        returns = self._lambda_returns(obs, saved, env_actions).reshape(n_actions, n_rollouts)
+        returns, state_value = self._lambda_returns(obs, saved, env_actions)
+        returns = returns.reshape(n_actions, n_rollouts)
 
         # the baseline φ(s, a_j) and the surrogate whose gradient is ∇E φ(s, ·)
         distribution = self.policy.get_distribution(obs_batch)
@@ -282,10 +295,11 @@ class _Measurement:
         gradients = th.autograd.grad(output, self.parameters, retain_graph=True, allow_unused=True)
         return flatten_gradients(gradients, self.parameters).double().cpu()
 
-    def _lambda_returns(self, obs: Any, saved: dict[str, Any], first_actions: np.ndarray) -> np.ndarray:
+    def _lambda_returns(self, obs: Any, saved: dict[str, Any], first_actions: np.ndarray) -> tuple[np.ndarray, float]:
         """
         R̂ = Â_GAE + V(s) of one continuation per env copy, each from the saved state with its first action,
         cut after ``horizon`` steps; V bootstraps where a time limit or the cut ends it, as in SB3's rollouts.
+        Also V(s) of the saved state.
         """
         n_envs, horizon = len(self.envs), self.horizon
         for env in self.envs:
@@ -297,7 +311,7 @@ class _Measurement:
         alive = np.ones(n_envs, dtype=bool)
         observations = [copy.deepcopy(obs) for _ in range(n_envs)]
         self._reset_noise(n_envs)
-        actions, values[:, 0] = first_actions, self._act(_batch(observations))[1]
+        actions, values[:, 0] = first_actions, self._act(_batch(observations), self.envs)[1]
         sde_sample_freq = self.model.sde_sample_freq
         for step in range(horizon):
             terminated, truncated = np.zeros(n_envs, dtype=bool), np.zeros(n_envs, dtype=bool)
@@ -307,7 +321,7 @@ class _Measurement:
             lengths[alive] += 1
             if self.model.use_sde and sde_sample_freq > 0 and (step + 1) % sde_sample_freq == 0:
                 self._reset_noise(n_envs)
-            actions, values[:, step + 1] = self._act(_batch(observations))
+            actions, values[:, step + 1] = self._act(_batch(observations), self.envs)
             ended = alive & (terminated | truncated)
             end_values[ended & ~terminated] = values[ended & ~terminated, step + 1]  # a time limit: bootstrap
             alive &= ~ended
@@ -320,7 +334,7 @@ class _Measurement:
             next_values = np.where(step == lengths - 1, end_values, values[:, step + 1])
             delta = rewards[:, step] + self.gamma * next_values - values[:, step]
             advantage = np.where(active, delta + self.gamma * self.gae_lambda * advantage, 0.0)
-        return advantage + values[:, 0]
+        return advantage + values[:, 0], float(values[0, 0])
 
 
 def _batch(observations: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
@@ -358,7 +372,7 @@ def _env_factory(model: OnPolicyAlgorithm, env: str | Callable[[], gym.Env] | No
     if isinstance(inner, DummyVecEnv):
         wrapper = inner.envs[0]
         while isinstance(wrapper, gym.Wrapper):
-            if type(wrapper).__name__ not in _KNOWN_WRAPPERS:
+            if wrapper_kind(wrapper, _KNOWN_WRAPPERS) is None:
                 unsupported.append(type(wrapper).__name__)
             wrapper = wrapper.env
     if unsupported:

@@ -15,7 +15,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import TensorDict
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_pgext.common.buffers import BatchIndicesMixin, set_flat
+from sb3_pgext.common.buffers import TimeLeftMixin, set_flat
 
 
 class CVPGRolloutBufferSamples(NamedTuple):
@@ -26,6 +26,8 @@ class CVPGRolloutBufferSamples(NamedTuple):
     #: Â − ηĀ: the advantages corrected by the control variate, what the surrogate sees
     advantages: th.Tensor
     returns: th.Tensor
+    #: T − t, the steps left in the episode (used by a horizon-aware value function)
+    time_left: th.Tensor
     #: Â: the advantages without the control variate
     plain_advantages: th.Tensor
     #: η of each sample (cross-fitted: from the other fold of the rollout)
@@ -42,12 +44,13 @@ class CVPGDictRolloutBufferSamples(NamedTuple):
     old_log_prob: th.Tensor
     advantages: th.Tensor
     returns: th.Tensor
+    time_left: th.Tensor
     plain_advantages: th.Tensor
     eta: th.Tensor
     q_constants: th.Tensor
 
 
-class CVPGBufferMixin(BatchIndicesMixin):
+class CVPGBufferMixin(TimeLeftMixin):
     """The control variate's per-sample arrays, stored in the flattened order that ``get()`` indexes."""
 
     plain_advantages: np.ndarray
@@ -84,7 +87,7 @@ class CVPGBufferMixin(BatchIndicesMixin):
         samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
         samples_class = CVPGDictRolloutBufferSamples if isinstance(samples.observations, dict) else CVPGRolloutBufferSamples
         return samples_class(
-            *samples,
+            *samples,  # SB3's fields and time_left
             plain_advantages=self.to_torch(self.plain_advantages[batch_inds]),  # type: ignore[attr-defined]
             eta=self.to_torch(self.eta[batch_inds]),  # type: ignore[attr-defined]
             q_constants=self.to_torch(self.q_constants[batch_inds]),  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
@@ -194,6 +194,10 @@ class CVPG(PPOBase):
     :param n_cv_samples: actions per state estimating E_a' Q_w(s, a') for "reparameterization"
     :param log_grad_var: Log ``train/grad_var`` each update (see :func:`sb3_pgext.gradient_variance`), and
         ``train/grad_var_no_cv``, the same estimator's variance without the control variate on the same data
+    :param horizon_aware_value: Use Tucker et al.'s horizon-aware value function (2018, section 6,
+        https://arxiv.org/abs/1802.10031): V(s_t) = (Σ_{i=t}^{T−1} γ^{i−t}) r̂(s_t) + V'(s_t), with T the env's
+        ``TimeLimit`` and t the episode's step, read during collection; the value network gets a second
+        output r̂ (initialised to zero). Needs envs with a time limit (see :mod:`sb3_pgext.common.horizon`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -253,6 +257,7 @@ class CVPG(PPOBase):
         qf_net_arch: list[int] | None = None,
         n_cv_samples: int = 8,
         log_grad_var: bool = False,
+        horizon_aware_value: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -308,6 +313,7 @@ class CVPG(PPOBase):
             kl_estimator=kl_estimator,
             kl_direction=kl_direction,
             log_grad_var=log_grad_var,
+            horizon_aware_value=horizon_aware_value,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -423,18 +429,12 @@ class CVPG(PPOBase):
         net_arch = self.policy.net_arch
         return list(net_arch.get("vf", [])) if isinstance(net_arch, dict) else list(net_arch)
 
-    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+    def _rollout_callbacks(self) -> list[BaseCallback]:
+        """The family's, plus the TD critic's replay feed and the rollout's last values (reward-to-go baselines)."""
+        callbacks = super()._rollout_callbacks()
         if self.qf_target == "td" or self.baseline != "value":
-            if callback is None:
-                callbacks: list[BaseCallback] = []
-            elif isinstance(callback, list):
-                callbacks = list(callback)
-            elif isinstance(callback, BaseCallback):
-                callbacks = [callback]
-            else:
-                callbacks = [ConvertCallback(callback)]
-            callback = [*callbacks, _RolloutCallback()]
-        return super()._init_callback(callback, progress_bar)
+            callbacks.append(_RolloutCallback())
+        return callbacks
 
     # ------------------------------------------------------------------ per rollout
 

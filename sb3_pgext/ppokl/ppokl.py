@@ -64,6 +64,10 @@ class PPOKL(PPOBase):
     :param kl_direction: "forward" for KL(π_old ‖ π_θ) (the paper's, default) or "reverse" for KL(π_θ ‖ π_old)
     :param log_grad_var: Log ``train/grad_var`` each update: the variance of the policy-gradient
         estimator measured on the rollout (see :func:`sb3_pgext.gradient_variance`)
+    :param horizon_aware_value: Use Tucker et al.'s horizon-aware value function (2018, section 6,
+        https://arxiv.org/abs/1802.10031): V(s_t) = (Σ_{i=t}^{T−1} γ^{i−t}) r̂(s_t) + V'(s_t), with T the env's
+        ``TimeLimit`` and t the episode's step, read during collection; the value network gets a second
+        output r̂ (initialised to zero). Needs envs with a time limit (see :mod:`sb3_pgext.common.horizon`)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
@@ -110,6 +114,7 @@ class PPOKL(PPOBase):
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
         log_grad_var: bool = False,
+        horizon_aware_value: bool = False,
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -152,6 +157,7 @@ class PPOKL(PPOBase):
             kl_estimator=kl_estimator,
             kl_direction=kl_direction,
             log_grad_var=log_grad_var,
+            horizon_aware_value=horizon_aware_value,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,

@@ -32,7 +32,10 @@ def _record_worker(trial: optuna.Trial) -> None:
 
 
 def _suggest_on_policy(trial: optuna.Trial) -> None:
-    """The RL Zoo's PPO search space (without its clip range), minibatches of 32 to 512."""
+    """
+    The RL Zoo's PPO search space (without its clip range), minibatches of 32 to 512, and the value function:
+    plain or horizon-aware (Tucker et al. 2018, section 6).
+    """
     trial.suggest_int("batch_size_pow", 5, 9)
     trial.suggest_int("n_steps_pow", 5, 11)
     trial.suggest_float("one_minus_gamma", 0.0001, 0.03, log=True)
@@ -43,6 +46,7 @@ def _suggest_on_policy(trial: optuna.Trial) -> None:
     trial.suggest_float("max_grad_norm", 0.3, 2)
     trial.suggest_categorical("net_arch", ["tiny", "small", "medium"])
     trial.suggest_categorical("activation_fn", ["tanh", "relu"])
+    trial.suggest_categorical("horizon_aware_value", [False, True])
 
 
 def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:

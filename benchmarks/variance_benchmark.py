@@ -1,0 +1,262 @@
+"""
+Where the policy gradient's variance comes from, along training: Tucker et al.'s decomposition
+(:func:`sb3_pgext.variance_decomposition`) at the start, middle and end of training, and the horizon-aware
+value function against SB3's PPO, with the hyperparameters of ``hyperparams/cvpg.yml`` (rl_zoo3's PPO
+entries; the MuJoCo runs need ``pip install "gymnasium[mujoco]"``).
+
+Variants, all with the same yml entry:
+  - ``CVPG``: the entry as it is (PPO's clipped surrogate plus CVPG's control variate). Each checkpoint is
+    decomposed twice with the same seed (paired draws): the estimator with the value baseline alone, and
+    with CVPG's control variate; both give the ceiling of φ = the true Q;
+  - ``PPO``: SB3's PPO, decomposed with its value baseline;
+  - ``PPO-horizon``: PPOKL with the penalty off and PPO's clipping (PPO, bit for bit, tested) and the
+    horizon-aware value function, decomposed with its value baseline.
+
+Checkpoints: after the first update, at half the budget and at the end (the model's state when the next
+rollout starts: the policy, value function and critic just updated). A run keeps its final deterministic
+evaluation (10 episodes) and the decompositions; a finished run is written as soon as it ends, so an
+interrupted ``decompose`` resumes where it stopped.
+
+    python benchmarks/variance_benchmark.py decompose --envs Pendulum-v1 HalfCheetah-v5 Hopper-v5 --variants CVPG PPO PPO-horizon --seeds 0 1 2 3 4
+    python benchmarks/variance_benchmark.py report
+
+Results: ``benchmarks/results/variance_decomposition.json``, the report ``variance.md`` and its figure
+``variance_decomposition.png``.
+"""
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from sb3_pgext import CVPG, PPOKL, variance_decomposition
+from sb3_pgext.common.hyperparams import load_hyperparams
+from sb3_pgext.train import build_model, evaluate
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = RESULTS / "variance_decomposition.json"
+BUDGETS = {"Pendulum-v1": 100_000, "HalfCheetah-v5": 200_000, "Hopper-v5": 200_000}
+VARIANTS = ("CVPG", "PPO", "PPO-horizon")
+#: the decomposition's sample sizes: I states, J actions per state, K continuations per action
+SIZES = dict(n_states=48, n_actions=8, n_rollouts=8)
+N_EVAL_EPISODES = 10
+
+
+def build(variant: str, env_id: str, seed: int) -> BaseAlgorithm:
+    """The model of ``variant`` on ``env_id`` with the cvpg.yml entry."""
+    hyperparams = load_hyperparams("cvpg", env_id)
+    if variant == "CVPG":
+        return build_model(CVPG, env_id, hyperparams, seed, device="cpu")
+    for key in [k for k in hyperparams.model_kwargs if k.startswith("qf_") or k in ("eta", "control_variate")]:
+        del hyperparams.model_kwargs[key]
+    if variant == "PPO":
+        return build_model(PPO, env_id, hyperparams, seed, device="cpu")
+    # PPOKL with the penalty off and PPO's clipping is SB3's PPO (tested bit for bit); plus the horizon-aware value
+    hyperparams.model_kwargs.setdefault("clip_range", 0.2)
+    hyperparams.model_kwargs.update(kl_coef=0.0, adaptive_kl=False)
+    return build_model(PPOKL, env_id, hyperparams, seed, device="cpu", horizon_aware_value=True)
+
+
+def decompose(model: BaseAlgorithm, variant: str, seed: int) -> dict[str, Any]:
+    """The decomposition(s) of one checkpoint: "value" (the value baseline) and, for CVPG, "control_variate"."""
+    start = time.perf_counter()
+    if variant == "CVPG":
+        terms = {
+            "value": variance_decomposition(model, control_variate=False, seed=seed, **SIZES),
+            "control_variate": variance_decomposition(model, control_variate=True, seed=seed, **SIZES),
+        }
+    else:
+        terms = {"value": variance_decomposition(model, control_variate=True, seed=seed, **SIZES)}
+    return dict(timesteps=model.num_timesteps, seconds=round(time.perf_counter() - start, 1), **terms)
+
+
+class Checkpoints(BaseCallback):
+    """Decomposes the model when a rollout starts at or after each checkpoint (the last one is left to the caller)."""
+
+    def __init__(self, checkpoints: list[int], variant: str, seed: int):
+        super().__init__()
+        self.pending, self.variant, self.seed = list(checkpoints), variant, seed
+        self.results: list[dict[str, Any]] = []
+
+    def _on_rollout_start(self) -> None:
+        if self.pending and self.num_timesteps >= self.pending[0]:
+            self.pending.pop(0)
+            self.results.append(decompose(self.model, self.variant, self.seed))
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def run(job: tuple[str, str, int]) -> dict[str, Any]:
+    """Train one (variant, env, seed) for its budget, decomposing at the checkpoints, then evaluate it."""
+    th.set_num_threads(1)
+    variant, env_id, seed = job
+    model = build(variant, env_id, seed)
+    budget = BUDGETS[env_id]
+    first_update = model.n_steps * model.n_envs
+    checkpoints = Checkpoints([first_update, budget // 2], variant, seed)
+    start = time.perf_counter()
+    model.learn(budget, callback=checkpoints)
+    checkpoints.results.append(decompose(model, variant, seed))
+    mean, std = evaluate(model, env_id, seed, N_EVAL_EPISODES)
+    result = dict(variant=variant, env=env_id, seed=seed, steps=budget, mean_return=mean, std_return=std)
+    result.update(seconds=round(time.perf_counter() - start, 1), sizes=SIZES, checkpoints=checkpoints.results)
+    print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}), flush=True)
+    return result
+
+
+def run_jobs(jobs: list[tuple[str, str, int]], workers: int) -> None:
+    done = json.loads(RUNS.read_text()) if RUNS.exists() else []
+    finished = {(r["variant"], r["env"], r["seed"]) for r in done}
+    todo = [job for job in jobs if job not in finished]
+    print(f"{len(todo)} runs to do, {len(finished)} already done", flush=True)
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for result in pool.imap_unordered(run, todo):
+            done.append(result)
+            RUNS.write_text(json.dumps(done, indent=1))  # resumable: finished runs are kept
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+STAGES = ("start", "middle", "end")
+ROWS = (  # (label, variant, decomposition, ceiling?)
+    ("PPO, value baseline", "PPO", "value", False),
+    ("CVPG, value baseline", "CVPG", "value", False),
+    ("CVPG, control variate", "CVPG", "control_variate", False),
+    ("CVPG, φ = true Q (ceiling)", "CVPG", "value", True),
+    ("PPO-horizon, value baseline", "PPO-horizon", "value", False),
+)
+
+
+def _terms(run_: dict[str, Any], stage: int, key: str, ceiling: bool) -> dict[str, float] | None:
+    checkpoint = run_["checkpoints"][stage]
+    if key not in checkpoint:
+        return None
+    return checkpoint[key]["ceiling"] if ceiling else checkpoint[key]
+
+
+def bootstrap_ci(values: np.ndarray, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean over seeds (fixed resampling seed: the report is reproducible)."""
+    resamples = np.random.default_rng(seed).choice(values, size=(n_resamples, len(values)), replace=True).mean(axis=1)
+    low, high = np.percentile(resamples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Where the policy gradient's variance comes from",
+        "",
+        "Generated by `python benchmarks/variance_benchmark.py report` from `results/variance_decomposition.json`; "
+        "runs: `python benchmarks/variance_benchmark.py decompose` (see its docstring). Tucker et al. (2018) "
+        "decomposition of the per-sample estimator's variance (trace of covariance, raw advantages) into the state, "
+        "action and trajectory terms, measured by `sb3_pgext.variance_decomposition` with "
+        f"{SIZES['n_states']} states × {SIZES['n_actions']} actions × {SIZES['n_rollouts']} continuations per "
+        "checkpoint. Checkpoints: after the first update (start), at half the budget (middle), at the end. "
+        "Each term: mean over seeds, with the mean of the decompositions' own standard errors in brackets "
+        "(the sampling error of one decomposition, not the spread over seeds). "
+        "Share: the term's part of the total. The CVPG rows are paired: the same states, actions and "
+        "continuations with and without the control variate; the ceiling (φ = the true Q of the λ-return) "
+        "has an action term of 0 and the same state and trajectory terms.",
+        "",
+    ]
+    envs = list(dict.fromkeys(r["env"] for r in runs))
+    for env_id in envs:
+        lines += [f"## {env_id}", "", "| stage | estimator | seeds | state | action | trajectory | total | action share |"]
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for stage, stage_name in enumerate(STAGES):
+            for label, variant, key, ceiling in ROWS:
+                cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
+                terms = [t for t in (_terms(r, stage, key, ceiling) for r in cell) if t is not None]
+                if not terms:
+                    continue
+                means = {name: np.mean([t[name] for t in terms]) for name in ("state", "action", "trajectory", "total")}
+                errors = {name: np.mean([t[f"{name}_se"] for t in terms]) for name in ("state", "action", "trajectory", "total")}
+                row = f"| {stage_name} | {label} | {len(terms)} |"
+                for name in ("state", "action", "trajectory", "total"):
+                    row += f" {means[name]:.3g} [±{errors[name]:.2g}] |"
+                share = np.mean([t["action"] / t["total"] for t in terms if t["total"] > 0])
+                lines.append(row + f" {share:.1%} |")
+        lines.append("")
+    lines += ["## Final return: the horizon-aware value function against SB3's PPO (and CVPG)", ""]
+    lines += ["| env | variant | seeds | final return [95% CI] | end: trajectory term | end: total |", "| --- | --- | --- | --- | --- | --- |"]
+    for env_id in envs:
+        for variant in VARIANTS:
+            cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
+            if not cell:
+                continue
+            returns = np.array([r["mean_return"] for r in cell])
+            low, high = bootstrap_ci(returns) if len(returns) > 1 else (returns[0], returns[0])
+            end = [r["checkpoints"][-1]["value"] for r in cell]
+            lines.append(
+                f"| {env_id} | {variant} | {len(cell)} | {returns.mean():.1f} [{low:.1f}, {high:.1f}] "
+                f"| {np.median([t['trajectory'] for t in end]):.3g} | {np.median([t['total'] for t in end]):.3g} |"
+            )
+    lines += ["", "End terms: medians over seeds of the value-baseline decomposition at the end of training.", ""]
+    lines += ["![The decomposition per env and stage](variance_decomposition.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Bars of the three terms per estimator, env and stage, in the style of Tucker et al.'s Figure 1 (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(dict.fromkeys(r["env"] for r in runs))
+    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(4.2 * len(STAGES), 3.2 * len(envs)), squeeze=False)
+    colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
+    for row, env_id in enumerate(envs):
+        for stage, stage_name in enumerate(STAGES):
+            ax = axes[row][stage]
+            labels = []
+            for index, (label, variant, key, ceiling) in enumerate(ROWS):
+                cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
+                terms = [t for t in (_terms(r, stage, key, ceiling) for r in cell) if t is not None]
+                labels.append(label.replace(", ", "\n"))
+                for offset, name in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
+                    value = np.mean([t[name] for t in terms]) if terms else np.nan
+                    ax.bar(index + offset, max(value, 1e-12), width=0.27, color=colours[name], label=name if index == 0 else None)
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(ROWS)), labels, fontsize=6)
+            ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
+            if row == 0 and stage == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    runs_parser = commands.add_parser("decompose", help="train and decompose (resumable)")
+    runs_parser.add_argument("--envs", nargs="+", default=list(BUDGETS))
+    runs_parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    runs_parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    runs_parser.add_argument("--workers", type=int, default=2)
+    commands.add_parser("report", help="write variance.md and its figure from the results")
+    args = parser.parse_args()
+    if args.command == "decompose":
+        unknown = [env_id for env_id in args.envs if env_id not in BUDGETS]
+        if unknown:
+            parser.error(f"--envs: no budget for {unknown}; known: {list(BUDGETS)}")
+        jobs = [(variant, env_id, seed) for seed in args.seeds for env_id in args.envs for variant in args.variants]
+        run_jobs(jobs, args.workers)
+    else:
+        runs = json.loads(RUNS.read_text())
+        (RESULTS / "variance.md").write_text(report(runs))
+        plot(runs, RESULTS / "variance_decomposition.png")
+        print(f"wrote {RESULTS / 'variance.md'}")
+
+
+if __name__ == "__main__":
+    main()
