@@ -270,3 +270,82 @@ def test_plot_commands(tmp_path, monkeypatch):
     zoo("plot_from_file", "-i", "results.pkl", "-o", "from_file.png", "--format", "png", "-r")
     assert (tmp_path / "from_file.png").stat().st_size > 0
 
+
+
+def _postgresql_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian's package, or initdb on the PATH), or None."""
+    import glob
+    import shutil
+
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(str(Path(initdb).parent))
+    for folder in candidates:
+        if all((Path(folder) / name).is_file() for name in ("initdb", "pg_ctl", "postgres")):
+            return Path(folder)
+    return None
+
+
+@pytest.fixture
+def postgresql_url():
+    """A PostgreSQL server of its own, started with initdb / pg_ctl in a temporary folder (skipped where there is none)."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg")  # pip install "sb3-pgext[postgresql]"
+    pytest.importorskip("sqlalchemy")  # optuna's RDBStorage
+    bin_dir = _postgresql_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="sb3_pgext_pg_"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the package's postgres user
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(folder, 0o755)
+        os.chown(folder, user.pw_uid, user.pw_gid)
+    data = folder / "data"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "optuna", "--no-sync"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "server.log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        import psycopg
+
+        with psycopg.connect(host="127.0.0.1", port=port, user="optuna", dbname="postgres", autocommit=True) as connection:
+            connection.execute("CREATE DATABASE optuna")
+        yield f"postgresql+psycopg://optuna@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
+    """The README's multi-machine tuning: two worker processes, one study in a real PostgreSQL database."""
+    max_trials = 6
+    args = ["train", "--algo", "cvpg", "--env", "Pendulum-v1", "-n", "64", "-optimize", "--storage", postgresql_url,
+            "--study-name", "shared", "--n-trials", str(max_trials), "--max-total-trials", str(max_trials),
+            "--sampler", "random", "--pruner", "none", "--n-evaluations", "1", "--eval-episodes", "1",
+            "-params", "n_envs:1", "--num-threads", "1", "--no-optim-plots"]  # fmt: skip
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "sb3_pgext.zoo", *args, "--seed", str(seed), "-f", str(tmp_path / f"logs{seed}")],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)  # fmt: skip
+        for seed in (1, 2)
+    ]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-2000:] for output in outputs)
+    trials = optuna.load_study(study_name="shared", storage=postgresql_url).get_trials(deepcopy=False)
+    assert max_trials <= len(trials) <= max_trials + 1  # as with the journal file: one extra at most per extra worker
+    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
+    assert all(trial.state.is_finished() for trial in trials)
+    assert len({trial.user_attrs["worker"] for trial in trials}) == 2

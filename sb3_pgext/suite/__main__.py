@@ -1,9 +1,12 @@
 """
 python -m sb3_pgext.suite run quick [--workers 2] [--out benchmark/quick] [--envs ...] [--algos ...] [--device cpu]
+python -m sb3_pgext.suite run standard --backend ray [--address <Ray cluster address>]
 python -m sb3_pgext.suite speed quick --device cuda [--out benchmark/quick] [--threads 1]
 python -m sb3_pgext.suite report quick [--out benchmark/quick]
 
-``run`` trains the suite's unfinished runs through the RL Zoo and then writes the report; ``speed``
+``run`` trains the suite's unfinished runs through the RL Zoo (in local worker processes, or with
+``--backend ray`` one Ray task per run on a Ray cluster, or on a local Ray instance without ``--address``)
+and then writes the report; ``speed``
 times OffPAC's, CVPG's and SAC's updates per second on the CPU and on ``--device`` (speed.json) and
 rewrites the report; ``report`` only rewrites it from what is there.
 """
@@ -14,7 +17,7 @@ import sys
 from pathlib import Path
 
 from sb3_pgext.suite import load_suite, run_suite, write_report
-from sb3_pgext.suite.runner import finished_results
+from sb3_pgext.suite.runner import BACKENDS, finished_results
 from sb3_pgext.suite.speed import measure_speed
 
 
@@ -24,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("suite", help='a suite file, or the name of one in zoo_configs/ ("quick", "standard")')
     parser.add_argument("--out", type=Path, help="results folder (default: benchmark/<suite>)")
     parser.add_argument("--workers", type=int, default=2, help="runs trained side by side (one torch thread each)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="run: local worker processes or one Ray task per run")
+    parser.add_argument("--address", help='run --backend ray: the Ray cluster\'s address ("auto", "ray://<head>:10001"); none: a local instance')
     parser.add_argument("--device", default="cpu", help='torch device of every run, or the one speed compares with the CPU ("cuda")')
     parser.add_argument("--threads", type=int, default=1, help="speed: torch threads on the CPU (the runs use 1)")
     parser.add_argument("--repeats", type=int, default=3, help="speed: timed train() calls per algorithm and device")
@@ -38,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failed = []
     if args.command == "run":
-        failed = run_suite(suite, out, workers=args.workers, device=args.device, envs=args.envs, algos=args.algos)
+        if args.address is not None and args.backend != "ray":
+            parser.error("--address is the address of a Ray cluster: add --backend ray")
+        failed = run_suite(
+            suite, out, workers=args.workers, device=args.device, envs=args.envs, algos=args.algos,
+            backend=args.backend, address=args.address,
+        )  # fmt: skip
     elif args.command == "speed":
         import torch
 

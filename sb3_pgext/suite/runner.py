@@ -1,16 +1,23 @@
 """
-Runs a suite through the RL Zoo: one ``python -m sb3_pgext.zoo train`` per (env, algorithm, seed), in
-parallel worker processes, resumable (a run with its ``result.json`` is skipped; an unfinished one is
-started again), with a progress bar.
+Runs a suite through the RL Zoo: one ``python -m sb3_pgext.zoo train`` per (env, algorithm, seed),
+resumable (a run with its ``result.json`` is skipped; an unfinished one is started again), with a progress
+bar. Two backends: ``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per
+run on a Ray cluster (https://docs.ray.io), each training in a temporary folder of its node and sending its
+run folder back to the driver, so that the nodes need no shared filesystem; Ray retries a run whose worker
+died.
 """
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,9 @@ from sb3_pgext.suite.config import EnvSpec, Suite
 from sb3_pgext.zoo import ALGOS as OUR_ALGOS
 
 _FPS = re.compile(r"\|\s*fps\s*\|\s*([0-9.]+)\s*\|")
+BACKENDS = ("local", "ray")
+#: how many times Ray starts a run again when its worker process or node dies
+RAY_MAX_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -116,17 +126,39 @@ def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = 
 
 
 def run_suite(
-    suite: Suite, out: Path, workers: int = 2, device: str = "cpu", envs: list[str] | None = None, algos: list[str] | None = None
+    suite: Suite,
+    out: Path,
+    workers: int = 2,
+    device: str = "cpu",
+    envs: list[str] | None = None,
+    algos: list[str] | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> list[Job]:
     """
-    Run the suite's unfinished jobs in ``workers`` parallel processes, with a progress bar.
+    Run the suite's unfinished jobs, with a progress bar; each finished run is written under ``out`` as soon
+    as it ends (an interrupted call trains only what is missing when called again).
 
+    :param suite: the suite
+    :param out: the results folder
+    :param workers: local: runs trained side by side; Ray: the CPUs of the local Ray instance started when
+        ``address`` is None (a cluster's own resources decide how many of its runs go side by side)
+    :param device: the torch device of every run (on Ray, a "cuda" run asks for one GPU)
+    :param envs: only these envs of the suite
+    :param algos: only these algorithms of the suite
+    :param backend: "local" (worker processes on this machine) or "ray" (one Ray task per run)
+    :param address: Ray: the cluster's address (``ray.init(address=...)``, e.g. "auto" on a cluster node or
+        "ray://<head>:10001"); None starts a local Ray instance
     :return: the jobs that failed (their logs say why)
     """
     import rl_zoo3.utils
 
     from sb3_pgext.zoo import register
 
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if address is not None and backend != "ray":
+        raise ValueError("address is the address of a Ray cluster: pass backend='ray' with it")
     register()
     known = set(rl_zoo3.utils.ALGOS)
     for env in suite.envs:
@@ -137,16 +169,103 @@ def run_suite(
     todo = [job for job in jobs if read_result(job, out) is None]
     failed: list[Job] = []
     confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.algo for job in todo}}  # written once, before any run
-    print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run on {workers} workers")
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
-        futures = {pool.submit(run_job, suite, job, out, device, confs[job.algo]): job for job in todo}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                result = future.result()
-                bar.set_postfix_str(f"{job.algo} {job.env.env_id} seed {job.seed}: {result['wall_seconds']:.0f} s")
-            except RuntimeError as error:
+    where = f"on {workers} workers" if backend == "local" else f"on Ray ({address or f'a local instance of {workers} CPUs'})"
+    print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run {where}")
+    if backend == "local":
+        outcomes = _local_outcomes(suite, todo, out, device, confs, workers)
+    else:
+        outcomes = _ray_outcomes(suite, todo, out, device, confs, workers, address)
+    with tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
+        for job, outcome in outcomes:
+            if isinstance(outcome, RuntimeError):
                 failed.append(job)
-                tqdm.write(str(error))
+                tqdm.write(str(outcome))
+            else:
+                bar.set_postfix_str(f"{job.algo} {job.env.env_id} seed {job.seed}: {outcome['wall_seconds']:.0f} s")
             bar.update()
     return failed
+
+
+Outcome = tuple[Job, dict[str, Any] | RuntimeError]
+
+
+def _local_outcomes(
+    suite: Suite, todo: list[Job], out: Path, device: str, confs: dict[str, Path | None], workers: int
+) -> Iterator[Outcome]:
+    """Each job's result (or error) as it finishes, trained by ``workers`` parallel processes."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(run_job, suite, job, out, device, confs[job.algo]): job for job in todo}
+        for future in as_completed(futures):
+            try:
+                yield futures[future], future.result()
+            except RuntimeError as error:
+                yield futures[future], error
+
+
+def _ray_outcomes(
+    suite: Suite, todo: list[Job], out: Path, device: str, confs: dict[str, Path | None], workers: int, address: str | None
+) -> Iterator[Outcome]:
+    """
+    Each job's result (or error) as it finishes, trained by one Ray task per job; the driver unpacks the run
+    folder each task sends back under ``out``.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError('the Ray backend needs Ray: pip install "sb3-pgext[ray]"') from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        local = {"num_cpus": workers} if address is None else {}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    train = ray.remote(_train_in_temporary_folder).options(
+        num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_retries=RAY_MAX_RETRIES
+    )
+    try:
+        pending = {}
+        for job in todo:
+            conf = confs[job.algo]
+            pending[train.remote(suite, job, device, None if conf is None else conf.read_text())] = job
+        while pending:
+            [ready], _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready)
+            error, archive = ray.get(ready)
+            root = job.root(out)
+            if root.exists():
+                shutil.rmtree(root)
+            root.mkdir(parents=True)
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+                tar.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if error is not None:
+                yield job, RuntimeError(f"{error}: see {root / 'train.log'}")
+                continue
+            # the command as it reads on the driver (the task ran it in a temporary folder of its node)
+            result = json.loads((root / "result.json").read_text())
+            result.update(command=train_command(suite, job, out, device, confs[job.algo]), backend="ray")
+            (root / "result.json").write_text(json.dumps(result, indent=1))
+            yield job, result
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: str | None) -> tuple[str | None, bytes]:
+    """
+    A Ray task: train ``job`` in a temporary folder; return (None, or the error, and the run folder as a
+    gzipped tar, ``result.json`` included when it succeeded).
+    """
+    with tempfile.TemporaryDirectory(prefix="sb3_pgext_run_") as folder:
+        out = Path(folder)
+        conf = None
+        if conf_text is not None:
+            conf = out / "zoo_hyperparams" / f"{job.algo}.yml"
+            conf.parent.mkdir(parents=True)
+            conf.write_text(conf_text)
+        error = None
+        try:
+            run_job(suite, job, out, device, conf)
+        except RuntimeError as exception:
+            error = str(exception).split(": see ")[0]
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(job.root(out), arcname=".")
+        return error, buffer.getvalue()

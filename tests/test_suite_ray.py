@@ -1,0 +1,119 @@
+"""The suite on Ray: a real local Ray instance of 2 CPUs runs tiny suite entries (skipped without Ray)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from sb3_pgext.suite import load_suite, run_suite
+from sb3_pgext.suite.runner import jobs_of
+
+ray = pytest.importorskip("ray")
+
+TINY_SUITE = """
+description: tiny cells for the Ray backend
+seeds: [0, 1]
+eval_freq: 128
+eval_episodes: 2
+envs:
+  CartPole-v1:
+    n_timesteps: 256
+    threshold: 15
+    algos: [ppokl, ppo]
+    note: A budget for tests only.
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_SUITE)
+    return load_suite(path)
+
+
+def evaluations(job, out):
+    with np.load(job.log_dir(out) / "evaluations.npz") as data:
+        return data["timesteps"].copy(), data["results"].copy()
+
+
+def test_ray_runs_the_suite_as_the_local_runner_does_seed_for_seed(tiny_suite, tmp_path):
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert run_suite(tiny_suite, local, workers=2) == []
+    assert run_suite(tiny_suite, on_ray, workers=2, backend="ray") == []
+    for job in jobs_of(tiny_suite):
+        result = json.loads((job.root(on_ray) / "result.json").read_text())
+        assert result["backend"] == "ray" and str(on_ray) in " ".join(result["command"])  # no path of the worker's
+        (steps, returns), (local_steps, local_returns) = evaluations(job, on_ray), evaluations(job, local)
+        assert list(steps) == [128, 256] and np.array_equal(steps, local_steps)
+        assert np.array_equal(returns, local_returns), job  # the same evaluations, seed for seed
+        assert (job.log_dir(on_ray) / f"{job.env.env_id}.zip").is_file()
+
+
+def test_a_failed_run_is_reported_with_its_log(tiny_suite, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    failed = run_suite(tiny_suite, out, workers=2, algos=["ppokl"], backend="ray", device="no-such-device")
+    assert len(failed) == 2
+    for job in failed:
+        assert not (job.root(out) / "result.json").exists() and (job.root(out) / "train.log").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_suite_finishes(tiny_suite, tmp_path):
+    """SIGKILL the first Ray worker that trains a run: Ray starts the run again and the suite finishes."""
+    out = tmp_path / "out"
+    killed = []
+
+    def kill_a_worker():
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            listing = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+            processes = {int(pid): (int(ppid), args) for pid, ppid, args in (line.split(None, 2) for line in listing.splitlines()[1:])}
+            for ppid, args in processes.values():
+                parent = processes.get(ppid, (0, ""))[1]
+                # a run's training process under a Ray worker (ray::_train_in_temporary_folder): kill the worker
+                if args.startswith(sys.executable) and "-m sb3_pgext.zoo train" in args and parent.startswith("ray::"):
+                    os.kill(ppid, signal.SIGKILL)
+                    killed.append(ppid)
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    failed = run_suite(tiny_suite, out, workers=2, backend="ray")
+    killer.join()
+    assert killed and failed == []
+    assert all((job.root(out) / "result.json").is_file() for job in jobs_of(tiny_suite))
+
+
+@pytest.mark.slow
+def test_an_interrupted_driver_trains_only_what_is_missing(tiny_suite, tmp_path):
+    """Kill the driver once a run is written; started again, it trains only the runs without a result."""
+    out = tmp_path / "out"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sb3_pgext.suite", "run", str(tiny_suite.path), "--out", str(out), "--backend", "ray"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    jobs = jobs_of(tiny_suite)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any((job.root(out) / "result.json").exists() for job in jobs):
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGINT)
+    driver.wait(timeout=120)
+    done = {job: (job.root(out) / "result.json").stat().st_mtime_ns for job in jobs if (job.root(out) / "result.json").exists()}
+    assert 1 <= len(done) < len(jobs)
+    assert run_suite(tiny_suite, out, workers=2, backend="ray") == []
+    for job in jobs:
+        assert (job.root(out) / "result.json").is_file()
+        if job in done:  # kept, not trained again
+            assert (job.root(out) / "result.json").stat().st_mtime_ns == done[job]
+
+
+def test_an_address_without_the_ray_backend_is_refused(tiny_suite, tmp_path):
+    with pytest.raises(ValueError, match="pass backend='ray'"):
+        run_suite(tiny_suite, tmp_path, address="auto")
