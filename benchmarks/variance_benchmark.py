@@ -205,31 +205,38 @@ def report(runs: list[dict[str, Any]]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """Bars of the three terms per estimator, env and stage, in the style of Tucker et al.'s Figure 1 (log scale)."""
+    """
+    Bars of the three terms per estimator, env and stage, in the style of Tucker et al.'s Figure 1 (log scale;
+    a term estimated at or below zero, within its noise, or exactly zero as the ceiling's action term, has no bar).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     envs = list(dict.fromkeys(r["env"] for r in runs))
-    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(4.2 * len(STAGES), 3.2 * len(envs)), squeeze=False)
+    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(4.2 * len(STAGES), 3.0 * len(envs)), squeeze=False)
     colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
+    short = ["PPO\nV", "CVPG\nV", "CVPG\nV + CV", "CVPG\ntrue Q", "PPO-hor.\nV"]
     for row, env_id in enumerate(envs):
         for stage, stage_name in enumerate(STAGES):
             ax = axes[row][stage]
-            labels = []
-            for index, (label, variant, key, ceiling) in enumerate(ROWS):
+            largest = 0.0
+            for index, (_, variant, key, ceiling) in enumerate(ROWS):
                 cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
                 terms = [t for t in (_terms(r, stage, key, ceiling) for r in cell) if t is not None]
-                labels.append(label.replace(", ", "\n"))
                 for offset, name in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
-                    value = np.mean([t[name] for t in terms]) if terms else np.nan
-                    ax.bar(index + offset, max(value, 1e-12), width=0.27, color=colours[name], label=name if index == 0 else None)
+                    value = float(np.mean([t[name] for t in terms])) if terms else np.nan
+                    largest = max(largest, value if np.isfinite(value) else 0.0)
+                    if value > 0:
+                        ax.bar(index + offset, value, width=0.27, color=colours[name], label=name if index == 0 else None)
             ax.set_yscale("log")
-            ax.set_xticks(range(len(ROWS)), labels, fontsize=6)
+            ax.set_ylim(bottom=largest * 1e-3 if largest > 0 else None)
+            ax.set_xticks(range(len(ROWS)), short, fontsize=7)
             ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
             if row == 0 and stage == 0:
                 ax.legend(fontsize=7)
+    fig.suptitle("Variance of the per-sample policy gradient: state, action and trajectory terms (mean over seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
