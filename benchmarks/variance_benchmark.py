@@ -26,7 +26,6 @@ Results: ``benchmarks/results/variance_decomposition.json``, the report ``varian
 
 import argparse
 import json
-import multiprocessing
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from bench_common import run_learning_jobs
 from sb3_pgext import CVPG, PPOKL, variance_decomposition
 from sb3_pgext.common.hyperparams import load_hyperparams
 from sb3_pgext.train import build_model, evaluate
@@ -111,17 +111,6 @@ def run(job: tuple[str, str, int]) -> dict[str, Any]:
     result.update(seconds=round(time.perf_counter() - start, 1), sizes=SIZES, checkpoints=checkpoints.results)
     print(json.dumps({k: v for k, v in result.items() if k != "checkpoints"}), flush=True)
     return result
-
-
-def run_jobs(jobs: list[tuple[str, str, int]], workers: int) -> None:
-    done = json.loads(RUNS.read_text()) if RUNS.exists() else []
-    finished = {(r["variant"], r["env"], r["seed"]) for r in done}
-    todo = [job for job in jobs if job not in finished]
-    print(f"{len(todo)} runs to do, {len(finished)} already done", flush=True)
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        for result in pool.imap_unordered(run, todo):
-            done.append(result)
-            RUNS.write_text(json.dumps(done, indent=1))  # resumable: finished runs are kept
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -257,7 +246,7 @@ def main() -> None:
         if unknown:
             parser.error(f"--envs: no budget for {unknown}; known: {list(BUDGETS)}")
         jobs = [(variant, env_id, seed) for seed in args.seeds for env_id in args.envs for variant in args.variants]
-        run_jobs(jobs, args.workers)
+        run_learning_jobs(RUNS, run, jobs, args.workers)
     else:
         runs = json.loads(RUNS.read_text())
         (RESULTS / "variance.md").write_text(report(runs))

@@ -139,10 +139,9 @@ def test_sampler_builds_models_and_converts_back(algo, env_id):
         assert estimators <= ({"reparameterization", "likelihood"} if n_actions else {"expected", "likelihood"})
 
 
-def test_two_workers_share_one_journal_study(tmp_path):
-    """Two processes, one JournalStorage file, one study: trials are numbered once and stop at --max-total-trials."""
-    storage, max_trials = tmp_path / "study.log", 6
-    args = ["train", "--algo", "ppokl", "--env", "CartPole-v1", "-n", "64", "-optimize", "--storage", str(storage),
+def tune_with_two_workers(tmp_path: Path, algo: str, env_id: str, storage: str, study_storage, max_trials: int = 6):
+    """Two zoo workers tune one study in ``storage`` up to ``--max-total-trials``; the study's trials, checked."""
+    args = ["train", "--algo", algo, "--env", env_id, "-n", "64", "-optimize", "--storage", storage,
             "--study-name", "shared", "--n-trials", str(max_trials), "--max-total-trials", str(max_trials),
             "--sampler", "random", "--pruner", "none", "--n-evaluations", "1", "--eval-episodes", "1",
             "-params", "n_envs:1", "--num-threads", "1", "--no-optim-plots"]  # fmt: skip
@@ -153,17 +152,21 @@ def test_two_workers_share_one_journal_study(tmp_path):
     ]
     outputs = [worker.communicate(timeout=300)[0] for worker in workers]
     assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-2000:] for output in outputs)
-
-    study = optuna.load_study(
-        study_name="shared", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
-    )
-    trials = study.get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name="shared", storage=study_storage).get_trials(deepcopy=False)
     # MaxTrialsCallback stops each worker after its trial once the study holds max_trials; a worker can
     # begin one more trial between the other's check and its own, hence at most one extra per extra worker
     assert max_trials <= len(trials) <= max_trials + 1
     assert sorted(trial.number for trial in trials) == list(range(len(trials)))
     assert all(trial.state.is_finished() for trial in trials)
     assert len({trial.user_attrs["worker"] for trial in trials}) == 2  # both processes ran trials of the one study
+    return trials
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    """Two processes, one JournalStorage file, one study: trials are numbered once and stop at --max-total-trials."""
+    storage = tmp_path / "study.log"
+    study_storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(storage)))
+    trials = tune_with_two_workers(tmp_path, "ppokl", "CartPole-v1", str(storage), study_storage)
 
     # --trial-id trains with that trial's hyperparameters
     chosen = trials[1]
@@ -331,21 +334,10 @@ def postgresql_url():
 
 
 def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
-    """The README's multi-machine tuning: two worker processes, one study in a real PostgreSQL database."""
-    max_trials = 6
-    args = ["train", "--algo", "cvpg", "--env", "Pendulum-v1", "-n", "64", "-optimize", "--storage", postgresql_url,
-            "--study-name", "shared", "--n-trials", str(max_trials), "--max-total-trials", str(max_trials),
-            "--sampler", "random", "--pruner", "none", "--n-evaluations", "1", "--eval-episodes", "1",
-            "-params", "n_envs:1", "--num-threads", "1", "--no-optim-plots"]  # fmt: skip
-    workers = [
-        subprocess.Popen([sys.executable, "-m", "sb3_pgext.zoo", *args, "--seed", str(seed), "-f", str(tmp_path / f"logs{seed}")],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)  # fmt: skip
-        for seed in (1, 2)
-    ]
-    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
-    assert all(worker.returncode == 0 for worker in workers), "\n".join(output[-2000:] for output in outputs)
-    trials = optuna.load_study(study_name="shared", storage=postgresql_url).get_trials(deepcopy=False)
-    assert max_trials <= len(trials) <= max_trials + 1  # as with the journal file: one extra at most per extra worker
-    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
-    assert all(trial.state.is_finished() for trial in trials)
-    assert len({trial.user_attrs["worker"] for trial in trials}) == 2
+    """
+    The README's multi-machine tuning: the study created once (as the README's `optuna create-study` does: two
+    workers creating optuna's tables at the same moment collide), then two worker processes share it.
+    """
+    command = ["optuna", "create-study", "--storage", postgresql_url, "--study-name", "shared", "--direction", "maximize"]
+    subprocess.run(command, check=True, capture_output=True, env=ENV)
+    tune_with_two_workers(tmp_path, "cvpg", "Pendulum-v1", postgresql_url, postgresql_url)
