@@ -116,20 +116,23 @@ def run(job: tuple[str, str, int]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- report
 
 STAGES = ("start", "middle", "end")
-ROWS = (  # (label, variant, decomposition, ceiling?)
-    ("PPO, value baseline", "PPO", "value", False),
-    ("CVPG, value baseline", "CVPG", "value", False),
-    ("CVPG, control variate", "CVPG", "control_variate", False),
-    ("CVPG, φ = true Q (ceiling)", "CVPG", "value", True),
-    ("PPO-horizon, value baseline", "PPO-horizon", "value", False),
+ROWS = (  # (label, variant, decomposition, reference φ: None for the estimator's own)
+    ("PPO, value baseline", "PPO", "value", None),
+    ("PPO, φ = true V", "PPO", "value", "true_value"),
+    ("CVPG, value baseline", "CVPG", "value", None),
+    ("CVPG, control variate", "CVPG", "control_variate", None),
+    ("CVPG, φ = true V", "CVPG", "value", "true_value"),
+    ("CVPG, φ = true Q (ceiling)", "CVPG", "value", "ceiling"),
+    ("PPO-horizon, value baseline", "PPO-horizon", "value", None),
 )
 
 
-def _terms(run_: dict[str, Any], stage: int, key: str, ceiling: bool) -> dict[str, float] | None:
+def _terms(run_: dict[str, Any], stage: int, key: str, reference: str | None) -> dict[str, float] | None:
     checkpoint = run_["checkpoints"][stage]
     if key not in checkpoint:
         return None
-    return checkpoint[key]["ceiling"] if ceiling else checkpoint[key]
+    terms = checkpoint[key]
+    return terms if reference is None else terms.get(reference)
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -152,8 +155,11 @@ def report(runs: list[dict[str, Any]]) -> str:
         "Each term: mean over seeds, with the mean of the decompositions' own standard errors in brackets "
         "(the sampling error of one decomposition, not the spread over seeds). "
         "Share: the term's part of the total. The CVPG rows are paired: the same states, actions and "
-        "continuations with and without the control variate; the ceiling (φ = the true Q of the λ-return) "
-        "has an action term of 0 and the same state and trajectory terms.",
+        "continuations with and without the control variate; φ = true V (a perfect value function, its action "
+        "term estimated without bias from the same draws) leaves the part of the action term due to the "
+        "advantage itself, so the value baseline's action term minus it is what the value function's error "
+        "costs; the ceiling (φ = the true Q of the λ-return) has an action term of 0. All rows of a run share "
+        "its state and trajectory terms.",
         "",
     ]
     envs = list(dict.fromkeys(r["env"] for r in runs))
@@ -161,9 +167,9 @@ def report(runs: list[dict[str, Any]]) -> str:
         lines += [f"## {env_id}", "", "| stage | estimator | seeds | state | action | trajectory | total | action share |"]
         lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for stage, stage_name in enumerate(STAGES):
-            for label, variant, key, ceiling in ROWS:
+            for label, variant, key, reference in ROWS:
                 cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
-                terms = [t for t in (_terms(r, stage, key, ceiling) for r in cell) if t is not None]
+                terms = [t for t in (_terms(r, stage, key, reference) for r in cell) if t is not None]
                 if not terms:
                     continue
                 means = {name: np.mean([t[name] for t in terms]) for name in ("state", "action", "trajectory", "total")}
@@ -204,16 +210,16 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     envs = list(dict.fromkeys(r["env"] for r in runs))
-    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(4.2 * len(STAGES), 3.0 * len(envs)), squeeze=False)
+    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(5.0 * len(STAGES), 3.0 * len(envs)), squeeze=False)
     colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
-    short = ["PPO\nV", "CVPG\nV", "CVPG\nV + CV", "CVPG\ntrue Q", "PPO-hor.\nV"]
+    short = ["PPO\nV", "PPO\ntrue V", "CVPG\nV", "CVPG\nV + CV", "CVPG\ntrue V", "CVPG\ntrue Q", "PPO-hor.\nV"]
     for row, env_id in enumerate(envs):
         for stage, stage_name in enumerate(STAGES):
             ax = axes[row][stage]
             largest = 0.0
-            for index, (_, variant, key, ceiling) in enumerate(ROWS):
+            for index, (_, variant, key, reference) in enumerate(ROWS):
                 cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
-                terms = [t for t in (_terms(r, stage, key, ceiling) for r in cell) if t is not None]
+                terms = [t for t in (_terms(r, stage, key, reference) for r in cell) if t is not None]
                 for offset, name in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
                     value = float(np.mean([t[name] for t in terms])) if terms else np.nan
                     largest = max(largest, value if np.isfinite(value) else 0.0)

@@ -60,8 +60,11 @@ def toy_model(model_class, **kwargs):
     return model
 
 
-def exact_terms(model, control_variate):
-    """Σ_s, Σ_a, Σ_τ and the total variance of the per-sample estimator, by enumerating the toy MDP."""
+def exact_terms(model, control_variate, true_value=False):
+    """
+    Σ_s, Σ_a, Σ_τ and the total variance of the per-sample estimator, by enumerating the toy MDP; with
+    ``true_value``, for the baseline φ = V^π(s) = E_a E[R̂ | s, a].
+    """
     policy, gamma, lam = model.policy, model.gamma, model.gae_lambda
     params = [p for p in policy.parameters() if p.requires_grad]
     probs = {x: policy.get_distribution(one_hot(x)).distribution.probs[0].detach().double().numpy() for x in range(4)}
@@ -70,6 +73,13 @@ def exact_terms(model, control_variate):
     p_first_action = (probs[0] + probs[1]) / 2
     visitation = {0: 0.25, 1: 0.25, 2: 0.5 * p_first_action[0], 3: 0.5 * p_first_action[1]}
     # per (x, a): outcomes of R̂ with their probabilities (the λ-return of GAE with the model's V)
+    def mean_return(x, a):
+        if x >= 2:
+            return R1[x - 2, a]
+        nxt = 2 + a
+        return R0[x, a] + gamma * values[nxt] + gamma * lam * (sum(probs[nxt][b] * R1[a, b] for b in range(2)) - values[nxt])
+
+    true_values = {x: sum(probs[x][a] * mean_return(x, a) for a in range(2)) for x in range(4)}
     state_means, state_probs, total_second_moment, action_terms, trajectory = [], [], 0.0, 0.0, 0.0
     for x, p_x in visitation.items():
         distribution = policy.get_distribution(one_hot(x))
@@ -81,7 +91,9 @@ def exact_terms(model, control_variate):
             score = flatten_gradients(th.autograd.grad(log_prob, params, retain_graph=True, allow_unused=True), params).double()
             baseline, analytic = 0.0, th.zeros_like(score)
             terms = None if cv is None else cv(one_hot(x), action, policy.get_distribution(one_hot(x)))
-            if terms is None:
+            if true_value:
+                baseline = true_values[x]
+            elif terms is None:
                 baseline = values[x] if control_variate else 0.0
             else:
                 baseline = values[x] + (float(terms[0][0]) if control_variate else 0.0)
@@ -113,9 +125,9 @@ def exact_terms(model, control_variate):
 @pytest.mark.parametrize(
     "model_class, kwargs, control_variate, sizes",
     [
-        # J = K = 2: the inner means are at their noisiest, so the estimator's noise corrections (about 4 and 10
+        # J = 3, K = 2: the inner means are at their noisiest, so the estimator's noise corrections (several
         # standard errors here) must be right for Σ_a and Σ_s to match
-        (PPO, {}, True, (1500, 2, 2)),
+        (PPO, {}, True, (1200, 3, 2)),
         (PPO, {}, False, (300, 4, 4)),
         (CVPG, dict(control_variate="expected"), True, (300, 4, 4)),
     ],
@@ -140,6 +152,12 @@ def test_terms_match_the_closed_form_on_a_toy_mdp(model_class, kwargs, control_v
     assert measured["total"] == pytest.approx(measured["state"] + measured["action"] + measured["trajectory"])
     ceiling = measured["ceiling"]
     assert ceiling["action"] == 0.0 and ceiling["state"] == measured["state"] and ceiling["trajectory"] == measured["trajectory"]
+    # the true value's action term, from the same draws
+    exact_true_value = exact_terms(model, control_variate, true_value=True)["action"]
+    assert exact_true_value > 0
+    true_value = measured["true_value"]
+    assert abs(true_value["action"] - exact_true_value) < 5 * true_value["action_se"], (true_value["action"], exact_true_value)
+    assert true_value["state"] == measured["state"] and true_value["trajectory"] == measured["trajectory"]
 
 
 def test_the_value_baseline_and_the_control_variate_change_only_the_action_term():
@@ -190,8 +208,8 @@ def test_a_non_restorable_env_is_refused_with_a_clear_message():
 
 def test_bad_arguments_are_refused_before_anything_runs():
     model = toy_model(PPO)
-    with pytest.raises(ValueError, match="n_actions must be an integer >= 2"):
-        variance_decomposition(model, n_actions=1, env=TwoStepEnv)
+    with pytest.raises(ValueError, match="n_actions must be an integer >= 3"):
+        variance_decomposition(model, n_actions=2, env=TwoStepEnv)
     with pytest.raises(TypeError, match="on-policy actor-critics"):
         from sb3_pgext import OffPAC
 
@@ -210,7 +228,7 @@ def test_nothing_in_the_model_the_training_env_or_the_random_streams_changes(mod
     counters = (model.num_timesteps, model._n_updates, model._last_obs.copy())
     random.seed(5), np.random.seed(5), th.manual_seed(5)
     streams = (random.getstate(), np.random.get_state()[1].copy(), th.random.get_rng_state().clone())
-    variance_decomposition(model, n_states=3, n_actions=2, n_rollouts=2, horizon=5)
+    variance_decomposition(model, n_states=3, n_actions=3, n_rollouts=2, horizon=5)
     assert all(th.equal(value, params[key]) for key, value in model.policy.state_dict().items())
     assert all(np.array_equal(getattr(model.rollout_buffer, key), value) for key, value in buffer.items())
     assert np.array_equal(model.env.envs[0].unwrapped.state, training_state)

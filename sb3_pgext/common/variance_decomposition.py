@@ -17,7 +17,10 @@ covariance) is
     Σ_τ = E_{s,a} tr Var_τ( ĝ | s, a )        what happened after: later actions, rewards and states
 
 and Σ_s and Σ_τ are the same for every unbiased φ. φ = Q^π, the best an action-dependent control variate
-can do, makes E[ĝ | s, a] the same for every a, so Σ_a = 0: the ceiling's terms are (Σ_s, 0, Σ_τ).
+can do, makes E[ĝ | s, a] the same for every a, so Σ_a = 0: the ceiling's terms are (Σ_s, 0, Σ_τ). φ = V^π,
+the true value (a perfect value function), leaves Σ_a = E_s tr Var_a(∇ log π(a|s) A^π(s, a)), the part due to
+the advantage itself; the value baseline's Σ_a minus that is what the value function's error costs (it can
+be negative: V^π is not the variance-minimising state baseline).
 
 The terms are measured by nested sampling: ``n_states`` states s_i drawn uniformly from a stretch of the
 policy's own experience, ``n_actions`` actions a_ij ∼ π(·|s_i) at each, and ``n_rollouts`` continuations
@@ -88,7 +91,7 @@ def variance_decomposition(
     :param model: an on-policy actor-critic model
     :param n_states: I, the number of states, drawn uniformly from ``n_states * state_stride`` consecutive
         steps of the policy in a fresh copy of the env (>= 2)
-    :param n_actions: J, the actions drawn from π at each state (>= 2)
+    :param n_actions: J, the actions drawn from π at each state (>= 3)
     :param n_rollouts: K, the continuations re-run after each action (>= 2)
     :param control_variate: whether the estimator keeps its baseline / control variate
     :param env: the env as the model sees it (before vectorisation): an env id, or a function that makes one;
@@ -99,12 +102,13 @@ def variance_decomposition(
     :param seed: seed of the env copies and of every random draw
     :return: ``state``, ``action``, ``trajectory`` and ``total`` (traces of covariance, per sample), their
         standard errors ``state_se``, ``action_se``, ``trajectory_se`` and ``total_se``; ``ceiling``, the same
-        for φ = the true Q of the λ-return (action term 0); and ``n_states``, ``n_actions``, ``n_rollouts``,
-        ``horizon``
+        for φ = the true Q of the λ-return (action term 0); ``true_value``, the same for φ = the true V (the
+        action term estimated without bias from the same draws, :func:`true_value_action_term`); and
+        ``n_states``, ``n_actions``, ``n_rollouts``, ``horizon``
     """
-    for name, value in dict(n_states=n_states, n_actions=n_actions, n_rollouts=n_rollouts).items():
-        if not isinstance(value, (int, np.integer)) or value < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+    for name, value, least in (("n_states", n_states, 2), ("n_actions", n_actions, 3), ("n_rollouts", n_rollouts, 2)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
     if not isinstance(state_stride, (int, np.integer)) or state_stride < 1:
         raise ValueError(f"state_stride must be an integer >= 1, got {state_stride!r}")
     if not isinstance(model, OnPolicyAlgorithm) or not isinstance(model.policy, ActorCriticPolicy):
@@ -135,6 +139,7 @@ def variance_decomposition(
     tau = np.array([terms[0] for terms in per_state])
     action_spread = np.array([terms[1] for terms in per_state])
     means = th.stack([terms[2] for terms in per_state])
+    alpha_true_value = np.array([terms[3] for terms in per_state])
     n = len(per_state)
     sigma = n / (n - 1) * ((means - means.mean(dim=0)) ** 2).sum(dim=1).numpy() - action_spread / n_actions
     alpha = action_spread - tau / n_rollouts
@@ -148,6 +153,9 @@ def variance_decomposition(
 
     results = summary(dict(state=sigma, action=alpha, trajectory=tau, total=sigma + alpha + tau))
     results["ceiling"] = summary(dict(state=sigma, action=np.zeros(n), trajectory=tau, total=sigma + tau))
+    results["true_value"] = summary(
+        dict(state=sigma, action=alpha_true_value, trajectory=tau, total=sigma + alpha_true_value + tau)
+    )
     return dict(**results, n_states=n_states, n_actions=n_actions, n_rollouts=n_rollouts, horizon=int(horizon))
 
 
@@ -250,9 +258,10 @@ class _Measurement:
                 self._reset_noise(1)
         return states
 
-    def state_terms(self, obs: Any, saved: dict[str, Any], control_variate: bool) -> tuple[float, float, th.Tensor]:
+    def state_terms(self, obs: Any, saved: dict[str, Any], control_variate: bool) -> tuple[float, float, th.Tensor, float]:
         """
-        At one state: τ_i = mean_j ‖g_ij‖² Var_k(R̂_ijk), tr Var_j(m_ij) and M_i = mean_j m_ij (module docstring).
+        At one state: τ_i = mean_j ‖g_ij‖² Var_k(R̂_ijk), tr Var_j(m_ij), M_i = mean_j m_ij (module docstring)
+        and the action term of φ = V^π (:func:`true_value_action_term`).
         """
         n_actions, n_rollouts = self.n_actions, self.n_rollouts
         obs_batch = self._obs_tensor(_batch([obs] * n_actions))
@@ -280,16 +289,17 @@ class _Measurement:
 
         weights = returns.mean(axis=1) - baseline
         returns_var = returns.var(axis=1, ddof=1)
-        rows, tau = [], 0.0
+        rows, scores = [], []
         for j in range(n_actions):
-            score = self._gradient(log_prob[j])
-            tau += float(score.dot(score)) * returns_var[j] / n_actions
-            row = score * weights[j]
+            scores.append(self._gradient(log_prob[j]))
+            row = scores[j] * weights[j]
             if analytic is not None:
                 row = row + self._gradient(analytic[j])
             rows.append(row)
-        estimates = th.stack(rows)
-        return tau, float(estimates.var(dim=0, unbiased=True).sum()), estimates.mean(dim=0)
+        estimates, scores_ = th.stack(rows), th.stack(scores)
+        tau = float(((scores_**2).sum(dim=1).numpy() * returns_var).mean())
+        true_value = true_value_action_term(scores_, returns)
+        return tau, float(estimates.var(dim=0, unbiased=True).sum()), estimates.mean(dim=0), true_value
 
     def _gradient(self, output: th.Tensor) -> th.Tensor:
         gradients = th.autograd.grad(output, self.parameters, retain_graph=True, allow_unused=True)
@@ -335,6 +345,31 @@ class _Measurement:
             delta = rewards[:, step] + self.gamma * next_values - values[:, step]
             advantage = np.where(active, delta + self.gamma * self.gae_lambda * advantage, 0.0)
         return advantage + values[:, 0], float(values[0, 0])
+
+
+def true_value_action_term(scores: th.Tensor, returns: np.ndarray) -> float:
+    """
+    Σ_a at one state for the baseline φ = V^π(s), the true value (a perfect value function):
+    tr Var_a(g(a)(Q(s, a) − V^π(s))) = E_a[‖g‖² (Q − V^π)²] − ‖E_a[g Q]‖², with V^π = E_a Q and E_a g = 0,
+    estimated without bias by U-statistics over the J actions (distinct actions are independent) and the
+    unbiased Q(s, a_j)² = q_j² − Var_k(R̂_jk) / K, q_j = mean_k R̂_jk.
+
+    :param scores: g_j = ∇ log π(a_j|s), shape (J, n_parameters), J >= 3
+    :param returns: R̂_jk, shape (J, K)
+    :return: the estimate
+    """
+    n_actions, n_rollouts = returns.shape
+    q = returns.mean(axis=1)
+    q_squared = q**2 - returns.var(axis=1, ddof=1) / n_rollouts
+    sq_norms = (scores**2).sum(dim=1).double().numpy()
+    total, total_sq = q.sum(), (q**2).sum()
+    first = np.mean(sq_norms * q_squared)  # E[‖g‖² Q²]
+    cross = np.sum(sq_norms * q * (total - q)) / (n_actions * (n_actions - 1))  # E[‖g_j‖² Q_j Q_j']
+    others = (total - q) ** 2 - (total_sq - q**2)  # Σ over distinct j', j'' other than j of q_j' q_j''
+    square = np.sum(sq_norms * others) / (n_actions * (n_actions - 1) * (n_actions - 2))  # E[‖g_j‖² Q_j' Q_j'']
+    weighted = (scores.double() * th.as_tensor(q).unsqueeze(1)).sum(dim=0)
+    mean_sq = (float(weighted.dot(weighted)) - float(np.sum(sq_norms * q**2))) / (n_actions * (n_actions - 1))  # ‖E[g Q]‖²
+    return float(first - 2 * cross + square - mean_sq)
 
 
 def _batch(observations: list[Any]) -> np.ndarray | dict[str, np.ndarray]:
