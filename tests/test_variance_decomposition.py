@@ -254,3 +254,4 @@ def test_the_time_limit_travels_when_rl_zoo3_has_patched_it():
         env.step(env.action_space.sample())
     set_env_state(other, get_env_state(env))
     assert other._elapsed_steps == 7
+

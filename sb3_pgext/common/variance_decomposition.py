@@ -298,7 +298,7 @@ class _Measurement:
             rows.append(row)
         estimates, scores_ = th.stack(rows), th.stack(scores)
         tau = float(((scores_**2).sum(dim=1).numpy() * returns_var).mean())
-        true_value = true_value_action_term(scores_, returns)
+        true_value = true_value_action_term(scores_, returns, center=state_value)
         return tau, float(estimates.var(dim=0, unbiased=True).sum()), estimates.mean(dim=0), true_value
 
     def _gradient(self, output: th.Tensor) -> th.Tensor:
@@ -347,19 +347,22 @@ class _Measurement:
         return advantage + values[:, 0], float(values[0, 0])
 
 
-def true_value_action_term(scores: th.Tensor, returns: np.ndarray) -> float:
+def true_value_action_term(scores: th.Tensor, returns: np.ndarray, center: float = 0.0) -> float:
     """
     Σ_a at one state for the baseline φ = V^π(s), the true value (a perfect value function):
     tr Var_a(g(a)(Q(s, a) − V^π(s))) = E_a[‖g‖² (Q − V^π)²] − ‖E_a[g Q]‖², with V^π = E_a Q and E_a g = 0,
     estimated without bias by U-statistics over the J actions (distinct actions are independent) and the
-    unbiased Q(s, a_j)² = q_j² − Var_k(R̂_jk) / K, q_j = mean_k R̂_jk.
+    unbiased Q(s, a_j)² = q_j² − Var_k(R̂_jk) / K, q_j = mean_k R̂_jk. The quantity does not change when Q is
+    shifted by a constant of the state, and the estimator stays unbiased, but its variance grows with the
+    shift's square (the sampled scores do not sum to zero): pass the model's V(s) as ``center``.
 
     :param scores: g_j = ∇ log π(a_j|s), shape (J, n_parameters), J >= 3
     :param returns: R̂_jk, shape (J, K)
+    :param center: a constant of the state subtracted from the returns first
     :return: the estimate
     """
     n_actions, n_rollouts = returns.shape
-    q = returns.mean(axis=1)
+    q = returns.mean(axis=1) - center
     q_squared = q**2 - returns.var(axis=1, ddof=1) / n_rollouts
     sq_norms = (scores**2).sum(dim=1).double().numpy()
     total, total_sq = q.sum(), (q**2).sum()
