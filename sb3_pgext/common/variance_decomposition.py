@@ -191,6 +191,8 @@ class _Measurement:
         self.envs = [make_env() for _ in range(n_actions * n_rollouts)]
         for index, copy_env in enumerate(self.envs):
             copy_env.reset(seed=seed + 1 + index)  # once, so that steps are allowed; restoring sets the state
+        if self.horizon_aware:  # T, the env's time limit (every copy's), for the time left T − t
+            self.time_limit = int(self.stream_env.get_wrapper_attr("_max_episode_steps"))
 
     def close(self) -> None:
         for env in [self.stream_env, *self.envs]:
@@ -221,7 +223,7 @@ class _Measurement:
         actions, values, _ = self.policy(self._obs_tensor(obs))
         values = values.flatten()
         if self.horizon_aware:
-            time_left = [env.get_wrapper_attr("_max_episode_steps") - env.get_wrapper_attr("_elapsed_steps") for env in envs]
+            time_left = [self.time_limit - env.get_wrapper_attr("_elapsed_steps") for env in envs]
             reward_rate = self.policy.value_net.reward_rate
             assert reward_rate is not None
             values = horizon_aware_value(values, reward_rate, th.as_tensor(time_left, device=values.device), self.gamma)
@@ -275,17 +277,15 @@ class _Measurement:
         # the baseline φ(s, a_j) and the surrogate whose gradient is ∇E φ(s, ·)
         distribution = self.policy.get_distribution(obs_batch)
         log_prob = distribution.log_prob(actions)
+        # computed with or without the control variate, so that both draw the same random numbers (paired)
         cv_terms = getattr(self.model, "_pg_control_variate_terms", None)
         cv_terms = None if cv_terms is None else cv_terms(obs_batch, actions, distribution)
-        baseline, analytic = np.zeros(n_actions), None
-        if cv_terms is None:
-            if control_variate:
-                baseline += state_value
-        else:
-            baseline += state_value
-            if control_variate:
-                baseline += cv_terms[0].double().cpu().numpy()
-                analytic = cv_terms[1]
+        # without its control variate, a model that has one keeps its value baseline; the PPO family drops it
+        baseline = np.full(n_actions, state_value if control_variate or cv_terms is not None else 0.0)
+        analytic = None
+        if control_variate and cv_terms is not None:
+            baseline += cv_terms[0].double().cpu().numpy()
+            analytic = cv_terms[1]
 
         weights = returns.mean(axis=1) - baseline
         returns_var = returns.var(axis=1, ddof=1)

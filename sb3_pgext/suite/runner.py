@@ -103,6 +103,14 @@ def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | N
     return command + (["--conf-file", str(conf)] if conf else [])
 
 
+class RunFailed(RuntimeError):
+    """A run whose training exited with an error; its log says why."""
+
+    def __init__(self, job: Job, code: int, log: Path):
+        super().__init__(f"{job.algo} on {job.env.env_id}, seed {job.seed} failed (exit {code}): see {log}")
+        self.code = code
+
+
 def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> dict[str, Any]:
     """Train one run through the zoo; write and return its ``result.json`` (steps/s, wall time)."""
     root = job.root(out)
@@ -115,7 +123,7 @@ def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = 
         code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
     wall = time.perf_counter() - start
     if code != 0:
-        raise RuntimeError(f"{job.algo} on {job.env.env_id}, seed {job.seed} failed (exit {code}): see {root / 'train.log'}")
+        raise RunFailed(job, code, root / "train.log")
     fps = [float(value) for value in _FPS.findall((root / "train.log").read_text())]
     result = {
         "env": job.env.env_id, "algo": job.algo, "seed": job.seed, "n_timesteps": job.env.n_timesteps,
@@ -177,7 +185,7 @@ def run_suite(
         outcomes = _ray_outcomes(suite, todo, out, device, confs, workers, address)
     with tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
         for job, outcome in outcomes:
-            if isinstance(outcome, RuntimeError):
+            if isinstance(outcome, RunFailed):
                 failed.append(job)
                 tqdm.write(str(outcome))
             else:
@@ -186,7 +194,7 @@ def run_suite(
     return failed
 
 
-Outcome = tuple[Job, dict[str, Any] | RuntimeError]
+Outcome = tuple[Job, dict[str, Any] | RunFailed]
 
 
 def _local_outcomes(
@@ -198,8 +206,8 @@ def _local_outcomes(
         for future in as_completed(futures):
             try:
                 yield futures[future], future.result()
-            except RuntimeError as error:
-                yield futures[future], error
+            except RunFailed as failure:
+                yield futures[future], failure
 
 
 def _ray_outcomes(
@@ -220,23 +228,21 @@ def _ray_outcomes(
     train = ray.remote(_train_in_temporary_folder).options(
         num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_retries=RAY_MAX_RETRIES
     )
+    conf_texts = {algo: None if conf is None else conf.read_text() for algo, conf in confs.items()}
     try:
-        pending = {}
-        for job in todo:
-            conf = confs[job.algo]
-            pending[train.remote(suite, job, device, None if conf is None else conf.read_text())] = job
+        pending = {train.remote(suite, job, device, conf_texts[job.algo]): job for job in todo}
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready)
-            error, archive = ray.get(ready)
+            exit_code, archive = ray.get(ready)
             root = job.root(out)
             if root.exists():
                 shutil.rmtree(root)
             root.mkdir(parents=True)
             with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
                 tar.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-            if error is not None:
-                yield job, RuntimeError(f"{error}: see {root / 'train.log'}")
+            if exit_code is not None:
+                yield job, RunFailed(job, exit_code, root / "train.log")
                 continue
             # the command as it reads on the driver (the task ran it in a temporary folder of its node)
             result = json.loads((root / "result.json").read_text())
@@ -248,10 +254,10 @@ def _ray_outcomes(
             ray.shutdown()
 
 
-def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: str | None) -> tuple[str | None, bytes]:
+def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: str | None) -> tuple[int | None, bytes]:
     """
-    A Ray task: train ``job`` in a temporary folder; return (None, or the error, and the run folder as a
-    gzipped tar, ``result.json`` included when it succeeded).
+    A Ray task: train ``job`` in a temporary folder; return (None, or the exit code of a failed training, and
+    the run folder as a gzipped tar, ``result.json`` included when it succeeded).
     """
     with tempfile.TemporaryDirectory(prefix="sb3_pgext_run_") as folder:
         out = Path(folder)
@@ -260,12 +266,12 @@ def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: s
             conf = out / "zoo_hyperparams" / f"{job.algo}.yml"
             conf.parent.mkdir(parents=True)
             conf.write_text(conf_text)
-        error = None
+        exit_code = None
         try:
             run_job(suite, job, out, device, conf)
-        except RuntimeError as exception:
-            error = str(exception).split(": see ")[0]
+        except RunFailed as failure:
+            exit_code = failure.code
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             tar.add(job.root(out), arcname=".")
-        return error, buffer.getvalue()
+        return exit_code, buffer.getvalue()
