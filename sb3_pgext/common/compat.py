@@ -1,5 +1,6 @@
 """
-Loading agents saved by older SB3 releases, such as the RL Zoo's trained agents on the Hugging Face Hub.
+Loading agents saved by older SB3 releases, such as the RL Zoo's trained agents on the Hugging Face Hub,
+and files of another algorithm (a warm start from the SB3 peer, or a clear error).
 
 SB3 1.x (and 2.0 with ``gym``) pickled ``gym.spaces`` objects into the model zip and into
 ``vecnormalize.pkl``; with only gymnasium installed, unpickling them fails with
@@ -12,12 +13,13 @@ import base64
 import importlib.util
 import io
 import json
+import re
 import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import cloudpickle
 import gymnasium
@@ -85,8 +87,8 @@ def same_space_up_to_legacy_bounds(saved: spaces.Space, current: spaces.Space) -
     return saved == current
 
 
-def saved_spaces(path: str | Path | io.BufferedIOBase) -> dict[str, spaces.Space]:
-    """The observation and action spaces stored in an SB3 model zip (gym's read as gymnasium's); {} if unreadable."""
+def saved_data(path: str | Path | io.BufferedIOBase) -> dict[str, Any]:
+    """The ``data`` entry of an SB3 model zip as stored (JSON, objects still serialized); {} if unreadable."""
     if not isinstance(path, (str, Path)):
         return {}
     path = Path(path)
@@ -94,14 +96,41 @@ def saved_spaces(path: str | Path | io.BufferedIOBase) -> dict[str, spaces.Space
         path = path.with_suffix(".zip")
     try:
         with zipfile.ZipFile(path) as archive:
-            data = json.loads(archive.read("data"))
-        with gym_as_gymnasium():
-            return {
-                key: cloudpickle.loads(base64.b64decode(data[key][":serialized:"]))
-                for key in ("observation_space", "action_space")
-            }
-    except (OSError, KeyError, ValueError, TypeError, AttributeError, ModuleNotFoundError, zipfile.BadZipFile):
+            return json.loads(archive.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return {}
+
+
+def _deserialize(data: dict[str, Any], key: str) -> Any:
+    """One serialized object of ``data`` (gym's classes read as gymnasium's); None if absent or unreadable."""
+    try:
+        with gym_as_gymnasium():
+            return cloudpickle.loads(base64.b64decode(data[key][":serialized:"]))
+    except (KeyError, ValueError, TypeError, AttributeError, ModuleNotFoundError, EOFError, ImportError):
+        return None
+
+
+def saved_spaces(path: str | Path | io.BufferedIOBase) -> dict[str, spaces.Space]:
+    """The observation and action spaces stored in an SB3 model zip (gym's read as gymnasium's); {} if unreadable."""
+    data = saved_data(path)
+    found = {key: _deserialize(data, key) for key in ("observation_space", "action_space")}
+    return found if all(isinstance(space, spaces.Space) for space in found.values()) else {}
+
+
+def legacy_train_freq(data: dict[str, Any]) -> tuple[int, str] | None:
+    """
+    SB3 < 1.0 saved ``train_freq`` and ``n_episodes_rollout`` apart (``train_freq=-1, n_episodes_rollout=1``:
+    one episode per rollout); today's SB3 reads ``train_freq`` alone, and -1 stops ``learn()`` with "Should at
+    least collect one step or episode". The equivalent ``train_freq`` tuple, or None for a file of SB3 >= 1.0.
+    """
+    if "n_episodes_rollout" not in data:
+        return None
+    n_episodes, n_steps = data["n_episodes_rollout"], data.get("train_freq")
+    if isinstance(n_episodes, int) and n_episodes > 0:
+        return n_episodes, "episode"
+    if isinstance(n_steps, int) and n_steps > 0:
+        return n_steps, "step"
+    return None
 
 
 def legacy_space_objects(path: str | Path | io.BufferedIOBase, env: GymEnv | None) -> dict[str, spaces.Space]:
@@ -120,11 +149,18 @@ def legacy_space_objects(path: str | Path | io.BufferedIOBase, env: GymEnv | Non
     return objects
 
 
-def _with_legacy_spaces(
+def _with_legacy_objects(
     path: str | Path | io.BufferedIOBase, env: GymEnv | None, custom_objects: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The user's ``custom_objects`` over :func:`legacy_space_objects`: what both loaders pass to SB3."""
-    return {**legacy_space_objects(path, env), **(custom_objects or {})}
+    """
+    The user's ``custom_objects`` over what an old file needs to load and train: :func:`legacy_space_objects`
+    and the ``train_freq`` of :func:`legacy_train_freq`.
+    """
+    objects: dict[str, Any] = legacy_space_objects(path, env)
+    train_freq = legacy_train_freq(saved_data(path))
+    if train_freq is not None:
+        objects["train_freq"] = train_freq
+    return {**objects, **(custom_objects or {})}
 
 
 def load_model(
@@ -143,7 +179,8 @@ def load_model(
     pass the values to train with in ``custom_objects`` (the RL Zoo's ``-i`` does, from its yml).
 
     With ``env`` given, saved spaces that differ from the env's only by gym's finite stand-ins for
-    unbounded limits are replaced by the env's (see :func:`legacy_space_objects`).
+    unbounded limits are replaced by the env's (see :func:`legacy_space_objects`). Off-policy files of
+    SB3 < 1.0 get today's form of their ``train_freq`` (see :func:`legacy_train_freq`), so that they train on.
 
     :param algo_class: the class to load into, e.g. ``PPO`` or ``sb3_pgext.PPOKL``
     :param path: the model zip
@@ -153,14 +190,50 @@ def load_model(
     :return: the loaded model
     """
     with gym_as_gymnasium():
-        return algo_class.load(path, env=env, custom_objects=_with_legacy_spaces(path, env, custom_objects), **kwargs)
+        return algo_class.load(path, env=env, custom_objects=_with_legacy_objects(path, env, custom_objects), **kwargs)
 
 
 class LegacyLoadMixin:
     """
-    ``load`` reads agents saved with ``gym`` (see :func:`load_model`): mixed into this package's
-    algorithms, so that ``PPOKL.load("ppo-CartPole-v1.zip", env=env)`` warm-starts from a hub agent.
+    ``load`` for this package's algorithms: it reads agents saved with ``gym`` and by SB3 < 1.0 (see
+    :func:`load_model`), warm-starts from the files of the algorithm's SB3 peer (``PPOKL.load("ppo.zip")``,
+    ``OffPAC.load("sac.zip")``), and refuses any other file with an error that says what the file holds
+    and what the algorithm reads, before anything is built.
     """
+
+    #: the policy classes whose files the algorithm reads (its own, and its SB3 peer's)
+    loadable_policies: ClassVar[tuple[type, ...]] = ()
+    #: the files it reads, in words, for the error messages
+    loadable_files: ClassVar[str] = ""
+
+    @classmethod
+    def _policy_class_for(cls, saved: type) -> type | None:
+        """
+        The policy class to build for a file whose policy is ``saved`` (None: ``saved`` itself). Overridden
+        where the SB3 peer's policy is not the algorithm's own (OffPAC reads SB3 SAC's).
+
+        :param saved: the policy class stored in the file
+        """
+        return None
+
+    @classmethod
+    def _check_saved_policy(cls, path: str | Path | io.BufferedIOBase, custom_objects: dict[str, Any]) -> dict[str, Any]:
+        """
+        ``custom_objects`` with the policy class to build for the file at ``path``; a ValueError if the
+        file holds another kind of model. Files whose policy class cannot be read are left to SB3.
+        """
+        if "policy_class" in custom_objects:
+            return custom_objects
+        saved = _deserialize(saved_data(path), "policy_class")
+        if not isinstance(saved, type):
+            return custom_objects
+        ours = cls._policy_class_for(saved)
+        if ours is None and not issubclass(saved, cls.loadable_policies):
+            raise ValueError(
+                f"{path} holds a model whose policy is {saved.__module__}.{saved.__qualname__}: it was not saved by "
+                f"an algorithm {cls.__name__} can load. {cls.__name__}.load reads {cls.loadable_files}"
+            )
+        return custom_objects if ours is None else {**custom_objects, "policy_class": ours}
 
     @classmethod
     def load(  # type: ignore[no-untyped-def]
@@ -173,8 +246,23 @@ class LegacyLoadMixin:
         force_reset: bool = True,
         **kwargs: Any,
     ):
-        with gym_as_gymnasium():
-            return super().load(  # type: ignore[misc]
-                path, env=env, device=device, custom_objects=_with_legacy_spaces(path, env, custom_objects),
-                print_system_info=print_system_info, force_reset=force_reset, **kwargs,
-            )
+        objects = cls._check_saved_policy(path, _with_legacy_objects(path, env, custom_objects))
+        try:
+            with gym_as_gymnasium():
+                return super().load(  # type: ignore[misc]
+                    path, env=env, device=device, custom_objects=objects,
+                    print_system_info=print_system_info, force_reset=force_reset, **kwargs,
+                )
+        except ValueError as error:
+            unknown = re.fullmatch(r"Key (\S+) is an invalid object name\.", str(error))
+            if unknown is not None:  # SB3's set_parameters: a state dict the model does not have
+                raise ValueError(
+                    f"{path} holds {unknown.group(1)!r}, which {cls.__name__} does not have: it was saved by another "
+                    f"algorithm. {cls.__name__}.load reads {cls.loadable_files}"
+                ) from error
+            if "wasn't a zip-file" in str(error):
+                raise ValueError(
+                    f"{path} is not a model file (not a zip archive, or a truncated one): {cls.__name__}.load reads "
+                    "the .zip that save() writes"
+                ) from error
+            raise

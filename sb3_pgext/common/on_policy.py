@@ -91,6 +91,7 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy,
     }
+    loadable_policies = (ActorCriticPolicy,)
 
     def __init__(
         self,

@@ -213,6 +213,7 @@ class CVPG(PPOBase):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    loadable_files = "files saved by CVPG, or by PPOKL or SB3's PPO to warm-start from (Q_w then starts fresh)"
     q_critic: QCritic | None
 
     def __init__(

@@ -14,6 +14,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
+from stable_baselines3.sac import policies as sac_policies_module
 from torch.nn import functional as F
 
 from sb3_pgext.common.compat import LegacyLoadMixin
@@ -123,6 +124,8 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: OffPACPolicy
+    loadable_policies = (OffPACPolicy,)
+    loadable_files = "files saved by OffPAC, or by SB3's SAC to warm-start from"
 
     def __init__(
         self,
@@ -202,6 +205,13 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
 
         if _init_setup_model:
             self._setup_model()
+
+    @classmethod
+    def _policy_class_for(cls, saved: type) -> type | None:
+        """SB3 SAC's policy classes (a SAC checkpoint) become OffPAC's, which have the same layout for Box actions."""
+        sac_policies = {sac_policies_module.SACPolicy: "MlpPolicy", sac_policies_module.CnnPolicy: "CnnPolicy"}
+        sac_policies[sac_policies_module.MultiInputPolicy] = "MultiInputPolicy"
+        return cls.policy_aliases[sac_policies[saved]] if saved in sac_policies else None
 
     def _resolve_for_action_space(self) -> None:
         """Check the action space, then resolve "auto" / None defaults of the estimator for it."""

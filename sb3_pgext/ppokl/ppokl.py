@@ -83,6 +83,7 @@ class PPOKL(PPOBase):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    loadable_files = "files saved by PPOKL, or by SB3's PPO to warm-start from"
 
     def __init__(
         self,
