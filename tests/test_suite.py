@@ -216,8 +216,13 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     assert (goal["name"], goal["reference"], goal["goal"]) == ("OffPAC", "SB3 SAC", 2.0)
     assert goal["ratio"] == pytest.approx(medians["OffPAC"] / medians["SB3 SAC"])
     assert (ppo["case"], ppo["env"], [row["name"] for row in ppo["rows"]]) == ("ppokl-ppo", "CartPole-v1", ["PPOKL", "PPO"])
+    for name in ("OffPAC", "OffPAC (exact)", "SB3 SAC"):  # the PyTorch updates' time, and its matrix products
+        cost = sac["breakdown"][name]
+        assert 0 < cost["matmul_ms_per_step"] and 0 < cost["ms_per_step"]
+    assert "SBX SAC" not in sac["breakdown"] and "breakdown" in ppo and not ppo["breakdown"]
     text = (out / "compare.md").read_text()
     assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
+    assert f"| OffPAC | {1e3 / medians['OffPAC']:.1f} | {sac['breakdown']['OffPAC']['ms_per_step']:.1f} |" in text
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")

@@ -15,6 +15,10 @@ each figure is the median over the repeats and each ratio the ratio of two media
 - ``ppokl-ppo``: env steps per second of ``learn()`` of PPOKL (ppokl.yml) and PPO (the zoo's ppo.yml) on
   CartPole-v1, Acrobot-v1 and Pendulum-v1.
 
+For ``pendulum-sac`` the report also says where the PyTorch updates' time goes: milliseconds per gradient
+step of ``train()``, in all and in matrix products (torch profiler), beside each model's whole env step, so
+that the gap to SBX can be read as arithmetic or as framework overhead.
+
 Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
 gave SB3's). One torch thread by default, and one XLA thread for SBX. The results go to
 ``<out>/compare.json`` and ``<out>/compare.md``, with the device that was measured.
@@ -46,6 +50,8 @@ CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo")
 PPO_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
 #: XLA's flags for one CPU thread, as torch.set_num_threads(1) (read when jax is first imported)
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+#: aten's matrix products: the arithmetic of a dense update
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 @dataclass
@@ -153,10 +159,10 @@ GOALS = {
 ENVS = {"pendulum-sac": ("Pendulum-v1",), "cartpole-offpac": ("CartPole-v1",), "ppokl-ppo": PPO_ENVS}
 
 
-def race(entrants: list[Contender], repeats: int) -> list[list[str]]:
+def race(entrants: list[Contender], repeats: int) -> tuple[list[list[str]], list[BaseAlgorithm]]:
     """
     Build and warm up every contender, then time them ``repeats`` times each, the order rotated by one
-    each round; fills ``values`` (units per second) and returns the orders.
+    each round; fills ``values`` (units per second) and returns the orders and the models.
 
     :param entrants: the contenders
     :param repeats: timed calls per contender
@@ -175,11 +181,35 @@ def race(entrants: list[Contender], repeats: int) -> list[list[str]]:
                 step()
             _synchronize(models[index].device)
             entrants[index].values.append(count / (time.perf_counter() - start))
+    return orders, models
+
+
+def close_envs(models: list[BaseAlgorithm]) -> None:
+    """Close the models' envs."""
     for model in models:
         env = model.get_env()
         if env is not None:
             env.close()
-    return orders
+
+
+def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
+    """
+    Milliseconds per gradient step of an off-policy PyTorch model's ``train()``: in all (an unprofiled call)
+    and in matrix products (the self CPU time of :data:`MATMUL_OPS` in a second call, under the torch profiler):
+    the share of the update that is arithmetic rather than framework overhead.
+
+    :param model: a warmed-up off-policy model (its replay buffer holds a batch)
+    :param gradient_steps: gradient steps per call
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    start = time.perf_counter()
+    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+    total = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+    matmul_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS)
+    return {"ms_per_step": 1e3 * total / gradient_steps, "matmul_ms_per_step": 1e-3 * matmul_us / gradient_steps}
 
 
 def cpu_name() -> str:
@@ -216,7 +246,13 @@ def compare(
                 if envs and env_id not in envs:
                     continue
                 entrants = contenders(case, env_id, Path(tmp), steps, hyperparams or {})
-                orders = race(entrants, repeats)
+                orders, models = race(entrants, repeats)
+                breakdown = {}
+                if case == "pendulum-sac":  # where the PyTorch updates' time goes, beside SBX's whole env step
+                    for entrant, model in zip(entrants, models):
+                        if not type(model).__module__.startswith("sbx"):
+                            breakdown[entrant.name] = matmul_breakdown(model)
+                close_envs(models)
                 medians = {entrant.name: statistics.median(entrant.values) for entrant in entrants}
                 goals = [
                     {"name": goal.name, "reference": goal.reference, "goal": goal.ratio, "ratio": medians[goal.name] / medians[goal.reference]}
@@ -226,7 +262,7 @@ def compare(
                 results.append({
                     "case": case, "env": env_id, "unit": entrants[0].unit + "/s", "orders": orders,
                     "rows": [{"name": entrant.name, "median": medians[entrant.name], "values": entrant.values} for entrant in entrants],
-                    "goals": goals,
+                    "goals": goals, "breakdown": breakdown,
                 })  # fmt: skip
                 for goal in goals:
                     print(f"{case} {env_id}: {goal['name']} / {goal['reference']} = {goal['ratio']:.2f} (goal {goal['goal']})")
@@ -276,6 +312,21 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
             met = "met" if goal["ratio"] >= goal["goal"] else "not met"
             lines.append(f"- {goal['name']} / {goal['reference']}: {goal['ratio']:.2f} (goal ≥ {goal['goal']}: {met})")
         lines.append("")
+        if result.get("breakdown"):
+            lines += [
+                "Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (unprofiled) "
+                "and in matrix products (self CPU time of `aten::mm`, `addmm`, `bmm`, `baddbmm` under the torch profiler), "
+                "beside each model's whole env step (1 / its median above, collection included).",
+                "",
+                "| model | ms per env step | ms per gradient step | of it in matrix products |",
+                "| --- | --- | --- | --- |",
+            ]
+            medians = {row["name"]: row["median"] for row in result["rows"]}
+            for row in result["rows"]:
+                cost = result["breakdown"].get(row["name"])
+                update = f"{cost['ms_per_step']:.1f} | {cost['matmul_ms_per_step']:.1f}" if cost else "– | –"
+                lines.append(f"| {row['name']} | {1e3 / medians[row['name']]:.1f} | {update} |")
+            lines.append("")
     return lines
 
 
