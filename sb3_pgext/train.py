@@ -17,10 +17,10 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_pgext import CVPG, PPOKL, OffPAC
 from sb3_pgext.common.hyperparams import ZooHyperparams, load_hyperparams
+from sb3_pgext.registry import ALGORITHMS
 
-ALGOS = {"ppokl": PPOKL, "offpac": OffPAC, "cvpg": CVPG}
+ALGOS = {name: algorithm.algo_class for name, algorithm in ALGORITHMS.items()}
 
 
 def build_model(model_class: type[BaseAlgorithm], env_id: str, hyperparams: ZooHyperparams, seed: int, **kwargs: Any):

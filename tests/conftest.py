@@ -2,12 +2,13 @@ import pytest
 import torch as th
 
 from sb3_pgext import CVPG, PPOKL, OffPAC
+from sb3_pgext.registry import ALGORITHMS
 
 # One thread: the default suite runs on 2 cores, in parallel workers
 th.set_num_threads(1)
 
-# The algorithms every generic test runs on; OffPAC and CVPG join as they arrive
-MODEL_LIST = [PPOKL, OffPAC, CVPG]
+# The algorithms every generic test runs on: the package's registry
+MODEL_LIST = [algorithm.algo_class for algorithm in ALGORITHMS.values()]
 
 # Tiny settings per algorithm, so that a few hundred steps exercise whole updates
 TINY_KWARGS = {
@@ -19,11 +20,9 @@ TINY_KWARGS = {
     ),
 }
 
-# The action spaces each algorithm supports (the generic suite skips the others)
+# The action spaces each algorithm supports, by class name (the generic suite skips the others)
 ACTION_SPACES = {
-    PPOKL: ("Discrete", "Box", "MultiDiscrete", "MultiBinary"),
-    OffPAC: ("Discrete", "Box"),
-    CVPG: ("Discrete", "Box", "MultiDiscrete", "MultiBinary"),
+    algorithm.algo_class: tuple(space.__name__ for space in algorithm.action_spaces) for algorithm in ALGORITHMS.values()
 }
 
 

@@ -65,6 +65,21 @@ def test_register_keeps_sb3_algorithms():
     assert "ppo" in zoo_opt.HYPERPARAMS_SAMPLER
 
 
+def test_registry_entries_are_complete():
+    """Each registered algorithm has its hyperparameter file, a sampler, SB3 peers the zoo knows, and its class name."""
+    import rl_zoo3.utils as zoo_utils
+
+    from sb3_pgext.common.hyperparams import hyperparams_path
+    from sb3_pgext.registry import ALGORITHMS
+    from sb3_pgext.suite.config import DEFAULT_PEERS
+
+    register()
+    assert set(ALGORITHMS) == {"ppokl", "cvpg", "offpac"} and DEFAULT_PEERS == {"ppokl": ["ppo"], "cvpg": ["ppo"], "offpac": ["sac", "dqn"]}
+    for name, algorithm in ALGORITHMS.items():
+        assert name == algorithm.display_name.lower() and hyperparams_path(name).is_file() and name in SAMPLERS
+        assert algorithm.peers and all(peer in zoo_utils.ALGOS and peer not in ALGORITHMS for peer in algorithm.peers)
+
+
 def test_null_schedules_pass_through_the_zoo():
     """A stored PPOKL trial with clip_range None (penalty only) must not break --trial-id."""
     from rl_zoo3.exp_manager import ExperimentManager

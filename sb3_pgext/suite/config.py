@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
+from sb3_pgext.registry import ALGORITHMS
+
 # Each of ours beside its nearest SB3 peer: the first of the list that runs on the env
-DEFAULT_PEERS: dict[str, list[str]] = {"ppokl": ["ppo"], "cvpg": ["ppo"], "offpac": ["sac", "dqn"]}
+DEFAULT_PEERS: dict[str, list[str]] = {name: list(algorithm.peers) for name, algorithm in ALGORITHMS.items()}
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Suite
 from sb3_pgext.suite.runner import jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE
-from sb3_pgext.zoo import ALGOS as OUR_ALGOS
 
 BOOTSTRAP_REPS = 2000
-NAMES = {"ppokl": "PPOKL", "cvpg": "CVPG", "offpac": "OffPAC", "ppo": "PPO", "a2c": "A2C", "sac": "SAC", "dqn": "DQN", "sbx": "SBX SAC"}
+NAMES = {name: algorithm.display_name for name, algorithm in OUR_ALGOS.items()}
+NAMES.update(ppo="PPO", a2c="A2C", sac="SAC", dqn="DQN", sbx="SBX SAC")
 
 
 def display(algo: str) -> str:

@@ -27,7 +27,7 @@ import yaml
 from tqdm import tqdm
 
 from sb3_pgext.suite.config import EnvSpec, Suite
-from sb3_pgext.zoo import ALGOS as OUR_ALGOS
+from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 
 _FPS = re.compile(r"\|\s*fps\s*\|\s*([0-9.]+)\s*\|")
 BACKENDS = ("local", "ray")

@@ -13,12 +13,12 @@ from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_pgext import CVPG, OffPAC, PPOKL
 from sb3_pgext.common.hyperparams import hyperparams_path
+from sb3_pgext.registry import ALGORITHMS
 from sb3_pgext.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
-# Zoo names: the lowercased class names
-ALGOS: dict[str, type[BaseAlgorithm]] = {cls.__name__.lower(): cls for cls in (PPOKL, OffPAC, CVPG)}
+#: Zoo name -> class, for rl_zoo3's ``ALGOS``
+ALGOS: dict[str, type[BaseAlgorithm]] = {name: algorithm.algo_class for name, algorithm in ALGORITHMS.items()}
 
 
 def register() -> None:
