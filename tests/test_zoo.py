@@ -350,7 +350,7 @@ def postgresql_url():
 
 def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
     """
-    The README's multi-machine tuning: the study created once (as the README's `optuna create-study` does: two
+    The multi-machine tuning of docs/guide/zoo.md: the study created once (as the guide's `optuna create-study` does: two
     workers creating optuna's tables at the same moment collide), then two worker processes share it.
     """
     command = ["optuna", "create-study", "--storage", postgresql_url, "--study-name", "shared", "--direction", "maximize"]

@@ -1,5 +1,5 @@
 """
-Actor-gradient estimators of ∇_θ E_{a∼π_θ(·|s)}[ f(s, a) ], each written as a surrogate loss whose
+Actor-gradient estimators of ``∇_θ E_{a∼π_θ(·|s)}[ f(s, a) ]``, each written as a surrogate loss whose
 autograd gradient is the estimator (minimising the loss ascends E[f]).
 
 The score function with fresh actions from the current policy (Degris et al. 2012, "Off-Policy
@@ -30,7 +30,7 @@ def leave_one_out_baseline(values: th.Tensor) -> th.Tensor:
 
 def likelihood_ratio_loss(log_prob: th.Tensor, values: th.Tensor, baseline: bool = True) -> th.Tensor:
     """
-    Score-function (likelihood-ratio) estimator with K fresh actions per state and a leave-one-out baseline:
+    Score-function (likelihood-ratio) estimator with K fresh actions per state and a leave-one-out baseline::
 
         ∇_θ J ≈ (1 / NK) Σ_i Σ_k ∇_θ log π_θ(a_ik|s_i) (f(s_i, a_ik) − b_ik),   a_ik ∼ π_θ(·|s_i).
 
@@ -66,8 +66,8 @@ def expected_policy_loss(probs: th.Tensor, log_probs: th.Tensor, q_values: th.Te
 
         ∇_θ J = (1 / N) Σ_i ∇_θ Σ_a π_θ(a|s_i) (Q(s_i, a) − α log π_θ(a|s_i)).
 
-    :param probs: π_θ(·|s) of shape (batch, n_actions)
-    :param log_probs: log π_θ(·|s) of shape (batch, n_actions)
+    :param probs: ``π_θ(·|s)`` of shape (batch, n_actions)
+    :param log_probs: ``log π_θ(·|s)`` of shape (batch, n_actions)
     :param q_values: Q(s, ·) of shape (batch, n_actions) (treated as constants)
     :param ent_coef: entropy coefficient α
     :return: the surrogate loss mean_i Σ_a π (α log π − Q)
@@ -157,7 +157,7 @@ def expected_analytic_term(probs: th.Tensor, q_table: th.Tensor) -> th.Tensor:
     The exact analytic term over a finite action set, per state: Σ_a π_θ(a|s) Q_w(s, a), whose gradient in
     θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] with no sampling at all.
 
-    :param probs: π_θ(·|s), differentiable, shape (batch, n_actions)
+    :param probs: ``π_θ(·|s)``, differentiable, shape (batch, n_actions)
     :param q_table: Q_w(s, ·), constants of shape (batch, n_actions)
     :return: shape (batch,)
     """

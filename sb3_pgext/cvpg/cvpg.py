@@ -147,7 +147,7 @@ class CVPG(PPOBase):
         "reparameterization" (Stein, φ = Q_w: Ā = Q_w(s, a) − E_a' Q_w(s, a') estimated with
         ``n_cv_samples`` actions, analytic term through a = μ_θ(s) + σ_θ(s) ξ; Box, with gSDE through the
         per-state Gaussian its log-probabilities use);
-        "expected" (Ā = Q_w(s, a) − Σ_a' π(a'|s) Q_w(s, a'), exact analytic term Σ_a ∇π Q_w; Discrete, and
+        "expected" (Ā = ``Q_w(s, a) − Σ_a' π(a'|s) Q_w(s, a')``, exact analytic term Σ_a ∇π Q_w; Discrete, and
         MultiDiscrete / MultiBinary with at most 1024 joint actions, the sum running over joint actions);
         "auto" (default): "taylor" for Box, "expected" for finite action sets ("none", with a warning, for a
         squashed Box policy or where the joint action set is too large to sum over)

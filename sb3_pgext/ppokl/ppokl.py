@@ -16,7 +16,7 @@ class PPOKL(PPOBase):
     Proximal Policy Optimization with an adaptive (or fixed) KL penalty, with or without clipping.
 
     Paper: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", section 4
-    (https://arxiv.org/abs/1707.06347). The loss is
+    (https://arxiv.org/abs/1707.06347). The loss is::
 
         L(θ) = Ê[ r_t(θ) Â_t − β · KL(π_old(·|s_t) ‖ π_θ(·|s_t)) ] + c_ent H − c_vf L_V,
         r_t(θ) = π_θ(a_t|s_t) / π_old(a_t|s_t),
