@@ -86,6 +86,8 @@ def test_run_resume_and_report(tmp_path):
     assert len(jobs) == 4
     results = [json.loads((job.root(out) / "result.json").read_text()) for job in jobs]
     assert all(result["fps"] > 0 and result["n_timesteps"] == 512 for result in results)
+    # the recorded command names no interpreter path of this machine
+    assert all(result["command"][:4] == ["python", "-m", "sb3_pgext.zoo", "train"] for result in results)
     for job in jobs:  # the zoo's own layout, with its evaluations
         with np.load(job.log_dir(out) / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [256, 512] and data["results"].shape == (2, 2)
@@ -299,3 +301,14 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
     assert "**CVPG reaches CartPole-v1's threshold 475 later than PPO**: 3/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
     assert "**OffPAC and SAC on Pendulum-v1 are the same runs**" in text and "OffPAC trails" not in text
     assert len(lines) == 5
+
+
+def test_recorded_command_is_portable(monkeypatch, tmp_path):
+    """result.json's command: `python` for the interpreter, paths inside the working folder relative to it."""
+    import sys
+
+    from sb3_pgext.suite.runner import recorded_command
+
+    monkeypatch.chdir(tmp_path)
+    command = [sys.executable, "-m", "sb3_pgext.zoo", "train", "-f", str(tmp_path / "benchmark" / "quick"), "--conf-file", "/elsewhere/c.yml"]
+    assert recorded_command(command) == ["python", "-m", "sb3_pgext.zoo", "train", "-f", "benchmark/quick", "--conf-file", "/elsewhere/c.yml"]

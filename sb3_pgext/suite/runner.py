@@ -103,6 +103,20 @@ def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | N
     return command + (["--conf-file", str(conf)] if conf else [])
 
 
+def recorded_command(command: list[str]) -> list[str]:
+    """
+    ``command`` as ``result.json`` records it: ``python`` for this interpreter's path and paths inside the
+    working folder relative to it, so that committed results say nothing of the machine that ran them.
+    """
+    cwd = Path.cwd()
+
+    def portable(arg: str) -> str:
+        path = Path(arg)
+        return str(path.relative_to(cwd)) if path.is_absolute() and path.is_relative_to(cwd) else arg
+
+    return ["python", *(portable(arg) for arg in command[1:])] if command and command[0] == sys.executable else command
+
+
 class RunFailed(RuntimeError):
     """A run whose training exited with an error; its log says why."""
 
@@ -127,7 +141,8 @@ def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = 
     fps = [float(value) for value in _FPS.findall((root / "train.log").read_text())]
     result = {
         "env": job.env.env_id, "algo": job.algo, "seed": job.seed, "n_timesteps": job.env.n_timesteps,
-        "device": device, "wall_seconds": round(wall, 1), "fps": fps[-1] if fps else None, "command": command,
+        "device": device, "wall_seconds": round(wall, 1), "fps": fps[-1] if fps else None,
+        "command": recorded_command(command),
     }  # fmt: skip
     (root / "result.json").write_text(json.dumps(result, indent=1))
     return result
@@ -246,7 +261,7 @@ def _ray_outcomes(
                 continue
             # the command as it reads on the driver (the task ran it in a temporary folder of its node)
             result = json.loads((root / "result.json").read_text())
-            result.update(command=train_command(suite, job, out, device, confs[job.algo]), backend="ray")
+            result.update(command=recorded_command(train_command(suite, job, out, device, confs[job.algo])), backend="ray")
             (root / "result.json").write_text(json.dumps(result, indent=1))
             yield job, result
     finally:
