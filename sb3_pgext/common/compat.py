@@ -110,9 +110,8 @@ def _deserialize(data: dict[str, Any], key: str) -> Any:
         return None
 
 
-def saved_spaces(path: str | Path | io.BufferedIOBase) -> dict[str, spaces.Space]:
-    """The observation and action spaces stored in an SB3 model zip (gym's read as gymnasium's); {} if unreadable."""
-    data = saved_data(path)
+def saved_spaces(data: dict[str, Any]) -> dict[str, spaces.Space]:
+    """The observation and action spaces of a model zip's :func:`saved_data` (gym's read as gymnasium's); {} if unreadable."""
     found = {key: _deserialize(data, key) for key in ("observation_space", "action_space")}
     return found if all(isinstance(space, spaces.Space) for space in found.values()) else {}
 
@@ -133,31 +132,29 @@ def legacy_train_freq(data: dict[str, Any]) -> tuple[int, str] | None:
     return None
 
 
-def legacy_space_objects(path: str | Path | io.BufferedIOBase, env: GymEnv | None) -> dict[str, spaces.Space]:
+def legacy_space_objects(data: dict[str, Any], env: GymEnv | None) -> dict[str, spaces.Space]:
     """
-    ``custom_objects`` that replace the saved spaces with ``env``'s where they differ only by gym's
-    finite stand-ins for unbounded limits (e.g. CartPole's ±3.4e38 vs ±inf), so that SB3's
-    ``check_for_correct_spaces`` accepts the env an agent of gym's days was trained on.
+    ``custom_objects`` that replace the saved spaces (of a model zip's :func:`saved_data`) with ``env``'s where
+    they differ only by gym's finite stand-ins for unbounded limits (e.g. CartPole's ±3.4e38 vs ±inf), so that
+    SB3's ``check_for_correct_spaces`` accepts the env an agent of gym's days was trained on.
     """
     if env is None:
         return {}
     objects = {}
-    for key, saved in saved_spaces(path).items():
+    for key, saved in saved_spaces(data).items():
         current = getattr(env, key)
         if saved != current and same_space_up_to_legacy_bounds(saved, current):
             objects[key] = current
     return objects
 
 
-def _with_legacy_objects(
-    path: str | Path | io.BufferedIOBase, env: GymEnv | None, custom_objects: dict[str, Any] | None
-) -> dict[str, Any]:
+def _with_legacy_objects(data: dict[str, Any], env: GymEnv | None, custom_objects: dict[str, Any] | None) -> dict[str, Any]:
     """
-    The user's ``custom_objects`` over what an old file needs to load and train: :func:`legacy_space_objects`
-    and the ``train_freq`` of :func:`legacy_train_freq`.
+    The user's ``custom_objects`` over what an old file (its :func:`saved_data`) needs to load and train:
+    :func:`legacy_space_objects` and the ``train_freq`` of :func:`legacy_train_freq`.
     """
-    objects: dict[str, Any] = legacy_space_objects(path, env)
-    train_freq = legacy_train_freq(saved_data(path))
+    objects: dict[str, Any] = legacy_space_objects(data, env)
+    train_freq = legacy_train_freq(data)
     if train_freq is not None:
         objects["train_freq"] = train_freq
     return {**objects, **(custom_objects or {})}
@@ -190,7 +187,7 @@ def load_model(
     :return: the loaded model
     """
     with gym_as_gymnasium():
-        return algo_class.load(path, env=env, custom_objects=_with_legacy_objects(path, env, custom_objects), **kwargs)
+        return algo_class.load(path, env=env, custom_objects=_with_legacy_objects(saved_data(path), env, custom_objects), **kwargs)
 
 
 class LegacyLoadMixin:
@@ -217,14 +214,17 @@ class LegacyLoadMixin:
         return None
 
     @classmethod
-    def _check_saved_policy(cls, path: str | Path | io.BufferedIOBase, custom_objects: dict[str, Any]) -> dict[str, Any]:
+    def _check_saved_policy(
+        cls, path: str | Path | io.BufferedIOBase, data: dict[str, Any], custom_objects: dict[str, Any]
+    ) -> dict[str, Any]:
         """
-        ``custom_objects`` with the policy class to build for the file at ``path``; a ValueError if the
-        file holds another kind of model. Files whose policy class cannot be read are left to SB3.
+        ``custom_objects`` with the policy class to build for the file at ``path`` (its :func:`saved_data`
+        ``data``); a ValueError if the file holds another kind of model. Files whose policy class cannot be
+        read are left to SB3.
         """
         if "policy_class" in custom_objects:
             return custom_objects
-        saved = _deserialize(saved_data(path), "policy_class")
+        saved = _deserialize(data, "policy_class")
         if not isinstance(saved, type):
             return custom_objects
         ours = cls._policy_class_for(saved)
@@ -246,7 +246,8 @@ class LegacyLoadMixin:
         force_reset: bool = True,
         **kwargs: Any,
     ):
-        objects = cls._check_saved_policy(path, _with_legacy_objects(path, env, custom_objects))
+        data = saved_data(path)  # read once: the legacy objects and the policy check both look at it
+        objects = cls._check_saved_policy(path, data, _with_legacy_objects(data, env, custom_objects))
         try:
             with gym_as_gymnasium():
                 return super().load(  # type: ignore[misc]

@@ -14,7 +14,7 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
-from stable_baselines3.sac import policies as sac_policies_module
+from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
 
 from sb3_pgext.common.compat import LegacyLoadMixin
@@ -30,6 +30,12 @@ ACTOR_GRADIENTS = ("auto", "likelihood", "reparameterization", "expected")
 SUPPORTED_ACTION_SPACES = (spaces.Discrete, spaces.Box)
 #: target_entropy="auto" for Discrete actions: this fraction of the uniform policy's entropy log|A|
 DISCRETE_TARGET_ENTROPY_FRACTION = 0.5
+#: SB3 SAC's policy classes, by the alias of OffPAC's counterpart (a SAC checkpoint loads into it)
+SAC_POLICY_ALIASES: dict[type, str] = {
+    sac_policies.SACPolicy: "MlpPolicy",
+    sac_policies.CnnPolicy: "CnnPolicy",
+    sac_policies.MultiInputPolicy: "MultiInputPolicy",
+}
 #: n_action_samples=None: K fresh actions per state for the score-function estimator (1 otherwise)
 DEFAULT_LIKELIHOOD_SAMPLES = 4
 
@@ -209,9 +215,7 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     @classmethod
     def _policy_class_for(cls, saved: type) -> type | None:
         """SB3 SAC's policy classes (a SAC checkpoint) become OffPAC's, which have the same layout for Box actions."""
-        sac_policies = {sac_policies_module.SACPolicy: "MlpPolicy", sac_policies_module.CnnPolicy: "CnnPolicy"}
-        sac_policies[sac_policies_module.MultiInputPolicy] = "MultiInputPolicy"
-        return cls.policy_aliases[sac_policies[saved]] if saved in sac_policies else None
+        return cls.policy_aliases[SAC_POLICY_ALIASES[saved]] if saved in SAC_POLICY_ALIASES else None
 
     def _resolve_for_action_space(self) -> None:
         """Check the action space, then resolve "auto" / None defaults of the estimator for it."""
