@@ -315,7 +315,7 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
         if result.get("breakdown"):
             lines += [
                 "Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (unprofiled) "
-                "and in matrix products (self CPU time of `aten::mm`, `addmm`, `bmm`, `baddbmm` under the torch profiler), "
+                f"and in matrix products (self CPU time of {', '.join(f'`{op}`' for op in MATMUL_OPS)} under the torch profiler), "
                 "beside each model's whole env step (1 / its median above, collection included).",
                 "",
                 "| model | ms per env step | ms per gradient step | of it in matrix products |",
