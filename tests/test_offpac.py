@@ -397,8 +397,8 @@ def test_save_and_load_replay_buffer(tmp_path):
 def test_cuda(env_id, fast_update, tmp_path):
     model = OffPAC("MlpPolicy", env_id, seed=0, device="cuda", fast_update=fast_update, **TINY)
     assert model.replay_buffer.device.type == "cuda"
-    assert model.replay_buffer.sample(8).observations.device.type == "cuda"
     model.learn(200)
+    assert model.replay_buffer.sample(8).observations.device.type == "cuda"
     assert all(p.device.type == "cuda" for p in model.policy.parameters())
     assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
     # a file of the other update, and an old one, continue training on the GPU (fused Adam's steps move there)

@@ -227,6 +227,33 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     assert f"| OffPAC | {1e3 / medians['OffPAC']:.1f} | {sac['breakdown']['OffPAC']['ms_per_step']:.1f} |" in text
 
 
+def test_compare_gpu_cases_time_updates_per_batch_size_and_many_envs(tmp_path):
+    """sac-updates: one row per model and batch size (256, 1024), ratios without goals; ppo-64-envs: PPOKL and PPO on 64 envs."""
+    from sb3_pgext.suite.compare import MANY_ENVS, SAC_BATCH_SIZES, compare
+    from sb3_pgext.suite.speed import sbx_available
+
+    no_training = {"policy_kwargs": "dict(net_arch=[8])", "learning_starts": 1100}  # the warm-up only fills the buffer
+    tiny = {
+        "offpac": no_training, "sac": no_training,
+        "ppokl": {"n_steps": 4, "batch_size": 64, "n_epochs": 1}, "ppo": {"n_steps": 4, "batch_size": 64, "n_epochs": 1},
+    }  # fmt: skip
+    out = tmp_path / "speed"
+    path = compare(out, repeats=1, steps=8, cases=("sac-updates", "ppo-64-envs"), envs=("Pendulum-v1", "CartPole-v1"), hyperparams=tiny)
+    data = json.loads(path.read_text())
+    assert data["command"] == "python -m sb3_pgext.suite.compare --repeats 1 --steps 8 --cases sac-updates ppo-64-envs"
+    sac, ppo = data["results"]
+    models = ["OffPAC", "OffPAC (exact)", "SB3 SAC"] + (["SBX SAC"] if sbx_available() else [])
+    assert [row["name"] for row in sac["rows"]] == [f"{name}, batch {size}" for size in SAC_BATCH_SIZES for name in models]
+    assert sac["unit"] == "gradient steps/s" and not sac["breakdown"]
+    assert all(goal["goal"] is None for goal in sac["goals"]) and len(sac["goals"]) == len(SAC_BATCH_SIZES) * (len(models) - 1)
+    assert [row["name"] for row in ppo["rows"]] == [f"PPOKL, {MANY_ENVS} envs", f"PPO, {MANY_ENVS} envs"] and ppo["env"] == "CartPole-v1"
+    text = (out / "compare.md").read_text()
+    assert f"- OffPAC, batch 1024 / SB3 SAC, batch 1024: {sac['goals'][len(models) - 1]['ratio']:.2f}\n" in text
+    assert "goal ≥" not in text and "Device: CPU (" in text
+    with pytest.raises(ValueError, match="cases must be among"):
+        compare(out, cases=("gpu",))
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
 def test_speed_on_cuda_without_cuda_is_refused(tmp_path):
     path = tmp_path / "speed.yml"
@@ -247,7 +274,10 @@ def test_speed_on_cuda(tmp_path):
     out.mkdir()
     data = json.loads(measure_speed(suite, out, device="cuda", repeats=1, hyperparams=TINY_MODELS).read_text())
     assert data["devices"] == ["cpu", "cuda"] and data["device_name"]
-    assert {(row["algo"], row["device"]) for row in data["rows"]} == {(a, d) for a in ("offpac", "cvpg", "sac") for d in ("cpu", "cuda")}
+    from sb3_pgext.suite.speed import sbx_available
+
+    expected = {(a, d) for a in ("offpac", "cvpg", "sac") for d in ("cpu", "cuda")} | ({("sbx", "cpu")} if sbx_available() else set())
+    assert {(row["algo"], row["device"]) for row in data["rows"]} == expected
     text = write_report(suite, out, "cmd").read_text()
     assert "cuda updates/s | cuda / CPU | ratio to SAC (cuda) |" in text and "No GPU was measured" not in text
 

@@ -13,15 +13,27 @@ each figure is the median over the repeats and each ratio the ratio of two media
 - ``cartpole-offpac``: gradient steps per second of OffPAC's ``train()`` on CartPole-v1 (offpac.yml), fast
   update against the exact one (SAC's arithmetic, the update before the fast one existed);
 - ``ppokl-ppo``: env steps per second of ``learn()`` of PPOKL (ppokl.yml) and PPO (the zoo's ppo.yml) on
-  CartPole-v1, Acrobot-v1 and Pendulum-v1.
+  CartPole-v1, Acrobot-v1 and Pendulum-v1;
+- ``sac-updates``: gradient steps per second of ``train()`` on Pendulum-v1 with the zoo's SAC settings at
+  batch 256 and 1024, of OffPAC (fast and exact), SB3's SAC and SBX's SAC (env stepping left out: what a
+  GPU can speed up);
+- ``ppo-64-envs``: env steps per second of ``learn()`` of PPOKL and PPO on CartPole-v1 and Acrobot-v1 with
+  the yml settings but 64 envs, as one would run them on a GPU.
+
+The first three are the CPU comparisons (the default ``--cases``); the last two are meant for
+``--device cuda``::
+
+    python -m sb3_pgext.suite.compare --device cuda --cases sac-updates ppo-64-envs --out benchmark/speed/cuda
 
 For ``pendulum-sac`` the report also says where the PyTorch updates' time goes: milliseconds per gradient
 step of ``train()``, in all and in matrix products (torch profiler), beside each model's whole env step, so
 that the gap to SBX can be read as arithmetic or as framework overhead.
 
 Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
-gave SB3's). One torch thread by default, and one XLA thread for SBX. The results go to
-``<out>/compare.json`` and ``<out>/compare.md``, with the device that was measured.
+gave SB3's). One torch thread by default, and one XLA thread for SBX. Every model runs on ``--device``;
+SBX runs on JAX's matching platform (``JAX_PLATFORMS=cpu`` is set for the CPU, so that a machine with a
+GPU still measures SBX on its CPU). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
+with the device that was measured.
 """
 
 import argparse
@@ -46,8 +58,14 @@ from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
-CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo")
+CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo", "sac-updates", "ppo-64-envs")
+#: the comparisons run when ``--cases`` is not given (the CPU ones)
+CPU_CASES = CASES[:3]
 PPO_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
+#: batch sizes of ``sac-updates``
+SAC_BATCH_SIZES = (256, 1024)
+#: envs of ``ppo-64-envs`` (Pendulum's 1024-step rollouts would make one rollout 65536 steps)
+MANY_ENVS = 64
 #: XLA's flags for one CPU thread, as torch.set_num_threads(1) (read when jax is first imported)
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 #: aten's matrix products: the arithmetic of a dense update
@@ -74,11 +92,14 @@ class Contender:
 
 @dataclass
 class Goal:
-    """The issue's goal for a comparison: ``name``'s median at least ``ratio`` times ``reference``'s."""
+    """
+    A ratio reported for a comparison: ``name``'s median over ``reference``'s, with the issue's goal for it
+    (``ratio``: at least that many times; None: reported without a goal).
+    """
 
     name: str
     reference: str
-    ratio: float
+    ratio: float | None
 
 
 def _learn_step(steps: int, warm_up_steps: int | None = None) -> Callable[[BaseAlgorithm], tuple[Callable[[], None], int]]:
@@ -105,7 +126,9 @@ def _rollout_size(model: BaseAlgorithm) -> int:
     return model.n_steps * model.n_envs  # type: ignore[attr-defined]
 
 
-def contenders(case: str, env_id: str, folder: Path, steps: int, hyperparams: dict[str, dict[str, Any]]) -> list[Contender]:
+def contenders(
+    case: str, env_id: str, folder: Path, steps: int, hyperparams: dict[str, dict[str, Any]], device: str = "cpu"
+) -> list[Contender]:
     """
     The models of one comparison on one env.
 
@@ -114,15 +137,20 @@ def contenders(case: str, env_id: str, folder: Path, steps: int, hyperparams: di
     :param folder: where the zoo may write
     :param steps: env steps per timed ``learn()`` call (rounded up to whole rollouts on-policy)
     :param hyperparams: per zoo algorithm name (``offpac``, ``sac``, ``ppokl``, ``ppo``), overrides
+    :param device: torch device of the PyTorch models
     """
 
     def zoo(algo: str, **extra: Any) -> Callable[[], BaseAlgorithm]:
         def build() -> BaseAlgorithm:
             th.manual_seed(0)
             log_folder = Path(tempfile.mkdtemp(prefix=f"{algo}-", dir=folder))
-            return zoo_model(algo, env_id, "cpu", log_folder, None, {**hyperparams.get(algo, {}), **extra} or None)
+            return zoo_model(algo, env_id, device, log_folder, None, {**hyperparams.get(algo, {}), **extra} or None)
 
         return build
+
+    def on_policy(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+        rollouts = max(1, -(-steps // _rollout_size(model)))
+        return _learn_step(rollouts * _rollout_size(model), _rollout_size(model))(model)
 
     if case == "pendulum-sac":
         def sac_then_sbx() -> BaseAlgorithm:
@@ -143,11 +171,26 @@ def contenders(case: str, env_id: str, folder: Path, steps: int, hyperparams: di
             Contender("OffPAC (exact)", zoo("offpac", fast_update=False), _train_step, "gradient steps"),
         ]
     if case == "ppokl-ppo":
-        def on_policy(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
-            rollouts = max(1, -(-steps // _rollout_size(model)))
-            return _learn_step(rollouts * _rollout_size(model), _rollout_size(model))(model)
-
         return [Contender("PPOKL", zoo("ppokl"), on_policy, "env steps"), Contender("PPO", zoo("ppo"), on_policy, "env steps")]
+    if case == "sac-updates":
+        found = []
+        for batch_size in SAC_BATCH_SIZES:
+            def sbx_like(batch_size: int = batch_size) -> BaseAlgorithm:
+                return sbx_sac_like(zoo("sac", batch_size=batch_size)())
+
+            found += [
+                Contender(f"OffPAC, batch {batch_size}", zoo("offpac", batch_size=batch_size), _train_step, "gradient steps"),
+                Contender(f"OffPAC (exact), batch {batch_size}", zoo("offpac", batch_size=batch_size, fast_update=False), _train_step, "gradient steps"),
+                Contender(f"SB3 SAC, batch {batch_size}", zoo("sac", batch_size=batch_size), _train_step, "gradient steps"),
+            ]  # fmt: skip
+            if sbx_available():
+                found.append(Contender(f"SBX SAC, batch {batch_size}", sbx_like, _train_step, "gradient steps"))
+        return found
+    if case == "ppo-64-envs":
+        return [
+            Contender(f"PPOKL, {MANY_ENVS} envs", zoo("ppokl", n_envs=MANY_ENVS), on_policy, "env steps"),
+            Contender(f"PPO, {MANY_ENVS} envs", zoo("ppo", n_envs=MANY_ENVS), on_policy, "env steps"),
+        ]
     raise ValueError(f"case must be one of {CASES}, got {case!r}")
 
 
@@ -155,8 +198,20 @@ GOALS = {
     "pendulum-sac": [Goal("OffPAC", "SB3 SAC", 2.0), Goal("OffPAC", "SBX SAC", 1.0)],
     "cartpole-offpac": [Goal("OffPAC", "OffPAC (exact)", 1.5)],
     "ppokl-ppo": [Goal("PPOKL", "PPO", 0.98)],
+    "sac-updates": [
+        Goal(f"OffPAC, batch {size}", f"{reference}, batch {size}", None)
+        for size in SAC_BATCH_SIZES
+        for reference in ("SB3 SAC", "SBX SAC", "OffPAC (exact)")
+    ],
+    "ppo-64-envs": [Goal(f"PPOKL, {MANY_ENVS} envs", f"PPO, {MANY_ENVS} envs", None)],
 }
-ENVS = {"pendulum-sac": ("Pendulum-v1",), "cartpole-offpac": ("CartPole-v1",), "ppokl-ppo": PPO_ENVS}
+ENVS = {
+    "pendulum-sac": ("Pendulum-v1",),
+    "cartpole-offpac": ("CartPole-v1",),
+    "ppokl-ppo": PPO_ENVS,
+    "sac-updates": ("Pendulum-v1",),
+    "ppo-64-envs": ("CartPole-v1", "Acrobot-v1"),
+}
 
 
 def race(entrants: list[Contender], repeats: int) -> tuple[list[list[str]], list[BaseAlgorithm]]:
@@ -212,6 +267,35 @@ def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str
     return {"ms_per_step": 1e3 * total / gradient_steps, "matmul_ms_per_step": 1e-3 * matmul_us / gradient_steps}
 
 
+def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
+    """
+    Milliseconds per gradient step of a PyTorch off-policy model's ``train()`` on a CUDA device: in all (an
+    unprofiled call), and the GPU's busy time and kernel launches (copies included) per step in a second
+    call under the torch profiler. Busy time far below the step's time means the step is bound by
+    launching kernels from Python, not by the GPU's arithmetic.
+
+    :param model: a warmed-up off-policy model on a CUDA device (its replay buffer holds a batch)
+    :param gradient_steps: gradient steps per call
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _synchronize(model.device)
+    start = time.perf_counter()
+    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+    _synchronize(model.device)
+    total = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
+        model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+        _synchronize(model.device)
+    kernels = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
+    return {
+        "ms_per_step": 1e3 * total / gradient_steps,
+        "gpu_ms_per_step": 1e-3 * sum(event.device_time_total for event in kernels) / gradient_steps,
+        "kernels_per_step": len(kernels) / gradient_steps,
+    }
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what ``platform`` knows."""
     with contextlib.suppress(OSError):
@@ -225,55 +309,44 @@ def compare(
     out: Path,
     repeats: int = 5,
     steps: int = 2000,
-    cases: tuple[str, ...] = CASES,
+    cases: tuple[str, ...] = CPU_CASES,
     envs: tuple[str, ...] | None = None,
     hyperparams: dict[str, dict[str, Any]] | None = None,
+    device: str = "cpu",
+    command: str | None = None,
 ) -> Path:
     """
-    Run the comparisons on the CPU; write ``out/compare.json`` and ``out/compare.md``; return the json's path.
+    Run the comparisons on ``device``; write ``out/compare.json`` and ``out/compare.md``; return the json's path.
 
     :param out: the results folder
     :param repeats: timed calls per model (the median is reported)
     :param steps: env steps per timed ``learn()`` call
-    :param cases: which comparisons (default: all of :data:`CASES`)
+    :param cases: which comparisons (default: the CPU ones, :data:`CPU_CASES`)
     :param envs: only these envs of the comparisons
     :param hyperparams: per zoo algorithm name, overrides of its hyperparameters (tests shrink the models)
+    :param device: torch device of the PyTorch models ("cpu", "cuda", "cuda:1")
+    :param command: the command line to print in the report (default: built from the arguments)
     """
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for case in cases:
-            for env_id in ENVS[case]:
-                if envs and env_id not in envs:
-                    continue
-                entrants = contenders(case, env_id, Path(tmp), steps, hyperparams or {})
-                orders, models = race(entrants, repeats)
-                breakdown = {}
-                if case == "pendulum-sac":  # where the PyTorch updates' time goes, beside SBX's whole env step
-                    for entrant, model in zip(entrants, models):
-                        if not type(model).__module__.startswith("sbx"):
-                            breakdown[entrant.name] = matmul_breakdown(model)
-                close_envs(models)
-                medians = {entrant.name: statistics.median(entrant.values) for entrant in entrants}
-                goals = [
-                    {"name": goal.name, "reference": goal.reference, "goal": goal.ratio, "ratio": medians[goal.name] / medians[goal.reference]}
-                    for goal in GOALS[case]
-                    if goal.reference in medians
-                ]
-                results.append({
-                    "case": case, "env": env_id, "unit": entrants[0].unit + "/s", "orders": orders,
-                    "rows": [{"name": entrant.name, "median": medians[entrant.name], "values": entrant.values} for entrant in entrants],
-                    "goals": goals, "breakdown": breakdown,
-                })  # fmt: skip
-                for goal in goals:
-                    print(f"{case} {env_id}: {goal['name']} / {goal['reference']} = {goal['ratio']:.2f} (goal {goal['goal']})")
+    target = th.device(device)
+    if target.type == "cuda" and not th.cuda.is_available():
+        raise ValueError(f"device is {device!r} but torch sees no CUDA device (torch {th.__version__})")
+    unknown = [case for case in cases if case not in CASES]
+    if unknown:
+        raise ValueError(f"cases must be among {CASES}, got {unknown}")
     versions = {"torch": th.__version__}
     if sbx_available():
         import jax
         import sbx
 
-        versions.update(jax=jax.__version__, sbx=sbx.__version__)
+        versions.update(jax=f"{jax.__version__} ({jax.default_backend()})", sbx=sbx.__version__)
+    if command is None:
+        command = "python -m sb3_pgext.suite.compare" + (f" --device {device}" if device != "cpu" else "")
+        command += f" --repeats {repeats} --steps {steps}" + (f" --cases {' '.join(cases)}" if tuple(cases) != CPU_CASES else "")
+    results: list[dict[str, Any]] = []
     data = {
-        "device": "cpu",
+        "command": command,
+        "device": device,
+        "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
         "cpu": cpu_name(),
         "torch_threads": th.get_num_threads(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -283,21 +356,58 @@ def compare(
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    path = out / COMPARE_JSON
-    path.write_text(json.dumps(data, indent=1))
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            for env_id in ENVS[case]:
+                if envs and env_id not in envs:
+                    continue
+                entrants = contenders(case, env_id, Path(tmp), steps, hyperparams or {}, device)
+                orders, models = race(entrants, repeats)
+                medians = {entrant.name: statistics.median(entrant.values) for entrant in entrants}
+                goals = [
+                    {"name": goal.name, "reference": goal.reference, "goal": goal.ratio, "ratio": medians[goal.name] / medians[goal.reference]}
+                    for goal in GOALS[case]
+                    if goal.reference in medians
+                ]
+                breakdown: dict[str, dict[str, float]] = {}
+                results.append({
+                    "case": case, "env": env_id, "unit": entrants[0].unit + "/s", "orders": orders,
+                    "rows": [{"name": entrant.name, "median": medians[entrant.name], "values": entrant.values} for entrant in entrants],
+                    "goals": goals, "breakdown": breakdown,
+                })  # fmt: skip
+                for name, median in medians.items():
+                    print(f"{case} {env_id}: {name}: {median:.1f} {entrants[0].unit}/s")
+                for goal in goals:
+                    print(f"{case} {env_id}: {goal['name']} / {goal['reference']} = {goal['ratio']:.2f} (goal {goal['goal']})")
+                _write(out, data)  # after every table, so that a run stopped later keeps what it measured
+                # Where the PyTorch updates' time goes: on the CPU beside SBX's whole env step; on a GPU, its busy time
+                profiled = {("pendulum-sac", "cpu"): matmul_breakdown, ("sac-updates", "cuda"): cuda_breakdown}.get((case, target.type))
+                if profiled is not None:
+                    for entrant, model in zip(entrants, models):
+                        if not type(model).__module__.startswith("sbx"):
+                            breakdown[entrant.name] = profiled(model)
+                    _write(out, data)
+                close_envs(models)
+    _write(out, data)
+    return out / COMPARE_JSON
+
+
+def _write(out: Path, data: dict[str, Any]) -> None:
+    (out / COMPARE_JSON).write_text(json.dumps(data, indent=1))
     (out / COMPARE_MD).write_text("\n".join(compare_markdown(data)) + "\n")
-    return path
 
 
 def compare_markdown(data: dict[str, Any]) -> list[str]:
     """The tables of ``compare.json``."""
     versions = ", ".join(f"{name} {version}" for name, version in data["versions"].items())
+    command = data.get("command") or f"python -m sb3_pgext.suite.compare --repeats {data['repeats']} --steps {data['steps']}"
     lines = [
         "# Side-by-side speed",
         "",
-        f"`python -m sb3_pgext.suite.compare --repeats {data['repeats']} --steps {data['steps']}`",
+        f"`{command}`",
         "",
-        f"Device: CPU ({data['cpu']}), {data['torch_threads']} torch thread(s)"
+        (f"Device: {data['device_name']} (`{data['device']}`), " if data.get("device_name") else "Device: ")
+        + f"CPU ({data['cpu']}), {data['torch_threads']} torch thread(s)"
         + (f", XLA flags `{data['xla_flags']}`" if data["xla_flags"] else "")
         + f"; {versions}. Every figure is the median of {data['repeats']} timed calls, the models of a table timed "
         "in turn in one process, the order rotated each round; ratios are ratios of medians.",
@@ -309,10 +419,27 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
             lines.append(f"| {row['name']} | {row['median']:.1f} | {', '.join(f'{value:.1f}' for value in row['values'])} |")
         lines.append("")
         for goal in result["goals"]:
+            if goal["goal"] is None:
+                lines.append(f"- {goal['name']} / {goal['reference']}: {goal['ratio']:.2f}")
+                continue
             met = "met" if goal["ratio"] >= goal["goal"] else "not met"
             lines.append(f"- {goal['name']} / {goal['reference']}: {goal['ratio']:.2f} (goal ≥ {goal['goal']}: {met})")
         lines.append("")
-        if result.get("breakdown"):
+        if result.get("breakdown") and result["case"] == "sac-updates":
+            lines += [
+                "Where the time goes on the GPU: milliseconds per gradient step of `train(64)` after the race (unprofiled), "
+                "and per step the GPU's busy time (the kernels' and copies' durations) and the kernels and copies launched, "
+                "under the torch profiler.",
+                "",
+                "| model | ms per gradient step | GPU busy ms per step | kernels per step |",
+                "| --- | --- | --- | --- |",
+            ]
+            for row in result["rows"]:
+                cost = result["breakdown"].get(row["name"])
+                if cost:
+                    lines.append(f"| {row['name']} | {cost['ms_per_step']:.2f} | {cost['gpu_ms_per_step']:.2f} | {cost['kernels_per_step']:.0f} |")
+            lines.append("")
+        elif result.get("breakdown"):
             lines += [
                 "Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (unprofiled) "
                 f"and in matrix products (self CPU time of {', '.join(f'`{op}`' for op in MATMUL_OPS)} under the torch profiler), "
@@ -336,15 +463,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per model (median reported)")
     parser.add_argument("--steps", type=int, default=2000, help="env steps per timed learn() call")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (and XLA's, for SBX)")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CPU_CASES), help="comparisons (default: the CPU ones)")
     parser.add_argument("--envs", nargs="+", help="only these envs")
+    parser.add_argument("--device", default="cpu", help='torch device of the PyTorch models ("cpu", "cuda"); SBX runs on JAX\'s matching platform')
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.steps < 1 or args.threads < 1:
         parser.error("--repeats, --steps and --threads must be at least 1")
+    if th.device(args.device).type == "cuda" and not th.cuda.is_available():
+        parser.error(f"--device {args.device}: torch sees no CUDA device (torch {th.__version__})")
     th.set_num_threads(args.threads)
-    if args.threads == 1 and "jax" not in sys.modules and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
-    print(f"compare: {compare(args.out, args.repeats, args.steps, tuple(args.cases), tuple(args.envs) if args.envs else None)}")
+    if "jax" not in sys.modules:  # read when jax is first imported
+        if args.threads == 1 and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
+        if th.device(args.device).type == "cpu":
+            os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        else:  # JAX takes 75% of the GPU's memory at its first use unless told otherwise; torch shares the GPU
+            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    command = "python -m sb3_pgext.suite.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    envs = tuple(args.envs) if args.envs else None
+    print(f"compare: {compare(args.out, args.repeats, args.steps, tuple(args.cases), envs, device=args.device, command=command.strip())}")
     return 0
 
 

@@ -164,8 +164,11 @@ def measure_speed(
                     rows.append({"env": env.env_id, "algo": algo, "device": name, **updates_per_second(model, repeats)})
                     print(f"{env.env_id} {algo} {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
                     if algo == "sac" and name == "cpu" and sbx_available():  # the outside anchor: SBX's SAC, same settings
-                        sbx_model = sbx_sac_like(model)
-                        rows.append({"env": env.env_id, "algo": "sbx", "device": name, **updates_per_second(sbx_model, repeats)})
+                        import jax
+
+                        with jax.default_device(jax.devices("cpu")[0]):  # JAX's default is the GPU when there is one
+                            sbx_model = sbx_sac_like(model)
+                            rows.append({"env": env.env_id, "algo": "sbx", "device": name, **updates_per_second(sbx_model, repeats)})
                         print(f"{env.env_id} sbx {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
                     model.get_env().close()  # type: ignore[union-attr]
     result = {
