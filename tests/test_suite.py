@@ -88,6 +88,8 @@ def test_run_resume_and_report(tmp_path):
     assert all(result["fps"] > 0 and result["n_timesteps"] == 512 for result in results)
     # the recorded command names no interpreter path of this machine
     assert all(result["command"][:4] == ["python", "-m", "sb3_pgext.zoo", "train"] for result in results)
+    # and the versions it trained with, which the report prints (not those of the process writing it)
+    assert all(result["versions"]["SB3"] == __import__("stable_baselines3").__version__ and result["cpu"] for result in results)
     for job in jobs:  # the zoo's own layout, with its evaluations
         with np.load(job.log_dir(out) / "evaluations.npz") as data:
             assert list(data["timesteps"]) == [256, 512] and data["results"].shape == (2, 2)
@@ -105,6 +107,7 @@ def test_run_resume_and_report(tmp_path):
     report = write_report(suite, out, "python -m sb3_pgext.suite run tiny.yml")
     text = report.read_text()
     assert "4/4 runs finished" in text and "python -m sb3_pgext.suite run tiny.yml" in text
+    assert f"Trained with sb3_pgext {results[0]['versions']['sb3_pgext']}, SB3 " in text
     assert "(2 episodes at the budget). A budget for tests only." in text
     rows = [line for line in text.splitlines() if line.startswith("| PPOKL |") or line.startswith("| PPO |")]
     assert len(rows) >= 2 and "| PPOKL | PPO | 2/2 |" in text
@@ -112,6 +115,80 @@ def test_run_resume_and_report(tmp_path):
     for name in ("aggregate.png", "probability_of_improvement.png", "curves_CartPole-v1.png"):
         assert (out / name).stat().st_size > 1000
     assert "![CartPole-v1](curves_CartPole-v1.png)" in text
+
+
+VARIANT_SUITE = """
+description: a variant
+seeds: [0]
+eval_freq: 128
+eval_episodes: 2
+variants:
+  ppokl-clip:
+    algo: ppokl
+    label: PPOKL (clip)
+    hyperparams: {clip_range: 0.3, n_epochs: 2, policy_kwargs: "dict(net_arch=[8])"}
+envs:
+  CartPole-v1:
+    n_timesteps: 256
+    threshold: 15
+    algos: [ppokl-clip]
+"""
+
+
+def test_a_variant_trains_its_algorithm_with_its_overrides_and_is_its_own_row(tmp_path):
+    """A variant runs as --algo <algo> -params ...; the zoo's saved config has the overrides; the report names it by its label."""
+    import yaml
+
+    path = tmp_path / "variant.yml"
+    path.write_text(VARIANT_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    [job] = jobs_of(suite)
+    assert (job.algo, job.trained) == ("ppokl-clip", "ppokl")
+    # compared with its algorithm's peer where that runs on the env
+    env_with_ppo = suite.envs[0].__class__("CartPole-v1", 256, 15, ("ppokl-clip", "ppo"))
+    assert suite.peer("ppokl-clip", env_with_ppo) == "ppo" and suite.peer("ppokl-clip", suite.envs[0]) is None
+    assert run_suite(suite, out, workers=1) == []
+    result = json.loads((job.root(out) / "result.json").read_text())
+    assert result["algo"] == "ppokl-clip" and result["variant_of"] == "ppokl"
+    assert result["hyperparams"] == {"clip_range": 0.3, "n_epochs": 2, "policy_kwargs": "dict(net_arch=[8])"}
+    assert result["command"][result["command"].index("--algo") + 1] == "ppokl"
+    with open(job.log_dir(out) / "CartPole-v1" / "config.yml") as file:
+        saved = dict(yaml.load(file, Loader=yaml.UnsafeLoader))
+    assert saved["clip_range"] == 0.3 and saved["n_epochs"] == 2 and saved["policy_kwargs"] == "dict(net_arch=[8])"
+    text = write_report(suite, out, "cmd").read_text()
+    assert "| PPOKL (clip) |  | 1/1 |" in text and "PPOKL (clip): PPOKL with `clip_range=0.3`, `n_epochs=2`" in text
+
+
+@pytest.mark.parametrize(
+    "variants, match",
+    [
+        ("  x: {hyperparams: {a: 1}}", "variant x must be a mapping with an 'algo'"),
+        ("  x: {algo: ppokl, params: {a: 1}}", "variant x has unknown keys \\['params'\\]"),
+        ("  x: {algo: ppokl, hyperparams: [1]}", "variant x's hyperparams must map"),
+        ("  ppokl: {algo: ppokl}", "variant ppokl has the name of its algorithm"),
+        ("  a/b: {algo: ppokl}", "variant name 'a/b' must be"),
+    ],
+)
+def test_bad_variants_are_refused_by_name(tmp_path, variants, match):
+    path = tmp_path / "bad.yml"
+    path.write_text(VARIANT_SUITE.replace(VARIANT_SUITE[VARIANT_SUITE.index("  ppokl-clip:"):VARIANT_SUITE.index("envs:")], variants + "\n"))
+    with pytest.raises(ValueError, match=match):
+        load_suite(path)
+
+
+@pytest.mark.parametrize(
+    "old, new, match",
+    [
+        ("algo: ppokl", "algo: nope", "variant ppokl-clip trains unknown algo 'nope'"),
+        ("ppokl-clip", "ppo", "variant ppo has the name of the zoo algorithm 'ppo'"),
+    ],
+)
+def test_a_variant_of_an_unknown_algo_or_named_as_a_zoo_algo_is_refused_before_training(tmp_path, old, new, match):
+    path = tmp_path / "bad.yml"
+    path.write_text(VARIANT_SUITE.replace(old, new))
+    with pytest.raises(ValueError, match=match):
+        run_suite(load_suite(path), tmp_path / "out")
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def test_report_counts_missing_runs(tmp_path):
@@ -342,3 +419,44 @@ def test_recorded_command_is_portable(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     command = [sys.executable, "-m", "sb3_pgext.zoo", "train", "-f", str(tmp_path / "benchmark" / "quick"), "--conf-file", "/elsewhere/c.yml"]
     assert recorded_command(command) == ["python", "-m", "sb3_pgext.zoo", "train", "-f", "benchmark/quick", "--conf-file", "/elsewhere/c.yml"]
+
+
+REPOSITORY = Path(__file__).parent.parent
+
+
+def test_the_quick_report_regenerates_byte_for_byte_from_the_committed_raw_results(tmp_path):
+    """benchmark/quick/benchmark.md is what `report` writes from the committed result.json, evaluations.npz and speed.json alone."""
+    committed = REPOSITORY / "benchmark" / "quick"
+    if not (committed / "benchmark.md").is_file():
+        pytest.skip("no committed quick-suite results in this checkout")
+    for path in committed.rglob("*"):
+        if path.name in ("result.json", "evaluations.npz", "speed.json"):
+            copy = tmp_path / path.relative_to(committed)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(path.read_bytes())
+    report = write_report(load_suite("quick"), tmp_path, "python -m sb3_pgext.suite run quick --workers 2")
+    assert report.read_text() == (committed / "benchmark.md").read_text()
+    for name in ("aggregate.png", "probability_of_improvement.png", "curves_CartPole-v1.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+@pytest.mark.parametrize("folder", ["speed", "speed/cuda"])
+def test_the_speed_comparisons_regenerate_byte_for_byte_from_their_json(folder):
+    from sb3_pgext.suite.compare import COMPARE_JSON, COMPARE_MD, compare_markdown
+
+    committed = REPOSITORY / "benchmark" / folder
+    if not (committed / COMPARE_JSON).is_file():
+        pytest.skip(f"no committed benchmark/{folder} in this checkout")
+    data = json.loads((committed / COMPARE_JSON).read_text())
+    assert "\n".join(compare_markdown(data)) + "\n" == (committed / COMPARE_MD).read_text()
+
+
+def test_a_run_records_its_versions_and_the_report_prints_them():
+    from sb3_pgext.suite.report import provenance
+    from sb3_pgext.suite.runner import versions
+
+    assert set(versions()) == {"sb3_pgext", "SB3", "torch", "Python"}
+    old = {"fps": 1.0}
+    new = [{"versions": {"SB3": "2.9.2", "torch": torch}, "cpu": "CPU A"} for torch in ("2.13.0", "2.11.0")]
+    assert provenance([old]) == "The runs did not record their versions (they predate that field of `result.json`)."
+    assert provenance([*new, old]) == "Trained with SB3 2.9.2, torch 2.11.0/2.13.0 on CPU A (1 older runs recorded none)."

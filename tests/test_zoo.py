@@ -270,6 +270,8 @@ def test_console_script_lists_commands():
         assert command in result.stdout
     result = subprocess.run([str(script), "fly"], capture_output=True, text=True, env=ENV, timeout=120)
     assert result.returncode != 0 and "unknown command 'fly'" in result.stderr
+    result = subprocess.run([str(script)], capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 2 and "a command is required" in result.stderr and "usage:" in result.stderr
 
 
 def test_plot_commands(tmp_path, monkeypatch):

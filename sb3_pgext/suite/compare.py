@@ -41,7 +41,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -54,6 +53,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from sb3_pgext.suite.runner import cpu_name
 from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_sac_like, zoo_model
 
 COMPARE_JSON = "compare.json"
@@ -294,15 +294,6 @@ def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, 
         "gpu_ms_per_step": 1e-3 * sum(event.device_time_total for event in kernels) / gradient_steps,
         "kernels_per_step": len(kernels) / gradient_steps,
     }
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def compare(

@@ -1,5 +1,21 @@
-"""Benchmark suite definitions: ``zoo_configs/<name>.yml`` (installed as ``sb3_pgext.zoo_configs``)."""
+"""
+Benchmark suite definitions: ``zoo_configs/<name>.yml`` (installed as ``sb3_pgext.zoo_configs``).
 
+A suite lists envs, each with its budget, threshold and the algorithms run on it: zoo names (``ppokl``,
+``ppo``, ...) or the suite's *variants*, an algorithm with hyperparameter overrides run and reported as a row
+of its own::
+
+    variants:
+      ppokl-clip:
+        algo: ppokl
+        label: PPOKL (clip + penalty)
+        hyperparams: {clip_range: 0.2}
+
+A variant trains as ``--algo <algo> -params <key>:<value> ...`` on top of the algorithm's yml entry, and is
+compared with the peers of its algorithm unless ``peers`` names its own.
+"""
+
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -32,6 +48,27 @@ class EnvSpec:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Variant:
+    """
+    An algorithm with hyperparameter overrides, run and reported as a row of its own.
+
+    :param name: its name in the suite file (the ``algos`` of an env, the runs' folder)
+    :param algo: the zoo name of the algorithm it trains
+    :param hyperparams: overrides of the algorithm's yml entry (as the zoo's ``-params`` takes them)
+    :param label: its name in the report (default: ``name``)
+    """
+
+    name: str
+    algo: str
+    hyperparams: dict[str, Any] = field(default_factory=dict, compare=False)
+    label: str = ""
+
+
+#: a variant's name is a folder name of the runs
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 @dataclass
 class Suite:
     """
@@ -46,6 +83,7 @@ class Suite:
     :param envs: the envs, in report order
     :param peers: for each of our algorithms, its SB3 peers in order of preference
     :param zoo_entry_aliases: envs whose SB3 hyperparameters are the zoo's entry of another id (v5 → v4)
+    :param variants: the suite's variants, by name
     """
 
     name: str
@@ -57,10 +95,23 @@ class Suite:
     envs: list[EnvSpec]
     peers: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PEERS))
     zoo_entry_aliases: dict[str, str] = field(default_factory=dict)
+    variants: dict[str, Variant] = field(default_factory=dict)
+
+    def zoo_algo(self, algo: str) -> str:
+        """The zoo algorithm a name of the suite trains: a variant's algorithm, else the name itself."""
+        return self.variants[algo].algo if algo in self.variants else algo
+
+    def overrides(self, algo: str) -> dict[str, Any]:
+        """The hyperparameters a variant overrides (none for a plain algorithm)."""
+        return dict(self.variants[algo].hyperparams) if algo in self.variants else {}
 
     def peer(self, algo: str, env: EnvSpec) -> str | None:
-        """The SB3 peer ``algo`` is compared with on ``env`` (None for SB3's own algorithms)."""
-        return next((peer for peer in self.peers.get(algo, []) if peer in env.algos), None)
+        """
+        The peer ``algo`` is compared with on ``env`` (None for SB3's own algorithms): the first of its peers
+        that runs on the env; a variant without peers of its own takes its algorithm's.
+        """
+        peers = self.peers.get(algo) or self.peers.get(self.zoo_algo(algo), [])
+        return next((peer for peer in peers if peer in env.algos and peer != algo), None)
 
 
 def suite_path(name_or_path: str | Path) -> Path:
@@ -80,9 +131,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
     path = suite_path(name_or_path)
     with open(path) as file:
         raw: dict[str, Any] = yaml.safe_load(file)
-    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases"}
+    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    variants = {name: _variant(path, name, entry) for name, entry in (raw.get("variants") or {}).items()}
     envs = []
     for env_id, entry in raw["envs"].items():
         missing = {"n_timesteps", "threshold", "algos"} - set(entry)
@@ -107,4 +159,22 @@ def load_suite(name_or_path: str | Path) -> Suite:
         envs=envs,
         peers={**DEFAULT_PEERS, **raw.get("peers", {})},
         zoo_entry_aliases=dict(raw.get("zoo_entry_aliases", {})),
+        variants=variants,
     )
+
+
+def _variant(path: Path, name: str, entry: Any) -> Variant:
+    """One entry of a suite's ``variants``, checked; ValueError names the variant and what is wrong."""
+    if not isinstance(name, str) or not _VARIANT_NAME.match(name):
+        raise ValueError(f"{path}: variant name {name!r} must be letters, digits, '_', '-' or '.' (it names the runs' folder)")
+    if not isinstance(entry, dict) or "algo" not in entry:
+        raise ValueError(f"{path}: variant {name} must be a mapping with an 'algo' (and 'hyperparams', 'label'), got {entry!r}")
+    unknown = set(entry) - {"algo", "hyperparams", "label"}
+    if unknown:
+        raise ValueError(f"{path}: variant {name} has unknown keys {sorted(unknown)}; allowed: algo, hyperparams, label")
+    hyperparams = entry.get("hyperparams") or {}
+    if not isinstance(hyperparams, dict) or not all(isinstance(key, str) for key in hyperparams):
+        raise ValueError(f"{path}: variant {name}'s hyperparams must map hyperparameter names to values, got {hyperparams!r}")
+    if name == entry["algo"]:
+        raise ValueError(f"{path}: variant {name} has the name of its algorithm; give it a name of its own")
+    return Variant(name, str(entry["algo"]), hyperparams, str(entry.get("label", "")))

@@ -13,8 +13,6 @@ so the same runs always give the same report.
 """
 
 import json
-import platform
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Suite
-from sb3_pgext.suite.runner import jobs_of, read_result
+from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE
 
@@ -33,8 +31,16 @@ NAMES = {name: algorithm.display_name for name, algorithm in OUR_ALGOS.items()}
 NAMES.update(ppo="PPO", a2c="A2C", sac="SAC", dqn="DQN", sbx="SBX SAC")
 
 
-def display(algo: str) -> str:
+def display(algo: str, suite: Suite | None = None) -> str:
+    """The report's name of ``algo``: a variant's label (or name), ours by class name, SB3's in capitals."""
+    if suite is not None and algo in suite.variants:
+        return suite.variants[algo].label or algo
     return NAMES.get(algo, algo.upper())
+
+
+def is_ours(algo: str, suite: Suite) -> bool:
+    """Whether ``algo`` (a zoo name or a variant of the suite) is one of the package's algorithms."""
+    return suite.zoo_algo(algo) in OUR_ALGOS
 
 
 @dataclass
@@ -148,7 +154,7 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         cell = cells.get((env.env_id, algo))
         peer = suite.peer(algo, env)
         if cell is None:
-            lines.append(f"| {display(algo)} | {display(peer) if peer else ''} | 0/{n_seeds} | not run yet | | | | | |")
+            lines.append(f"| {display(algo, suite)} | {display(peer, suite) if peer else ''} | 0/{n_seeds} | not run yet | | | | | |")
             continue
         mean, low, high = cell.final_estimates["mean"]
         iqm, iqm_low, iqm_high = cell.final_estimates["iqm"]
@@ -160,7 +166,7 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         ratio = f"{fps / peer_fps:.2f}" if fps and peer_fps else ""
         fps_text = f"{fps:.0f}" if fps else ""
         lines.append(
-            f"| {display(algo)} | {display(peer) if peer else ''} | {len(cell.seeds)}/{n_seeds} "
+            f"| {display(algo, suite)} | {display(peer, suite) if peer else ''} | {len(cell.seeds)}/{n_seeds} "
             f"| {_fmt(mean)} [{_fmt(low)}, {_fmt(high)}] | {_fmt(iqm)} [{_fmt(iqm_low)}, {_fmt(iqm_high)}] "
             f"| {', '.join(_fmt(x) for x in cell.finals)} | {to_threshold} | {fps_text} | {ratio} |"
         )
@@ -192,7 +198,7 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
             if ours is None or theirs is None:
                 continue
-            name, peer_name = display(algo), display(peer)  # type: ignore[arg-type]
+            name, peer_name = display(algo, suite), display(peer, suite)  # type: ignore[arg-type]
             if ours.seeds == theirs.seeds and np.array_equal(ours.returns, theirs.returns):
                 lines.append(
                     f"- **{name} and {peer_name} on {env.env_id} are the same runs**: their evaluations are equal seed "
@@ -294,15 +300,15 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     for algo in all_algos:
         matrix = _normalized(suite, cells, {env.env_id: algo for env in suite.envs})
         if matrix is not None:
-            scores[display(algo)] = matrix
+            scores[display(algo, suite)] = matrix
     pairs = {}
-    for algo in (a for a in all_algos if a in OUR_ALGOS):
+    for algo in (a for a in all_algos if is_ours(a, suite)):
         peers = {env.env_id: suite.peer(algo, env) or "" for env in suite.envs}
-        peer_name = "/".join(dict.fromkeys(display(p) for p in peers.values() if p))
-        ours, theirs = scores.get(display(algo)), _normalized(suite, cells, peers)
+        peer_name = "/".join(dict.fromkeys(display(p, suite) for p in peers.values() if p))
+        ours, theirs = scores.get(display(algo, suite)), _normalized(suite, cells, peers)
         if ours is not None and theirs is not None:
             scores.setdefault(peer_name, theirs)
-            pairs[f"{display(algo)},{peer_name}"] = (ours, theirs)
+            pairs[f"{display(algo, suite)},{peer_name}"] = (ours, theirs)
     if not scores:
         return ["Aggregates appear once every algorithm has finished runs on every env of the suite.", ""]
 
@@ -358,8 +364,8 @@ def learning_curves(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cel
         mean = cell.returns.mean(axis=0)
         n = len(cell.returns)
         half = stats.t.ppf(0.975, n - 1) * cell.returns.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros_like(mean)
-        style = "-" if cell.algo in OUR_ALGOS else "--"
-        ax.plot(cell.timesteps, mean, style, label=f"{display(cell.algo)} ({n})")
+        style = "-" if is_ours(cell.algo, suite) else "--"
+        ax.plot(cell.timesteps, mean, style, label=f"{display(cell.algo, suite)} ({n})")
         ax.fill_between(cell.timesteps, mean - half, mean + half, alpha=0.15)
     ax.axhline(env.threshold, color="gray", linewidth=0.8, linestyle=":")
     ax.set(title=env.env_id, xlabel="env steps", ylabel="deterministic evaluation return")
@@ -377,15 +383,29 @@ def _save(path: Path, fig=None) -> None:  # type: ignore[no-untyped-def]
     plt.close(figure)
 
 
+def provenance(results: list[dict[str, Any]]) -> str:
+    """
+    The versions and CPUs the runs recorded in their ``result.json`` (every distinct value), so that the report
+    depends on the raw results alone, not on the environment that writes it.
+    """
+    recorded = [result for result in results if "versions" in result]
+    if not recorded:
+        return "The runs did not record their versions (they predate that field of `result.json`)."
+    names = list(dict.fromkeys(name for result in recorded for name in result["versions"]))
+    parts = [f"{name} {'/'.join(sorted({result['versions'][name] for result in recorded if name in result['versions']}))}" for name in names]
+    cpus = sorted({result["cpu"] for result in recorded if result.get("cpu")})
+    missing = len(results) - len(recorded)
+    return (
+        "Trained with " + ", ".join(parts) + (f" on {' / '.join(cpus)}" if cpus else "")
+        + (f" ({missing} older runs recorded none)" if missing else "") + "."
+    )  # fmt: skip
+
+
 def write_report(suite: Suite, out: Path, command: str) -> Path:
     """Write ``out/benchmark.md`` and its plots from the finished runs; return the report's path."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import stable_baselines3
-    import torch
-
-    import sb3_pgext
 
     cells = collect(suite, out)
     jobs = jobs_of(suite)
@@ -408,12 +428,17 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         command,
         "```",
         "",
-        f"sb3_pgext {sb3_pgext.__version__}, SB3 {stable_baselines3.__version__}, torch {torch.__version__}, "
-        f"Python {sys.version.split()[0]}, {platform.machine()} ({platform.processor() or platform.system()}). {fps_note}",
+        f"{provenance(finished_results(suite, out))} {fps_note}",
         "",
         "Each of ours is compared with its nearest SB3 peer with the zoo's own hyperparameters: "
-        + ", ".join(f"{display(a)} with {'/'.join(display(p) for p in ps)}" for a, ps in suite.peers.items())
-        + ".",
+        + ", ".join(f"{display(a, suite)} with {'/'.join(display(p, suite) for p in ps)}" for a, ps in suite.peers.items())
+        + "."
+        + "".join(
+            f" {display(name, suite)}: {display(variant.algo, suite)} with "
+            + (", ".join(f"`{key}={value!r}`" for key, value in variant.hyperparams.items()) or "no overrides")
+            + "."
+            for name, variant in suite.variants.items()
+        ),
         "",
         "## Per env",
         "",

@@ -7,9 +7,11 @@ run folder back to the driver, so that the nodes need no shared filesystem; Ray 
 died.
 """
 
+import contextlib
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -37,24 +39,37 @@ RAY_MAX_RETRIES = 3
 
 @dataclass(frozen=True)
 class Job:
-    """One training run of a suite."""
+    """
+    One training run of a suite.
+
+    :param env: the env
+    :param algo: the algorithm's name in the suite (a zoo name, or a variant's name)
+    :param seed: the seed
+    :param zoo_algo: the zoo algorithm it trains (a variant's algorithm; empty: ``algo``)
+    """
 
     env: EnvSpec
     algo: str
     seed: int
+    zoo_algo: str = ""
+
+    @property
+    def trained(self) -> str:
+        """The zoo's ``--algo`` of this run."""
+        return self.zoo_algo or self.algo
 
     def root(self, out: Path) -> Path:
-        """The zoo's ``-f`` folder of this run; the zoo writes ``<root>/<algo>/<env>_1/``."""
+        """The zoo's ``-f`` folder of this run; the zoo writes ``<root>/<zoo algo>/<env>_1/``."""
         return out / "runs" / self.env.env_id / self.algo / f"seed_{self.seed}"
 
     def log_dir(self, out: Path) -> Path:
-        return self.root(out) / self.algo / f"{self.env.env_id}_1"
+        return self.root(out) / self.trained / f"{self.env.env_id}_1"
 
 
 def jobs_of(suite: Suite, envs: list[str] | None = None, algos: list[str] | None = None) -> list[Job]:
     """Every (env, algorithm, seed) of the suite, optionally restricted; seeds outermost so early results span cells."""
     return [
-        Job(env, algo, seed)
+        Job(env, algo, seed, suite.zoo_algo(algo) if algo in suite.variants else "")
         for seed in suite.seeds
         for env in suite.envs
         if envs is None or env.env_id in envs
@@ -94,12 +109,16 @@ def zoo_conf_file(suite: Suite, algo: str, out: Path) -> Path | None:
 
 
 def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> list[str]:
+    """The zoo's train command of ``job``: a variant's overrides as ``-params key:value`` (values as Python literals)."""
     command = [
-        sys.executable, "-m", "sb3_pgext.zoo", "train", "--algo", job.algo, "--env", job.env.env_id,
+        sys.executable, "-m", "sb3_pgext.zoo", "train", "--algo", job.trained, "--env", job.env.env_id,
         "-n", str(job.env.n_timesteps), "--seed", str(job.seed), "-f", str(job.root(out)),
         "--eval-freq", str(suite.eval_freq), "--eval-episodes", str(suite.eval_episodes),
         "--num-threads", "1", "--device", device, "--verbose", "1",
     ]  # fmt: skip
+    overrides = suite.overrides(job.algo)
+    if overrides:
+        command += ["-params", *(f"{key}:{value!r}" for key, value in overrides.items())]
     return command + (["--conf-file", str(conf)] if conf else [])
 
 
@@ -115,6 +134,25 @@ def recorded_command(command: list[str]) -> list[str]:
         return str(path.relative_to(cwd)) if path.is_absolute() and path.is_relative_to(cwd) else arg
 
     return ["python", *(portable(arg) for arg in command[1:])] if command and command[0] == sys.executable else command
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    """The versions a run trains with, as ``result.json`` records them (and the report prints them)."""
+    import stable_baselines3
+    import torch
+
+    import sb3_pgext
+
+    return {"sb3_pgext": sb3_pgext.__version__, "SB3": stable_baselines3.__version__, "torch": torch.__version__, "Python": platform.python_version()}
 
 
 class RunFailed(RuntimeError):
@@ -142,8 +180,10 @@ def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = 
     result = {
         "env": job.env.env_id, "algo": job.algo, "seed": job.seed, "n_timesteps": job.env.n_timesteps,
         "device": device, "wall_seconds": round(wall, 1), "fps": fps[-1] if fps else None,
-        "command": recorded_command(command),
+        "command": recorded_command(command), "versions": versions(), "cpu": cpu_name(),
     }  # fmt: skip
+    if job.zoo_algo:  # a variant: what it trains, and with which overrides
+        result.update(variant_of=job.zoo_algo, hyperparams=suite.overrides(job.algo))
     (root / "result.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -184,14 +224,20 @@ def run_suite(
         raise ValueError("address is the address of a Ray cluster: pass backend='ray' with it")
     register()
     known = set(rl_zoo3.utils.ALGOS)
+    for variant in suite.variants.values():
+        if variant.name in known or variant.algo not in known:
+            what = f"has the name of the zoo algorithm {variant.name!r}" if variant.name in known else f"trains unknown algo {variant.algo!r}"
+            raise ValueError(f"{suite.path}: variant {variant.name} {what}; zoo algos: {sorted(known)}")
     for env in suite.envs:
-        unknown = set(env.algos) - known
+        unknown = set(env.algos) - known - set(suite.variants)
         if unknown:
-            raise ValueError(f"{suite.path}: {env.env_id} lists unknown algos {sorted(unknown)}; known: {sorted(known)}")
+            raise ValueError(
+                f"{suite.path}: {env.env_id} lists unknown algos {sorted(unknown)}; known: {sorted(known)}, variants: {sorted(suite.variants)}"
+            )
     jobs = jobs_of(suite, envs, algos)
     todo = [job for job in jobs if read_result(job, out) is None]
     failed: list[Job] = []
-    confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.algo for job in todo}}  # written once, before any run
+    confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.trained for job in todo}}  # written once, before any run
     where = f"on {workers} workers" if backend == "local" else f"on Ray ({address or f'a local instance of {workers} CPUs'})"
     print(f"suite {suite.name}: {len(jobs)} runs, {len(jobs) - len(todo)} already done, {len(todo)} to run {where}")
     if backend == "local":
@@ -217,7 +263,7 @@ def _local_outcomes(
 ) -> Iterator[Outcome]:
     """Each job's result (or error) as it finishes, trained by ``workers`` parallel processes."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_job, suite, job, out, device, confs[job.algo]): job for job in todo}
+        futures = {pool.submit(run_job, suite, job, out, device, confs[job.trained]): job for job in todo}
         for future in as_completed(futures):
             try:
                 yield futures[future], future.result()
@@ -245,7 +291,7 @@ def _ray_outcomes(
     )
     conf_texts = {algo: None if conf is None else conf.read_text() for algo, conf in confs.items()}
     try:
-        pending = {train.remote(suite, job, device, conf_texts[job.algo]): job for job in todo}
+        pending = {train.remote(suite, job, device, conf_texts[job.trained]): job for job in todo}
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready)
@@ -261,7 +307,7 @@ def _ray_outcomes(
                 continue
             # the command as it reads on the driver (the task ran it in a temporary folder of its node)
             result = json.loads((root / "result.json").read_text())
-            result.update(command=recorded_command(train_command(suite, job, out, device, confs[job.algo])), backend="ray")
+            result.update(command=recorded_command(train_command(suite, job, out, device, confs[job.trained])), backend="ray")
             (root / "result.json").write_text(json.dumps(result, indent=1))
             yield job, result
     finally:
@@ -278,7 +324,7 @@ def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: s
         out = Path(folder)
         conf = None
         if conf_text is not None:
-            conf = out / "zoo_hyperparams" / f"{job.algo}.yml"
+            conf = out / "zoo_hyperparams" / f"{job.trained}.yml"
             conf.parent.mkdir(parents=True)
             conf.write_text(conf_text)
         exit_code = None

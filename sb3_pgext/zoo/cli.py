@@ -61,10 +61,13 @@ def run_main_block(module_name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Register the algorithms, then run the rl_zoo3 command ``argv[0]`` with the flags ``argv[1:]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
         print(__doc__)
         return
+    if not argv:  # as argparse does for a missing required argument: usage on stderr, exit status 2
+        print(f"{USAGE}\nerror: a command is required (-h for help)", file=sys.stderr)
+        raise SystemExit(2)
     command, flags = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"unknown command {command!r}\n{USAGE}")
