@@ -26,22 +26,36 @@ envs:
 """
 
 
-@pytest.mark.parametrize("name", ["quick", "standard"])
+PACKAGED_SUITES = sorted(path.stem for path in (Path(__file__).parent.parent / "zoo_configs").glob("*.yml"))
+
+
+@pytest.mark.parametrize("name", PACKAGED_SUITES)
 def test_packaged_suites_are_complete(name):
-    """Every env has a normalisation range and an entry in the yml of each of our algorithms; each of ours has a peer."""
-    from sb3_pgext.common.hyperparams import hyperparams_path
+    """
+    Every env has a normalisation range and an entry in the yml of each of our algorithms (variants included);
+    each of ours has a peer; every variant trains a zoo algorithm and runs somewhere.
+    """
+    import rl_zoo3.utils
     import yaml
 
+    from sb3_pgext.common.hyperparams import hyperparams_path
+    from sb3_pgext.registry import ALGORITHMS
+    from sb3_pgext.zoo import register
+
+    register()
     suite = load_suite(name)
     assert len(suite.seeds) == 5
     for env in suite.envs:
         assert env.env_id in SCORE_RANGES
         for algo in env.algos:
-            if algo in ("ppokl", "cvpg", "offpac"):
-                with open(hyperparams_path(algo)) as file:
+            assert suite.zoo_algo(algo) in rl_zoo3.utils.ALGOS, algo
+            if suite.zoo_algo(algo) in ALGORITHMS:
+                with open(hyperparams_path(suite.zoo_algo(algo))) as file:
                     assert env.env_id in yaml.safe_load(file), (algo, env.env_id)
                 assert suite.peer(algo, env) in env.algos
-    assert {"CartPole-v1", "Acrobot-v1", "Pendulum-v1"} <= {env.env_id for env in suite.envs}
+    assert all(any(name in env.algos for env in suite.envs) for name in suite.variants)
+    if name in ("quick", "standard"):
+        assert {"CartPole-v1", "Acrobot-v1", "Pendulum-v1"} <= {env.env_id for env in suite.envs}
 
 
 def test_bad_suites_are_rejected(tmp_path):
@@ -157,6 +171,60 @@ def test_a_variant_trains_its_algorithm_with_its_overrides_and_is_its_own_row(tm
     assert saved["clip_range"] == 0.3 and saved["n_epochs"] == 2 and saved["policy_kwargs"] == "dict(net_arch=[8])"
     text = write_report(suite, out, "cmd").read_text()
     assert "| PPOKL (clip) |  | 1/1 |" in text and "PPOKL (clip): PPOKL with `clip_range=0.3`, `n_epochs=2`" in text
+
+
+LOGGED_SUITE = """
+description: logged values
+seeds: [0, 1]
+eval_freq: 128
+eval_episodes: 2
+variants:
+  cvpg-measured:
+    algo: cvpg
+    hyperparams: {n_envs: 2, n_steps: 64, batch_size: 64, n_epochs: 1, qf_gradient_steps: 2, log_grad_var: True, policy_kwargs: "dict(net_arch=[8])"}
+logged:
+  - {name: variance ratio, key: train/grad_var, over: train/grad_var_no_cv}
+  - {name: "corr(Â, Ā)", key: train/cv_corr}
+envs:
+  CartPole-v1:
+    n_timesteps: 512
+    threshold: 15
+    algos: [cvpg-measured]
+"""
+
+
+def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_values(tmp_path):
+    """Every run writes SB3's progress.csv (full precision); the report's logged section is computed from those files."""
+    from sb3_pgext.suite.report import read_progress
+
+    path = tmp_path / "logged.yml"
+    path.write_text(LOGGED_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    assert [entry.over for entry in suite.logged] == ["train/grad_var_no_cv", None]
+    assert run_suite(suite, out, workers=2) == []
+    runs = []
+    for job in jobs_of(suite):
+        columns = read_progress(job.log_dir(out) / "progress.csv")
+        # SB3 dumps an iteration's logs before its update: an update's values come with the next rollout's row
+        # (2 envs × 64 steps per rollout; the last update is never dumped); the evaluations add rows of their own
+        measured = np.isfinite(columns["train/grad_var"])
+        assert list(columns["time/total_timesteps"][measured]) == [256, 384, 512]
+        assert {128, 256, 384, 512} <= set(columns["time/total_timesteps"][np.isfinite(columns["eval/mean_reward"])])
+        ratio = columns["train/grad_var"] / columns["train/grad_var_no_cv"]
+        runs.append(ratio[np.isfinite(ratio)])
+    pooled = np.concatenate(runs)
+    text = write_report(suite, out, "cmd").read_text()
+    expected = f"| cvpg-measured | {np.median(pooled):.4g} (seeds {min(map(np.median, runs)):.4g} to {max(map(np.median, runs)):.4g}"
+    assert "## Logged along training" in text and expected in text
+    assert f"{np.mean(pooled < 1):.0%} below 1; 2 runs, 6 updates) |" in text
+    # a suite whose runs did not log the values says so
+    no_runs = tmp_path / "empty"
+    no_runs.mkdir()
+    assert "No finished run has logged these values yet." in write_report(suite, no_runs, "cmd").read_text()
+    bad = tmp_path / "bad.yml"
+    bad.write_text(LOGGED_SUITE.replace("key: train/cv_corr}", "column: train/cv_corr}"))
+    with pytest.raises(ValueError, match="each entry of logged must be a mapping of name, key"):
+        load_suite(bad)
 
 
 @pytest.mark.parametrize(
@@ -460,3 +528,36 @@ def test_a_run_records_its_versions_and_the_report_prints_them():
     new = [{"versions": {"SB3": "2.9.2", "torch": torch}, "cpu": "CPU A"} for torch in ("2.13.0", "2.11.0")]
     assert provenance([old]) == "The runs did not record their versions (they predate that field of `result.json`)."
     assert provenance([*new, old]) == "Trained with SB3 2.9.2, torch 2.11.0/2.13.0 on CPU A (1 older runs recorded none)."
+
+
+#: shrinks a packaged variant's model to a few cheap steps, on top of its own overrides
+SHRINK = {
+    "ppokl": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
+    "cvpg": {"n_steps": 16, "batch_size": 32, "n_epochs": 1, "qf_gradient_steps": 2},
+    "offpac": {"learning_starts": 16, "batch_size": 16, "train_freq": 1, "gradient_steps": 1},
+}
+PACKAGED_VARIANTS = [
+    (name, variant, next(env.env_id for env in suite.envs if variant in env.algos))
+    for name in PACKAGED_SUITES
+    for suite in [load_suite(name)]
+    for variant in suite.variants
+]
+
+
+@pytest.mark.parametrize("suite_name, variant, env_id", PACKAGED_VARIANTS)
+def test_every_packaged_variant_builds_through_the_zoo_and_trains(tmp_path, suite_name, variant, env_id):
+    """Each variant's overrides are accepted by its algorithm, as the zoo builds it, and a few steps of it train."""
+    from sb3_pgext.suite.runner import zoo_conf_file
+    from sb3_pgext.suite.speed import zoo_model
+
+    suite = load_suite(suite_name)
+    algo = suite.zoo_algo(variant)
+    overrides = {**suite.overrides(variant), **SHRINK[algo]}
+    model = zoo_model(algo, env_id, "cpu", tmp_path, zoo_conf_file(suite, algo, tmp_path), overrides)
+    for key, value in suite.overrides(variant).items():
+        actual = getattr(model, key)
+        assert (actual(1.0) if callable(actual) else actual) == value, key  # a schedule at the start of training
+    steps = max(64, model.n_envs * getattr(model, "n_steps", 0) * 2)
+    model.learn(steps)
+    assert model.num_timesteps >= steps and model._n_updates > 0
+    model.get_env().close()

@@ -358,3 +358,10 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
     command = ["optuna", "create-study", "--storage", postgresql_url, "--study-name", "shared", "--direction", "maximize"]
     subprocess.run(command, check=True, capture_output=True, env=ENV)
     tune_with_two_workers(tmp_path, "cvpg", "Pendulum-v1", postgresql_url, postgresql_url)
+
+
+def test_log_csv_is_a_flag_of_train_only():
+    from sb3_pgext.zoo.cli import main
+
+    with pytest.raises(SystemExit, match="--log-csv is a flag of train only, not of enjoy"):
+        main(["enjoy", "--algo", "ppokl", "--env", "CartPole-v1", "--log-csv"])

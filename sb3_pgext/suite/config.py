@@ -13,6 +13,13 @@ of its own::
 
 A variant trains as ``--algo <algo> -params <key>:<value> ...`` on top of the algorithm's yml entry, and is
 compared with the peers of its algorithm unless ``peers`` names its own.
+
+``logged`` names values the runs log along training (their ``progress.csv``), summarised per env and
+algorithm in the report; ``over`` makes it a ratio of two logged values at the same update::
+
+    logged:
+      - {name: "variance ratio with / without the control variate", key: train/grad_var, over: train/grad_var_no_cv}
+      - {name: "corr(Â, Ā)", key: train/cv_corr}
 """
 
 import re
@@ -65,6 +72,21 @@ class Variant:
     label: str = ""
 
 
+@dataclass(frozen=True)
+class Logged:
+    """
+    A value the runs log along training, summarised in the report.
+
+    :param name: its name in the report
+    :param key: the logger key (a column of ``progress.csv``, e.g. ``train/cv_corr``)
+    :param over: a second key: the summary is of ``key / over`` at each update (e.g. a variance ratio)
+    """
+
+    name: str
+    key: str
+    over: str | None = None
+
+
 #: a variant's name is a folder name of the runs
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -84,6 +106,7 @@ class Suite:
     :param peers: for each of our algorithms, its SB3 peers in order of preference
     :param zoo_entry_aliases: envs whose SB3 hyperparameters are the zoo's entry of another id (v5 → v4)
     :param variants: the suite's variants, by name
+    :param logged: values logged along training that the report summarises
     """
 
     name: str
@@ -96,6 +119,7 @@ class Suite:
     peers: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_PEERS))
     zoo_entry_aliases: dict[str, str] = field(default_factory=dict)
     variants: dict[str, Variant] = field(default_factory=dict)
+    logged: list[Logged] = field(default_factory=list)
 
     def zoo_algo(self, algo: str) -> str:
         """The zoo algorithm a name of the suite trains: a variant's algorithm, else the name itself."""
@@ -131,10 +155,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
     path = suite_path(name_or_path)
     with open(path) as file:
         raw: dict[str, Any] = yaml.safe_load(file)
-    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants"}
+    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     variants = {name: _variant(path, name, entry) for name, entry in (raw.get("variants") or {}).items()}
+    logged = []
+    for entry in raw.get("logged") or []:
+        if not isinstance(entry, dict) or not {"name", "key"} <= set(entry) or set(entry) - {"name", "key", "over"}:
+            raise ValueError(f"{path}: each entry of logged must be a mapping of name, key and optionally over, got {entry!r}")
+        logged.append(Logged(str(entry["name"]), str(entry["key"]), None if entry.get("over") is None else str(entry["over"])))
     envs = []
     for env_id, entry in raw["envs"].items():
         missing = {"n_timesteps", "threshold", "algos"} - set(entry)
@@ -160,6 +189,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         peers={**DEFAULT_PEERS, **raw.get("peers", {})},
         zoo_entry_aliases=dict(raw.get("zoo_entry_aliases", {})),
         variants=variants,
+        logged=logged,
     )
 
 

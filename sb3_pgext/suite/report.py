@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
-from sb3_pgext.suite.config import EnvSpec, Suite
+from sb3_pgext.suite.config import EnvSpec, Logged, Suite
 from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE
@@ -383,6 +383,67 @@ def _save(path: Path, fig=None) -> None:  # type: ignore[no-untyped-def]
     plt.close(figure)
 
 
+def read_progress(path: Path) -> dict[str, np.ndarray]:
+    """The columns of a run's ``progress.csv`` (SB3's CSV log), NaN where a row has no value."""
+    import csv
+
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    keys = list(rows[0]) if rows else []
+    return {key: np.array([float(row[key]) if row.get(key) not in (None, "") else np.nan for row in rows]) for key in keys}
+
+
+def logged_values(path: Path, entry: Logged) -> np.ndarray | None:
+    """``entry``'s value at each logged update of one run (``key / over`` for a ratio); None if it was not logged."""
+    if not path.is_file():
+        return None
+    columns = read_progress(path)
+    if entry.key not in columns or (entry.over is not None and entry.over not in columns):
+        return None
+    values = columns[entry.key] / columns[entry.over] if entry.over is not None else columns[entry.key]
+    values = values[np.isfinite(values)]
+    return values if values.size else None
+
+
+def logged_section(suite: Suite, out: Path) -> list[str]:
+    """
+    Per env, for each algorithm whose finished runs logged the suite's ``logged`` values: the median over every
+    logged update of every run, the range of the runs' own medians and, for a ratio, the share of updates below 1.
+    """
+    if not suite.logged:
+        return []
+    lines = [
+        "## Logged along training",
+        "",
+        "From each finished run's `progress.csv` (every logger dump, full precision): the median over all logged "
+        "updates of all seeds, the range of the seeds' own medians, and for a ratio the share of updates below 1.",
+        "",
+    ]
+    found = False
+    for env in suite.envs:
+        rows = []
+        for algo in env.algos:
+            jobs = [job for job in jobs_of(suite, [env.env_id], [algo]) if read_result(job, out) is not None]
+            cells, logged_any = [], False
+            for entry in suite.logged:
+                runs = [values for values in (logged_values(job.log_dir(out) / "progress.csv", entry) for job in jobs) if values is not None]
+                if not runs:
+                    cells.append("–")
+                    continue
+                logged_any = True
+                pooled, medians = np.concatenate(runs), [float(np.median(values)) for values in runs]
+                cell = f"{np.median(pooled):.4g} (seeds {min(medians):.4g} to {max(medians):.4g}"
+                cell += f"; {np.mean(pooled < 1):.0%} below 1" if entry.over is not None else ""
+                cells.append(cell + f"; {len(runs)} runs, {pooled.size} updates)")
+            if logged_any:
+                rows.append(f"| {display(algo, suite)} | " + " | ".join(cells) + " |")
+        if rows:
+            found = True
+            lines += [f"### {env.env_id}", "", "| algorithm | " + " | ".join(entry.name for entry in suite.logged) + " |"]
+            lines += ["| --- |" + " --- |" * len(suite.logged)] + rows + [""]
+    return lines if found else lines + ["No finished run has logged these values yet.", ""]
+
+
 def provenance(results: list[dict[str, Any]]) -> str:
     """
     The versions and CPUs the runs recorded in their ``result.json`` (every distinct value), so that the report
@@ -452,6 +513,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
     trails = trailing(suite, cells)
     lines += ["## Where ours trail their peers", ""] + (trails or ["Nowhere in the finished runs."]) + [""]
     lines += aggregates(suite, cells, out)
+    lines += logged_section(suite, out)
     lines += speed_section(out, suite.name)
     lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]
     lines += curves + [""]

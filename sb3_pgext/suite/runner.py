@@ -114,7 +114,7 @@ def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | N
         sys.executable, "-m", "sb3_pgext.zoo", "train", "--algo", job.trained, "--env", job.env.env_id,
         "-n", str(job.env.n_timesteps), "--seed", str(job.seed), "-f", str(job.root(out)),
         "--eval-freq", str(suite.eval_freq), "--eval-episodes", str(suite.eval_episodes),
-        "--num-threads", "1", "--device", device, "--verbose", "1",
+        "--num-threads", "1", "--device", device, "--verbose", "1", "--log-csv",
     ]  # fmt: skip
     overrides = suite.overrides(job.algo)
     if overrides:

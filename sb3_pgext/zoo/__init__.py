@@ -6,12 +6,16 @@ rl_zoo3 2.9.2 has no plugin mechanism: its scripts read ``ALGOS`` (``rl_zoo3/uti
 build their argparse ``choices``, before ``--gym-packages`` is imported, and look hyperparameters up
 inside rl_zoo3 unless ``--conf-file`` is given. :func:`register` fills those dicts and points the
 zoo's ``ExperimentManager`` at the package's ``hyperparams/<algo>.yml``; ``python -m sb3_pgext.zoo``
-(or ``sb3-pgext-zoo``) registers, then runs rl_zoo3's own script with every flag intact.
+(or ``sb3-pgext-zoo``) registers, then runs rl_zoo3's own script with every flag intact, plus one
+flag of its own for ``train``: ``--log-csv`` (see :class:`ProgressCSV`).
 """
 
+import os
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import CSVOutputFormat
 
 from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.registry import ALGORITHMS
@@ -21,14 +25,52 @@ from sb3_pgext.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 ALGOS: dict[str, type[BaseAlgorithm]] = {name: algorithm.algo_class for name, algorithm in ALGORITHMS.items()}
 
 
-def register() -> None:
+#: ``train --log-csv``: runs write ``progress.csv`` into their log folder (set by :func:`register`)
+_LOG_CSV = False
+
+
+class ProgressCSV(BaseCallback):
+    """
+    Adds a CSV output to the model's logger for the whole of ``learn()``: ``<folder>/progress.csv``, one row
+    per logger dump with every logged value at full precision (SB3's ``progress.csv``), beside the outputs
+    SB3 configured (stdout, TensorBoard). ``python -m sb3_pgext.zoo train --log-csv`` adds it to every run,
+    in the run's log folder, which the benchmark suite keeps as raw data (``train/`` values along training).
+
+    :param folder: where ``progress.csv`` is written
+    """
+
+    def __init__(self, folder: str):
+        super().__init__()
+        self.folder = folder
+        self.output: CSVOutputFormat | None = None
+
+    def _on_training_start(self) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        self.output = CSVOutputFormat(os.path.join(self.folder, "progress.csv"))
+        self.logger.output_formats.append(self.output)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.output is not None and self.output in self.logger.output_formats:
+            self.logger.output_formats.remove(self.output)
+            self.output.close()
+
+
+def register(log_csv: bool = False) -> None:
     """
     Add this package's algorithms to rl_zoo3's ``ALGOS``, ``HYPERPARAMS_SAMPLER`` and
     ``HYPERPARAMS_CONVERTER``; make ``ExperimentManager`` read ``hyperparams/<algo>.yml`` from this
     package for them when no ``--conf-file`` is given, with ``null`` accepted where a schedule may be
     None (e.g. PPOKL's ``clip_range``); fix the zoo's hub scripts (see
     :mod:`sb3_pgext.zoo.hub`). SB3's and sb3-contrib's algorithms are left as they are. Idempotent.
+
+    :param log_csv: every run the ``ExperimentManager`` trains from now on also writes ``progress.csv``
+        into its log folder (:class:`ProgressCSV`)
     """
+    global _LOG_CSV
+    _LOG_CSV = _LOG_CSV or log_csv
     import rl_zoo3.exp_manager as zoo_exp_manager
     import rl_zoo3.hyperparams_opt as zoo_opt
     import rl_zoo3.utils as zoo_utils
@@ -61,7 +103,17 @@ def register() -> None:
             return {**converted, **dict.fromkeys(nones)}
 
         manager._preprocess_schedules = staticmethod(_preprocess_schedules)  # type: ignore[method-assign]
+
+        zoo_learn = manager.learn
+
+        def learn(self: Any, model: BaseAlgorithm) -> None:
+            if _LOG_CSV:
+                # after the zoo's own callbacks: the first of them is the one the zoo ends by hand
+                self.callbacks.append(ProgressCSV(self.save_path))
+            zoo_learn(self, model)
+
+        manager.learn = learn  # type: ignore[method-assign]
     hub.install(set(ALGOS))
 
 
-__all__ = ["ALGOS", "register"]
+__all__ = ["ALGOS", "ProgressCSV", "register"]

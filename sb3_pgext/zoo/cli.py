@@ -3,7 +3,8 @@
 commands, with this package's algorithms registered (see :func:`sb3_pgext.zoo.register`).
 
 Commands: train (``-optimize``, ``--trial-id`` ...), enjoy, record_video, push_to_hub,
-load_from_hub, plot_train, plot_from_file, all_plots. (rl_zoo3's record_training is left out: it
+load_from_hub, plot_train, plot_from_file, all_plots. ``train --log-csv`` also writes SB3's
+``progress.csv`` (every logged value, full precision) into the run's log folder. (rl_zoo3's record_training is left out: it
 starts ``python -m rl_zoo3.record_video`` in a subprocess, where this package is not registered.)
 Agents saved with ``gym`` (SB3 1.x, the hub's ``sb3/*`` agents) load as they are: the command runs
 with ``gym`` mapped to ``gymnasium`` (see :func:`sb3_pgext.common.compat.gym_as_gymnasium`).
@@ -71,8 +72,12 @@ def main(argv: list[str] | None = None) -> None:
     command, flags = argv[0], argv[1:]
     if command not in COMMANDS:
         raise SystemExit(f"unknown command {command!r}\n{USAGE}")
+    log_csv = "--log-csv" in flags
+    if log_csv and command != "train":
+        raise SystemExit(f"--log-csv is a flag of train only, not of {command}\n{USAGE}")
+    flags = [flag for flag in flags if flag != "--log-csv"]
     module_name, function = COMMANDS[command]
-    register()
+    register(log_csv=log_csv)
     saved_argv = sys.argv
     sys.argv = [f"sb3_pgext.zoo {command}", *flags]
     try:
