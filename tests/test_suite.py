@@ -8,6 +8,7 @@ import pytest
 
 from sb3_pgext.suite import load_suite, run_suite, write_report
 from sb3_pgext.suite.__main__ import main
+from sb3_pgext.suite.config import EnvSpec
 from sb3_pgext.suite.report import Cell
 from sb3_pgext.suite.runner import jobs_of
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
@@ -159,7 +160,7 @@ def test_a_variant_trains_its_algorithm_with_its_overrides_and_is_its_own_row(tm
     [job] = jobs_of(suite)
     assert (job.algo, job.trained) == ("ppokl-clip", "ppokl")
     # compared with its algorithm's peer where that runs on the env
-    env_with_ppo = suite.envs[0].__class__("CartPole-v1", 256, 15, ("ppokl-clip", "ppo"))
+    env_with_ppo = EnvSpec("CartPole-v1", 256, 15, ("ppokl-clip", "ppo"))
     assert suite.peer("ppokl-clip", env_with_ppo) == "ppo" and suite.peer("ppokl-clip", suite.envs[0]) is None
     assert run_suite(suite, out, workers=1) == []
     result = json.loads((job.root(out) / "result.json").read_text())
