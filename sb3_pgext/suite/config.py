@@ -155,7 +155,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
     path = suite_path(name_or_path)
     with open(path) as file:
         raw: dict[str, Any] = yaml.safe_load(file)
-    unknown = set(raw) - {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged"}
+    keys = {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged"}
+    unknown = set(raw) - keys
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     variants = {name: _variant(path, name, entry) for name, entry in (raw.get("variants") or {}).items()}

@@ -152,7 +152,12 @@ def versions() -> dict[str, str]:
 
     import sb3_pgext
 
-    return {"sb3_pgext": sb3_pgext.__version__, "SB3": stable_baselines3.__version__, "torch": torch.__version__, "Python": platform.python_version()}
+    return {
+        "sb3_pgext": sb3_pgext.__version__,
+        "SB3": stable_baselines3.__version__,
+        "torch": torch.__version__,
+        "Python": platform.python_version(),
+    }
 
 
 class RunFailed(RuntimeError):
