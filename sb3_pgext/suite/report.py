@@ -393,11 +393,9 @@ def read_progress(path: Path) -> dict[str, np.ndarray]:
     return {key: np.array([float(row[key]) if row.get(key) not in (None, "") else np.nan for row in rows]) for key in keys}
 
 
-def logged_values(path: Path, entry: Logged) -> np.ndarray | None:
-    """``entry``'s value at each logged update of one run (``key / over`` for a ratio); None if it was not logged."""
-    if not path.is_file():
-        return None
-    columns = read_progress(path)
+def logged_values(columns: dict[str, np.ndarray], entry: Logged) -> np.ndarray | None:
+    """``entry``'s value at each logged update of one run (its :func:`read_progress` ``columns``; ``key / over`` for a
+    ratio); None if it was not logged."""
     if entry.key not in columns or (entry.over is not None and entry.over not in columns):
         return None
     values = columns[entry.key] / columns[entry.over] if entry.over is not None else columns[entry.key]
@@ -424,9 +422,11 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
         rows = []
         for algo in env.algos:
             jobs = [job for job in jobs_of(suite, [env.env_id], [algo]) if read_result(job, out) is not None]
+            progress = [job.log_dir(out) / "progress.csv" for job in jobs]
+            columns = [read_progress(path) for path in progress if path.is_file()]  # each run's file read once
             cells, logged_any = [], False
             for entry in suite.logged:
-                runs = [values for values in (logged_values(job.log_dir(out) / "progress.csv", entry) for job in jobs) if values is not None]
+                runs = [values for values in (logged_values(run, entry) for run in columns) if values is not None]
                 if not runs:
                     cells.append("–")
                     continue
