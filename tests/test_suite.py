@@ -336,6 +336,22 @@ def test_speed_times_updates_and_the_report_shows_them(tmp_path):
         measure_speed(suite, out, device="cpu", envs=["CartPole-v1"])
 
 
+def test_sbx_device_puts_jax_arrays_on_the_matching_platform():
+    """sbx_device("cpu") makes JAX's CPU the default, also where JAX has a GPU; "cuda" its GPU, or its default without one."""
+    from sb3_pgext.suite.speed import sbx_available, sbx_device
+
+    if not sbx_available():
+        pytest.skip("sbx-rl is not installed")
+    import jax
+    import jax.numpy as jnp
+
+    with sbx_device("cpu"):
+        assert {device.platform for device in jnp.zeros(2).devices()} == {"cpu"}
+    has_gpu = any(device.platform == "gpu" for device in jax.devices())
+    with sbx_device("cuda"):
+        assert {device.platform for device in jnp.zeros(2).devices()} == ({"gpu"} if has_gpu else {jax.devices()[0].platform})
+
+
 def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     """compare.json has each model's repeats, their median, the order rotated each round and the goals' ratios of medians."""
     import statistics

@@ -31,8 +31,9 @@ that the gap to SBX can be read as arithmetic or as framework overhead.
 
 Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
 gave SB3's). One torch thread by default, and one XLA thread for SBX. Every model runs on ``--device``;
-SBX runs on JAX's matching platform (``JAX_PLATFORMS=cpu`` is set for the CPU, so that a machine with a
-GPU still measures SBX on its CPU). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
+SBX runs on JAX's device of the same kind (:func:`~sb3_pgext.suite.speed.sbx_device`: a machine with a GPU
+still measures SBX on its CPU for ``--device cpu``; the command line also sets ``JAX_PLATFORMS=cpu`` then, so
+that JAX does not take the GPU's memory). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
 with the device that was measured.
 """
 
@@ -54,7 +55,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_pgext.suite.runner import cpu_name
-from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_sac_like, zoo_model
+from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_device, sbx_sac_like, zoo_model
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -353,7 +354,8 @@ def compare(
                 if envs and env_id not in envs:
                     continue
                 entrants = contenders(case, env_id, Path(tmp), steps, hyperparams or {}, device)
-                orders, models = race(entrants, repeats)
+                with sbx_device(device):  # SBX's models are built and timed on JAX's device of the same kind
+                    orders, models = race(entrants, repeats)
                 medians = {entrant.name: statistics.median(entrant.values) for entrant in entrants}
                 goals = [
                     {"name": goal.name, "reference": goal.reference, "goal": goal.ratio, "ratio": medians[goal.name] / medians[goal.reference]}
@@ -466,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     if "jax" not in sys.modules:  # read when jax is first imported
         if args.threads == 1 and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
-        if th.device(args.device).type == "cpu":
+        if th.device(args.device).type == "cpu":  # SBX runs on JAX's CPU anyway (sbx_device); JAX then leaves the GPU alone
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
         else:  # JAX takes 75% of the GPU's memory at its first use unless told otherwise; torch shares the GPU
             os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

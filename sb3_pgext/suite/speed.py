@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch as th
@@ -75,6 +76,26 @@ def sbx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextlib.contextmanager
+def sbx_device(device: str) -> Iterator[None]:
+    """
+    Run SBX's models of a block on the JAX device that matches the torch ``device``: JAX's CPU for "cpu"
+    (JAX's default is the GPU when it has one), its GPU for "cuda" (its default device if JAX has no GPU).
+    Nothing happens without sbx-rl.
+    """
+    if not sbx_available():
+        yield
+        return
+    import jax
+
+    if th.device(device).type == "cpu":
+        target = jax.devices("cpu")[0]
+    else:
+        target = next((d for d in jax.devices() if d.platform == "gpu"), jax.devices()[0])
+    with jax.default_device(target):
+        yield
 
 
 def sbx_sac_like(model: BaseAlgorithm) -> BaseAlgorithm:
@@ -164,9 +185,7 @@ def measure_speed(
                     rows.append({"env": env.env_id, "algo": algo, "device": name, **updates_per_second(model, repeats)})
                     print(f"{env.env_id} {algo} {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
                     if algo == "sac" and name == "cpu" and sbx_available():  # the outside anchor: SBX's SAC, same settings
-                        import jax
-
-                        with jax.default_device(jax.devices("cpu")[0]):  # JAX's default is the GPU when there is one
+                        with sbx_device("cpu"):
                             sbx_model = sbx_sac_like(model)
                             rows.append({"env": env.env_id, "algo": "sbx", "device": name, **updates_per_second(sbx_model, repeats)})
                         print(f"{env.env_id} sbx {name}: {rows[-1]['updates_per_s']:.0f} updates/s")
