@@ -18,6 +18,7 @@ minibatches, see ``sb3_pgext.gradient_variance``), corr(Â, Ā) and η. The MuJo
     python benchmarks/cvpg_benchmark.py learning --envs Pendulum-v1 HalfCheetah-v5 Hopper-v5 --variants CVPG PPO
     python benchmarks/cvpg_benchmark.py speed --envs Pendulum-v1 HalfCheetah-v5 --steps 20000 --repeats 5
     python benchmarks/cvpg_ceiling.py --seeds 0 1 2     (the Monte-Carlo ceiling on Pendulum-v1)
+    python benchmarks/cvpg_predictability.py --env Pendulum-v1 --seeds 0 1 2     (what a critic can learn of Â)
     python benchmarks/cvpg_benchmark.py report
 
 Results are written under ``benchmarks/results/`` (JSON, and the report ``cvpg.md``); a finished run is
@@ -156,8 +157,40 @@ def ceiling_report() -> list[str]:
     return [*lines, ""]
 
 
+def predictability_report() -> list[str]:
+    """The cross-fitted shares of ``cvpg_predictability.py``: median per third of training, mean over seeds."""
+    path = Path(__file__).parent / "results" / "cvpg_predictability.json"
+    if not path.exists():
+        return []
+    runs = json.loads(path.read_text())
+    lines = [
+        "## What a critic can learn of Â (`cvpg_predictability.py`)",
+        "",
+        "The share of Var(Â) (centred) that a critic of CVPG's design explains, cross-fitted: two critics, each "
+        "fitted onto Â of one fold of every rollout (the given passes over it) and applied to the other; "
+        "\"earlier\": before it sees the current rollout (as CVPG's critic builds Ā), \"same rollout\": after "
+        "fitting the current rollout's other fold. State part: Q_w(s, m(s)); action part: Q_w(s, a) − Q_w(s, m(s)). "
+        "Each fold's least-squares weights come from the other fold. Median over the rollouts of each third of "
+        "training, then mean over seeds; 0 means no weighting of the critic cuts Â's variance at all.",
+        "",
+        "| env | variant | passes | seeds | third | earlier: state | action | both | same rollout: state | action | both |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    keys = [f"{source}/{part}" for source in ("earlier", "same rollout") for part in ("state", "action", "both")]
+    for env, variant, passes in sorted({(r["env"], r["variant"], r["passes"]) for r in runs}):
+        cell = [r for r in runs if (r["env"], r["variant"], r["passes"]) == (env, variant, passes)]
+        for third, name in enumerate(("first", "second", "last")):
+            medians = [
+                {key: float(np.median([row[key] for row in np.array_split(np.array(run["rows"], dtype=object), 3)[third]])) for key in keys}
+                for run in cell
+            ]
+            values = " | ".join(f"{np.mean([m[key] for m in medians]):.3f}" for key in keys)
+            lines.append(f"| {env} | {variant} | {passes} | {len(cell)} | {name} | {values} |")
+    return [*lines, ""]
+
+
 def report(runs: list[dict[str, Any]]) -> list[str]:
-    return [*variance_report(runs), "", *ceiling_report()]
+    return [*variance_report(runs), "", *ceiling_report(), *predictability_report()]
 
 
 BENCHMARK = Benchmark(

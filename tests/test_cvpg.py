@@ -205,9 +205,14 @@ BANDITS = [
 ]
 
 
+@pytest.mark.parametrize("centered_cv", [True, False])
 @pytest.mark.parametrize("eta", ["ones", "adaptive"])
 @pytest.mark.parametrize("make_env, control_variate, q_net", BANDITS)
-def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env, control_variate, q_net, eta):
+def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env, control_variate, q_net, eta, centered_cv):
+    """
+    The critic is the true Q: centred, Ā is its action-dependent part; uncentred, with qf_target="returns" (Q_w
+    tracks Q^π), Ā also keeps its state part minus V(s), 0 here but for the Taylor term's curvature.
+    """
     n_minibatches = 64
     model = CVPG(
         "MlpPolicy",
@@ -215,6 +220,8 @@ def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env,
         n_steps=2048,
         control_variate=control_variate,
         eta=eta,
+        centered_cv=centered_cv,
+        qf_target="advantages" if centered_cv else "returns",
         seed=0,
         policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)) if control_variate != "expected" else
         dict(net_arch=dict(pi=[], vf=[])),
@@ -233,6 +240,41 @@ def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env,
     assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
     if eta == "adaptive":
         assert abs(model.logger.name_to_value.get("train/eta_mean", model._train_logs["eta_mean"][0]) - 1) < 0.2
+
+
+class WrongValueGaussianQ(th.nn.Module):
+    """Q_w fitted onto Â where V is off by WRONG_VALUE: it predicts Â = Q(a) − V(s) exactly."""
+
+    def forward(self, obs, actions):
+        return (-((actions - 2.0) ** 2).sum(dim=1, keepdim=True) - (-4.09 + WRONG_VALUE),)
+
+
+WRONG_VALUE = 3.0
+
+
+@pytest.mark.parametrize("centered_cv", [True, False])
+def test_state_part_corrects_a_wrong_value_baseline_without_bias(centered_cv):
+    """
+    V is off by 3 at the bandit's one state. A critic that predicts Â (as qf_target="advantages" fits it) keeps
+    its state part by default, which removes V's error from the estimator: the variance falls far below the
+    centred control variate's, which only removes the action-dependent part; both stay unbiased.
+    """
+    n_minibatches = 64
+    model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=2048, centered_cv=centered_cv, seed=0,
+                 policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)))
+    model.q_critic.q_net = WrongValueGaussianQ()
+    with th.no_grad():
+        model.policy.value_net.bias.fill_(-4.09 + WRONG_VALUE)
+    collect(model)
+    with_cv = gradient_variance(model, n_minibatches=n_minibatches)
+    plain = gradient_variance(model, n_minibatches=n_minibatches, control_variate=False)
+    exact = exact_gradient(model)
+    for stats in (with_cv, plain):
+        assert_unbiased(stats, exact, n_minibatches)
+    if centered_cv:  # the Taylor term removes the linear part, V's error stays: about 9 / (9 + 1.44) of the variance
+        assert 0.5 * plain["variance"] < with_cv["variance"] < plain["variance"]
+    else:  # nothing is left but the Taylor term's curvature
+        assert with_cv["variance"] * 20 < plain["variance"]
 
 
 @pytest.mark.parametrize("qf_target", ["advantages", "returns", "td"])
@@ -429,7 +471,7 @@ def test_kl_surrogate_adapts_beta():
 
 def test_default_critic_steps_and_architecture():
     model = CVPG("MlpPolicy", "Pendulum-v1", n_steps=256, qf_batch_size=64, policy_kwargs=dict(net_arch=dict(pi=[8], vf=[24, 12])))
-    assert model.q_critic.gradient_steps == 10 * 256 // 64  # 10 passes over the rollout
+    assert model.q_critic.gradient_steps == 100 * 256 // 64  # 100 passes over the rollout
     assert [m.out_features for m in model.q_critic.q_net.qf0 if isinstance(m, th.nn.Linear)] == [24, 12, 1]  # V's layers
     assert CVPG("MlpPolicy", "Pendulum-v1", qf_target="td").q_critic.gradient_steps == 100
 

@@ -90,7 +90,7 @@ def exact_terms(model, control_variate, true_value=False):
             log_prob = distribution.log_prob(action)[0]
             score = flatten_gradients(th.autograd.grad(log_prob, params, retain_graph=True, allow_unused=True), params).double()
             baseline, analytic = 0.0, th.zeros_like(score)
-            terms = None if cv is None else cv(one_hot(x), action, policy.get_distribution(one_hot(x)))
+            terms = None if cv is None else cv(one_hot(x), action, policy.get_distribution(one_hot(x)), th.tensor([values[x]]))
             if true_value:
                 baseline = true_values[x]
             elif terms is None:

@@ -53,7 +53,7 @@ CONTROL_VARIATES = ("auto", "none", "taylor", "reparameterization", "expected")
 SURROGATES = ("vanilla", "clip", "kl")
 BASELINES = ("value", "mean", "none")
 #: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td"
-DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 10, 100
+DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 100, 100
 
 
 class _RolloutCallback(BaseCallback):
@@ -109,8 +109,10 @@ class CVPG(PPOBase):
 
         ∇J ≈ (1/N) Σ_i ∇ log π(a_i|s_i) (Â_i − η_i Ā_i)  +  (1/N) Σ_i η_i ∇_θ E_{a∼π_θ(s_i)}[ Q_w(s_i, a) ]
 
-    with Â from the rollout (GAE with a value baseline, or the baselines below), Ā the part of a critic
-    Q_w(s, a) that depends on the action, and η Q-Prop's weight. Per rollout:
+    with Â from the rollout (GAE with a value baseline, or the baselines below), Ā a critic Q_w(s, a)'s
+    prediction of Â (its part that depends on the action, as in Q-Prop, plus by default its state part, which
+    corrects the value baseline where the critic has learnt what V misses: a function of s alone, it adds no
+    bias and no analytic term) and η Q-Prop's weight. Per rollout:
 
     1. Ā, η and the analytic term's constants are computed for every sample (:meth:`_prepare_control_variate`)
        and travel as named fields of the rollout buffer's samples (:class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBufferSamples`);
@@ -151,9 +153,14 @@ class CVPG(PPOBase):
         MultiDiscrete / MultiBinary with at most 1024 joint actions, the sum running over joint actions);
         "auto" (default): "taylor" for Box, "expected" for finite action sets ("none", with a warning, for a
         squashed Box policy or where the joint action set is too large to sum over)
-    :param eta: the control variate's weight η, cross-fitted (each fold's from the other fold of the rollout):
+    :param eta: the control variate's weight η, cross-fitted (each env's from the rollout's other envs; with one
+        env, each half's from the other half):
         "adaptive" (default; Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ)),
         "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
+    :param centered_cv: True: Ā is only the critic's action-dependent part, φ(s, a) − E_{a'∼π}[φ(s, a')] (Q-Prop's
+        and Liu et al.'s centred form); False (default): Ā also keeps the critic's state part, Q_w(s, m(s))
+        ("taylor") or E_a Q_w(s, a), minus V(s) when ``qf_target`` makes Q_w track Q^π rather than Â: the
+        whole of the critic's prediction of Â, a learned correction of the value baseline
     :param surrogate: the objective the corrected advantage enters: "vanilla" (one policy-gradient
         step on the whole rollout), "clip" (PPO's clipped surrogate, default) or "kl" (PPOKL's KL
         penalty with the ``kl_*`` arguments below, no clipping unless ``clip_range`` is given)
@@ -187,7 +194,7 @@ class CVPG(PPOBase):
     :param qf_learning_rate: learning rate of the Q critic's Adam optimizer
     :param qf_buffer_size: size of the Q critic's replay buffer (``qf_target="td"``)
     :param qf_batch_size: minibatch size of the Q critic's updates
-    :param qf_gradient_steps: Q critic updates per rollout; None: 10 passes over the rollout ("advantages", "returns")
+    :param qf_gradient_steps: Q critic updates per rollout; None: 100 passes over the rollout ("advantages", "returns")
         or 100 ("td")
     :param qf_tau: Polyak coefficient of the Q critic's target network, in (0, 1] (``qf_target="td"``)
     :param qf_net_arch: hidden layers of the Q critic (None: those of the policy's value network)
@@ -228,6 +235,7 @@ class CVPG(PPOBase):
         gae_lambda: float = 0.95,
         control_variate: str = "auto",
         eta: str = "adaptive",
+        centered_cv: bool = False,
         surrogate: str = "clip",
         baseline: str = "value",
         clip_range: float | Schedule | None = None,
@@ -325,6 +333,7 @@ class CVPG(PPOBase):
         )
         self.control_variate = control_variate
         self.eta = eta
+        self.centered_cv = centered_cv
         self.surrogate = surrogate
         self.baseline = baseline
         self.qf_target = qf_target
@@ -488,24 +497,32 @@ class CVPG(PPOBase):
         buffer = self.rollout_buffer
         assert isinstance(buffer, CVPGBufferMixin)
         actions = th.as_tensor(flat_actions(buffer), device=self.device)
+        values = th.as_tensor(flat_array(buffer, "values"), device=self.device)
         cv_parts, constant_parts = [], []
         for obs, chunk in self._rollout_chunks():
             with th.no_grad():
                 distribution = self.policy.get_distribution(obs)
-            control_variate, constants = self._control_variate(obs, distribution, actions[chunk])
+            control_variate, constants = self._control_variate(obs, distribution, actions[chunk], values[chunk])
             cv_parts.append(control_variate)
             constant_parts.append(constants)
         control_variate = th.cat(cv_parts)
         advantages = th.as_tensor(flat_array(buffer, "advantages"), device=self.device)
         constants = None if constant_parts[0] is None else th.cat(constant_parts).cpu().numpy()
-        folds = rollout_folds(buffer.buffer_size, buffer.n_envs).to(self.device)
+        # leave one env out: each env's η from the others (with one env, from the other half of the rollout)
+        folds = rollout_folds(buffer.buffer_size, buffer.n_envs, n_folds=max(2, buffer.n_envs)).to(self.device)
         eta = qprop_eta(advantages, control_variate, self.eta, folds)
         buffer.set_control_variate(advantages.cpu().numpy(), control_variate.cpu().numpy(), eta.cpu().numpy(), constants)
         self._train_logs["eta_mean"] = [eta.mean().item()]
         self._train_logs["cv_corr"] = [_correlation(advantages, control_variate)]
 
-    def _control_variate(self, obs: PyTorchObs, distribution: Distribution, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor | None]:
-        """Ā(s, a) of the rollout's actions, and the constants the analytic term needs (None: it evaluates Q_w)."""
+    def _control_variate(
+        self, obs: PyTorchObs, distribution: Distribution, actions: th.Tensor, values: th.Tensor
+    ) -> tuple[th.Tensor, th.Tensor | None]:
+        """
+        Ā(s, a) of the rollout's actions, and the constants the analytic term needs (None: it evaluates Q_w).
+
+        :param values: V(s) of the states, as the rollout's Â was computed against it (see :meth:`_with_state_part`)
+        """
         assert self.q_critic is not None
         critic = self.q_critic
         if self.control_variate == "expected":
@@ -513,18 +530,35 @@ class CVPG(PPOBase):
                 q_table = critic(obs)
                 q_taken = q_table.gather(1, joint_action_index(actions, critic.choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
                 probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
-                return centered_control_variate(q_taken, (probs * q_table).sum(dim=1)), q_table
+                q_state = (probs * q_table).sum(dim=1)
+                return self._with_state_part(centered_control_variate(q_taken, q_state), q_state, values), q_table
         if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
             expansion = self._executed_mean(distribution).detach().requires_grad_(True)
             with th.enable_grad():
-                q_grad = th.autograd.grad(critic(obs, expansion).sum(), expansion)[0]
+                q_expansion = critic(obs, expansion)
+                q_grad = th.autograd.grad(q_expansion.sum(), expansion)[0]
             executed = th.clamp(actions.to(expansion.dtype), critic.action_low, critic.action_high)
-            return taylor_control_variate(q_grad, executed, expansion.detach()), q_grad
+            control_variate = taylor_control_variate(q_grad, executed, expansion.detach())
+            return self._with_state_part(control_variate, q_expansion.detach(), values), q_grad
         with th.no_grad():  # "reparameterization": E_a' Q_w(s, a') from n_cv_samples actions
             n_states = len(actions)
             samples = distribution.distribution.sample((self.n_cv_samples,)).reshape(self.n_cv_samples * n_states, -1)
-            q_expected = critic(repeat_observations(obs, self.n_cv_samples), samples).reshape(self.n_cv_samples, n_states)
-            return centered_control_variate(critic(obs, actions), q_expected.mean(dim=0)), None
+            q_state = critic(repeat_observations(obs, self.n_cv_samples), samples).reshape(self.n_cv_samples, n_states).mean(dim=0)
+            return self._with_state_part(centered_control_variate(critic(obs, actions), q_state), q_state, values), None
+
+    def _with_state_part(self, control_variate: th.Tensor, q_state: th.Tensor, values: th.Tensor) -> th.Tensor:
+        """
+        The centred Ā, plus (unless ``centered_cv``) the critic's state part: its prediction of Â at the state,
+        Q_w(s, m(s)) ("taylor") or E_a Q_w(s, a) (the others), minus V(s) where Q_w is fitted to track Q^π
+        (``qf_target`` "returns" or "td" with the value baseline) rather than Â itself. A function of s alone,
+        it is a baseline: it adds nothing to the analytic term and no bias, and corrects the value function
+        where the critic has learnt what V misses.
+        """
+        if self.centered_cv:
+            return control_variate
+        if self.qf_target != "advantages" and self.baseline == "value":
+            q_state = q_state - values.to(q_state.dtype)
+        return control_variate + q_state
 
     def _executed_mean(self, distribution: Distribution) -> th.Tensor:
         """m_θ(s) = E_{a∼π_θ(s)}[clip(a)], the mean of the action the env executes (μ_θ(s) without bounds)."""
@@ -602,7 +636,7 @@ class CVPG(PPOBase):
         return -(log_prob * rollout_data.advantages).mean() - (rollout_data.eta * analytic).mean()
 
     def _pg_control_variate_terms(
-        self, obs: PyTorchObs, actions: th.Tensor, distribution: Distribution
+        self, obs: PyTorchObs, actions: th.Tensor, distribution: Distribution, values: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor] | None:
         """
         For :func:`sb3_pgext.variance_decomposition`: ηĀ(s, a) per sample, and the per-sample surrogate whose
@@ -612,12 +646,13 @@ class CVPG(PPOBase):
         :param obs: the states (policy input)
         :param actions: one action per state, as the policy samples them
         :param distribution: π_θ(·|s) of the states, differentiable in θ
+        :param values: V(s) of the states (the value baseline)
         """
         if self.q_critic is None:
             return None
         if self.baseline != "value":
             raise ValueError(f"variance_decomposition needs CVPG's value baseline (baseline='value'), got baseline={self.baseline!r}")
-        control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions))
+        control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions), values)
         buffer = self.rollout_buffer
         eta = float(buffer.eta.mean()) if buffer is not None and buffer.full and len(buffer.eta) else 1.0  # type: ignore[attr-defined]
         analytic = self._analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
