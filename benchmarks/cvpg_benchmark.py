@@ -171,7 +171,8 @@ def predictability_report() -> list[str]:
         "\"earlier\": before it sees the current rollout (as CVPG's critic builds Ā), \"same rollout\": after "
         "fitting the current rollout's other fold. State part: Q_w(s, m(s)); action part: Q_w(s, a) − Q_w(s, m(s)). "
         "Each fold's least-squares weights come from the other fold. Median over the rollouts of each third of "
-        "training, then mean over seeds; 0 means no weighting of the critic cuts Â's variance at all.",
+        "training, then mean over seeds; 0 means no weighting of the critic cuts Â's variance at all. The policies "
+        f"trained are CVPG's with {runs[0]['settings']} (its defaults when this was measured).",
         "",
         "| env | variant | passes | seeds | third | earlier: state | action | both | same rollout: state | action | both |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

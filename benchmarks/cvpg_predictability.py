@@ -142,6 +142,7 @@ def main() -> None:
         model.learn(args.steps or BUDGETS[args.env], callback=callback)
         result = dict(
             env=args.env, variant=args.variant, seed=seed, steps=model.num_timesteps, passes=args.passes,
+            settings=dict(centered_cv=model.centered_cv, qf_gradient_steps=model.q_critic.gradient_steps) if args.variant == "CVPG" else {},
             seconds=round(time.perf_counter() - start, 1), rows=callback.rows,
         )  # fmt: skip
         print(json.dumps({key: value for key, value in result.items() if key != "rows"}), flush=True)
