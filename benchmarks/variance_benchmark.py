@@ -6,8 +6,9 @@ entries; the MuJoCo runs need ``pip install "gymnasium[mujoco]"``).
 
 Variants, all with the same yml entry:
   - ``CVPG``: the entry as it is (PPO's clipped surrogate plus CVPG's control variate). Each checkpoint is
-    decomposed twice with the same seed (paired draws): the estimator with the value baseline alone, and
-    with CVPG's control variate; both give the ceiling of φ = the true Q;
+    decomposed three times with the same seed (paired draws): the estimator with the value baseline alone,
+    with CVPG's control variate (its default, the critic's whole prediction of Â) and with the centred one
+    (``centered_cv=True``, Q-Prop's); the first gives the ceiling of φ = the true Q;
   - ``PPO``: SB3's PPO, decomposed with its value baseline;
   - ``PPO-horizon``: PPOKL with the penalty off and PPO's clipping (PPO, bit for bit, tested) and the
     horizon-aware value function, decomposed with its value baseline.
@@ -73,6 +74,11 @@ def decompose(model: BaseAlgorithm, variant: str, seed: int) -> dict[str, Any]:
             "value": variance_decomposition(model, control_variate=False, seed=seed, **SIZES),
             "control_variate": variance_decomposition(model, control_variate=True, seed=seed, **SIZES),
         }
+        model.centered_cv = True  # Q-Prop's centred Ā, from the same critic and the same draws
+        try:
+            terms["control_variate_centered"] = variance_decomposition(model, control_variate=True, seed=seed, **SIZES)
+        finally:
+            model.centered_cv = False
     else:
         terms = {"value": variance_decomposition(model, control_variate=True, seed=seed, **SIZES)}
     return dict(timesteps=model.num_timesteps, seconds=round(time.perf_counter() - start, 1), **terms)
@@ -121,6 +127,7 @@ ROWS = (  # (label, variant, decomposition, reference φ: None for the estimator
     ("PPO, φ = true V", "PPO", "value", "true_value"),
     ("CVPG, value baseline", "CVPG", "value", None),
     ("CVPG, control variate", "CVPG", "control_variate", None),
+    ("CVPG, centred control variate", "CVPG", "control_variate_centered", None),
     ("CVPG, φ = true V", "CVPG", "value", "true_value"),
     ("CVPG, φ = true Q (ceiling)", "CVPG", "value", "ceiling"),
     ("PPO-horizon, value baseline", "PPO-horizon", "value", None),
