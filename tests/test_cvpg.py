@@ -110,6 +110,23 @@ def test_rollout_folds():
     assert rollout_folds(4, 1).tolist() == [0, 0, 1, 1]
 
 
+@pytest.mark.parametrize("n_envs, expected", [(3, [0, 0, 1, 1, 2, 2]), (1, [0, 0, 0, 1, 1, 1])])
+def test_cvpg_cross_fits_eta_leaving_one_env_out(n_envs, expected, monkeypatch):
+    """Each env's η comes from the rollout's other envs; a single env's halves from each other."""
+    import sb3_pgext.cvpg.cvpg as cvpg_module
+
+    seen = []
+
+    def recording_eta(advantages, control_variate, rule, folds=None):
+        seen.append(folds.tolist())
+        return qprop_eta(advantages, control_variate, rule, folds)
+
+    monkeypatch.setattr(cvpg_module, "qprop_eta", recording_eta)
+    n_steps = 6 // n_envs
+    CVPG("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0), seed=0, **{**TINY, "n_steps": n_steps, "batch_size": 6}).learn(6)
+    assert seen == [expected]
+
+
 def test_eta_rules_are_cross_fitted():
     # fold 0's η comes from fold 1's samples and vice versa
     folds = th.tensor([0, 0, 0, 0, 1, 1, 1, 1])
