@@ -208,11 +208,13 @@ BENCHMARK = Benchmark(
     speed_steps=20_000,
     speed_repeats=5,
     learning_note=(
+        "Measured with CVPG's earlier defaults (centered_cv=True, 10 critic passes per rollout); the current "
+        "defaults are measured by the `cvpg-variance` suite (benchmark/cvpg-variance/benchmark.md). "
         "Hyperparameters: `hyperparams/cvpg.yml` (rl_zoo3's PPO entries plus the Q critic's settings); budgets: "
         "Pendulum-v1 100k, HalfCheetah-v5 and Hopper-v5 200k steps. PPO is also CVPG with control_variate=\"none\" "
         "(bit-identical, tested)."
     ),
-    speed_note="Whole `learn()` runs, without the variance measurement; CVPG's Q critic updates are included.",
+    speed_note="Whole `learn()` runs, without the variance measurement, CVPG with its current defaults; its Q critic's updates are included.",
     trace_keys=TRACE_KEYS,
     speed_build=build_for_speed,
     extra_report=report,
