@@ -641,7 +641,9 @@ class CVPG(PPOBase):
         """
         For :func:`sb3_pgext.variance_decomposition`: ηĀ(s, a) per sample, and the per-sample surrogate whose
         gradient is η ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)], for states and actions outside the rollout buffer. η is the mean
-        η of the rollout the model last trained on (1 before its first update). None without a control variate.
+        η of the rollout the model last trained on (1 before its first update), which was estimated for the
+        critic before its last fit: a known limit (the next rollout's η can differ much). None without a
+        control variate.
 
         :param obs: the states (policy input)
         :param actions: one action per state, as the policy samples them
