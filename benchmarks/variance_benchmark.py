@@ -126,10 +126,8 @@ ROWS = (  # (label, variant, decomposition, reference φ: None for the estimator
     ("PPO, value baseline", "PPO", "value", None),
     ("PPO, φ = true V", "PPO", "value", "true_value"),
     ("CVPG, value baseline", "CVPG", "value", None),
-    # The control-variate decompositions ("control_variate", "control_variate_centered" in the results) are kept
-    # out of the report: they weight Ā by the η of the rollout before the checkpoint, which belongs to the critic
-    # before its last fit (η moved from 0.43 to 0.10 between two rollouts of Pendulum-v1 seed 1). They need an η
-    # estimated for the current critic (see the docs' known gaps).
+    ("CVPG, control variate", "CVPG", "control_variate", None),
+    ("CVPG, centred control variate", "CVPG", "control_variate_centered", None),
     ("CVPG, φ = true V", "CVPG", "value", "true_value"),
     ("CVPG, φ = true Q (ceiling)", "CVPG", "value", "ceiling"),
     ("PPO-horizon, value baseline", "PPO-horizon", "value", None),
@@ -141,6 +139,8 @@ SHORT_LABELS = {
     "PPO, value baseline": "PPO\nV",
     "PPO, φ = true V": "PPO\ntrue V",
     "CVPG, value baseline": "CVPG\nV",
+    "CVPG, control variate": "CVPG\nV + CV",
+    "CVPG, centred control variate": "CVPG\ncentred",
     "CVPG, φ = true V": "CVPG\ntrue V",
     "CVPG, φ = true Q (ceiling)": "CVPG\ntrue Q",
     "PPO-horizon, value baseline": "PPO-hor.\nV",
@@ -174,9 +174,9 @@ def report(runs: list[dict[str, Any]]) -> str:
         "checkpoint. Checkpoints: after the first update (start), at half the budget (middle), at the end. "
         "Each term: mean over seeds, with the mean of the decompositions' own standard errors in brackets "
         "(the sampling error of one decomposition, not the spread over seeds). "
-        "Share: the term's part of the total. CVPG's control variate is not shown yet: the decomposition weights "
-        "it by the previous rollout's η, which belongs to an earlier critic (measured by the variance ratio "
-        "along training instead, in the cvpg-variance suite). φ = true V (a perfect value function, its action "
+        "Share: the term's part of the total. The CVPG rows are paired: the same states, actions and "
+        "continuations without and with the control variate (default and centred), each weighted by Q-Prop's "
+        "η* for the current critic, cross-fitted between two halves of the states. φ = true V (a perfect value function, its action "
         "term estimated without bias from the same draws) leaves the part of the action term due to the "
         "advantage itself, so the value baseline's action term minus it is what the value function's error "
         "costs; the ceiling (φ = the true Q of the λ-return) has an action term of 0. All rows of a run share "

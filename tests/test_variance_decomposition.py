@@ -143,8 +143,8 @@ def test_terms_match_the_closed_form_on_a_toy_mdp(model_class, kwargs, control_v
     assert exact["action"] > 0 and exact["trajectory"] > 0
     assert exact["total"] == pytest.approx(exact["state"] + exact["action"] + exact["trajectory"], rel=1e-6)  # float32 π
     n_states, n_actions, n_rollouts = sizes
-    measured = variance_decomposition(
-        model, n_states, n_actions, n_rollouts, control_variate=control_variate, env=TwoStepEnv, state_stride=10
+    measured = variance_decomposition(  # η = 1 for CVPG, the weight exact_terms uses
+        model, n_states, n_actions, n_rollouts, control_variate=control_variate, env=TwoStepEnv, state_stride=10, eta=1.0
     )
     for term in ("state", "action", "trajectory", "total"):
         tolerance = 5 * measured[f"{term}_se"]
@@ -255,3 +255,45 @@ def test_the_time_limit_travels_when_rl_zoo3_has_patched_it():
     set_env_state(other, get_env_state(env))
     assert other._elapsed_steps == 7
 
+
+
+def exact_eta(model) -> float:
+    """Q-Prop's η* = Cov(Â, Ā) / Var(Ā) over the toy MDP's visitation and π, Â = E[R̂ | s, a] − V(s), by enumeration."""
+    policy, gamma, lam = model.policy, model.gamma, model.gae_lambda
+    probs = {x: policy.get_distribution(one_hot(x)).distribution.probs[0].detach().double().numpy() for x in range(4)}
+    values = {x: policy.predict_values(one_hot(x)).item() for x in range(4)}
+    p_first_action = (probs[0] + probs[1]) / 2
+    visitation = {0: 0.25, 1: 0.25, 2: 0.5 * p_first_action[0], 3: 0.5 * p_first_action[1]}
+    weights, advantages, control_variates = [], [], []
+    for x, p_x in visitation.items():
+        for a in range(2):
+            if x >= 2:
+                mean_return = R1[x - 2, a]
+            else:
+                nxt = 2 + a
+                mean_return = R0[x, a] + gamma * values[nxt] + gamma * lam * (sum(probs[nxt][b] * R1[a, b] for b in range(2)) - values[nxt])
+            action = th.tensor([a])
+            terms = model._pg_control_variate_terms(one_hot(x), action, policy.get_distribution(one_hot(x)), th.tensor([values[x]]))
+            weights.append(p_x * probs[x][a])
+            advantages.append(mean_return - values[x])
+            control_variates.append(float(terms[0][0]))
+    w, adv, cv = np.array(weights), np.array(advantages), np.array(control_variates)
+    cv_centred = cv - np.sum(w * cv)
+    return float(np.sum(w * (adv - np.sum(w * adv)) * cv_centred) / np.sum(w * cv_centred**2))
+
+
+def test_control_variate_weight_is_the_cross_fitted_eta_star_of_the_current_critic():
+    """By default the decomposition weights CVPG's Ā by Q-Prop's η* estimated from its own draws (two halves of
+    the states, each weighted by the other's); it agrees with η* by enumeration, and a fixed ``eta`` is used as given."""
+    model = toy_model(CVPG, control_variate="expected")
+    with th.no_grad():
+        for param in model.q_critic.q_net.parameters():
+            param.copy_(th.linspace(-1.0, 1.0, param.numel()).reshape(param.shape))
+    exact = exact_eta(model)
+    assert abs(exact) > 0.1
+    measured = variance_decomposition(model, n_states=400, n_actions=4, n_rollouts=4, env=TwoStepEnv, state_stride=10)
+    assert abs(measured["eta"] - exact) < 0.15 * abs(exact) + 0.05, (measured["eta"], exact)
+    fixed = variance_decomposition(model, n_states=20, n_actions=4, n_rollouts=2, env=TwoStepEnv, state_stride=10, eta=0.0)
+    plain = variance_decomposition(model, n_states=20, n_actions=4, n_rollouts=2, env=TwoStepEnv, state_stride=10, control_variate=False)
+    assert fixed["eta"] == 0.0 and fixed["total"] == pytest.approx(plain["total"])  # η = 0: the value baseline alone
+    assert plain["eta"] is None

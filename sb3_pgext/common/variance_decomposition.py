@@ -39,6 +39,7 @@ average).
 import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -72,6 +73,7 @@ def variance_decomposition(
     horizon: int | None = None,
     state_stride: int = 20,
     seed: int = 0,
+    eta: float | None = None,
 ) -> dict[str, Any]:
     """
     Tucker et al.'s decomposition of the variance of the model's per-sample policy-gradient estimator into
@@ -80,7 +82,9 @@ def variance_decomposition(
 
     Works for PPOKL, CVPG and SB3's actor-critics (PPO, A2C). The estimator is the one
     :func:`sb3_pgext.gradient_variance` measures, per sample: raw (not normalised) advantages, the value
-    baseline, and CVPG's control variate with the mean η of the rollout the model last trained on;
+    baseline, and CVPG's control variate with ``eta`` (by default Q-Prop's η* for the model's current critic,
+    estimated from the decomposition's own draws and cross-fitted: each half of the states gets the η* of the
+    other half, as CVPG weights each env of a rollout by the η* of the others);
     ``control_variate=False`` drops the value baseline (PPO, PPOKL), or CVPG's control variate (keeping the
     value baseline). A batch of N independent samples has 1/N of these variances.
 
@@ -100,11 +104,14 @@ def variance_decomposition(
         falls below 1e-3, or the episode's time limit when γλ = 1)
     :param state_stride: the average number of steps between two measured states
     :param seed: seed of the env copies and of every random draw
+    :param eta: the weight of a control variate (CVPG's): None estimates Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā) over
+        the draws, cross-fitted between the two halves of the states; a number fixes it
     :return: ``state``, ``action``, ``trajectory`` and ``total`` (traces of covariance, per sample), their
         standard errors ``state_se``, ``action_se``, ``trajectory_se`` and ``total_se``; ``ceiling``, the same
         for φ = the true Q of the λ-return (action term 0); ``true_value``, the same for φ = the true V (the
         action term estimated without bias from the same draws, :func:`true_value_action_term`); and
-        ``n_states``, ``n_actions``, ``n_rollouts``, ``horizon``
+        ``n_states``, ``n_actions``, ``n_rollouts``, ``horizon``; ``eta``, the mean weight of the control
+        variate (None without one)
     """
     for name, value, least in (("n_states", n_states, 2), ("n_actions", n_actions, 3), ("n_rollouts", n_rollouts, 2)):
         if not isinstance(value, (int, np.integer)) or value < least:
@@ -135,12 +142,17 @@ def variance_decomposition(
         finally:
             measure.close()
 
-    # per state: τ_i, tr Var_j(m_ij), M_i (see the module docstring)
-    tau = np.array([terms[0] for terms in per_state])
-    action_spread = np.array([terms[1] for terms in per_state])
-    means = th.stack([terms[2] for terms in per_state])
-    alpha_true_value = np.array([terms[3] for terms in per_state])
+    # m_ij = u_ij + η w_ij: the estimator is linear in the control variate's weight
     n = len(per_state)
+    etas = None
+    if per_state[0].cv_weighted is not None:
+        etas = np.full(n, float(eta)) if eta is not None else _cross_fitted_eta(per_state)
+    estimates = [terms.plain if etas is None else terms.plain + etas[i] * terms.cv_weighted for i, terms in enumerate(per_state)]
+    # per state: τ_i, tr Var_j(m_ij), M_i (see the module docstring)
+    tau = np.array([terms.tau for terms in per_state])
+    action_spread = np.array([float(rows.var(dim=0, unbiased=True).sum()) for rows in estimates])
+    means = th.stack([rows.mean(dim=0) for rows in estimates])
+    alpha_true_value = np.array([terms.true_value for terms in per_state])
     sigma = n / (n - 1) * ((means - means.mean(dim=0)) ** 2).sum(dim=1).numpy() - action_spread / n_actions
     alpha = action_spread - tau / n_rollouts
 
@@ -156,7 +168,34 @@ def variance_decomposition(
     results["true_value"] = summary(
         dict(state=sigma, action=alpha_true_value, trajectory=tau, total=sigma + alpha_true_value + tau)
     )
-    return dict(**results, n_states=n_states, n_actions=n_actions, n_rollouts=n_rollouts, horizon=int(horizon))
+    mean_eta = None if etas is None else float(etas.mean())
+    return dict(**results, n_states=n_states, n_actions=n_actions, n_rollouts=n_rollouts, horizon=int(horizon), eta=mean_eta)
+
+
+@dataclass
+class _StateDraws:
+    """One state's draws: m_ij = plain_j + η cv_weighted_j (rows over the J actions), and what η* is estimated from."""
+
+    tau: float
+    plain: th.Tensor
+    cv_weighted: th.Tensor | None
+    true_value: float
+    advantages: np.ndarray
+    control_variate: np.ndarray | None
+
+
+def _cross_fitted_eta(per_state: list[_StateDraws]) -> np.ndarray:
+    """Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā) per state, from the draws of the other half of the states (even / odd)."""
+    folds = np.arange(len(per_state)) % 2
+    etas = np.empty(len(per_state))
+    for fold in (0, 1):
+        others = [terms for terms, f in zip(per_state, folds) if f != fold]
+        advantages = np.concatenate([terms.advantages for terms in others])
+        control_variate = np.concatenate([terms.control_variate for terms in others])  # type: ignore[misc]
+        centred = control_variate - control_variate.mean()
+        variance = float(np.mean(centred**2))
+        etas[folds == fold] = float(np.mean((advantages - advantages.mean()) * centred)) / variance if variance > 0 else 0.0
+    return etas
 
 
 class _Measurement:
@@ -260,10 +299,11 @@ class _Measurement:
                 self._reset_noise(1)
         return states
 
-    def state_terms(self, obs: Any, saved: dict[str, Any], control_variate: bool) -> tuple[float, float, th.Tensor, float]:
+    def state_terms(self, obs: Any, saved: dict[str, Any], control_variate: bool) -> "_StateDraws":
         """
-        At one state: τ_i = mean_j ‖g_ij‖² Var_k(R̂_ijk), tr Var_j(m_ij), M_i = mean_j m_ij (module docstring)
-        and the action term of φ = V^π (:func:`true_value_action_term`).
+        At one state: τ_i = mean_j ‖g_ij‖² Var_k(R̂_ijk), the rows m_ij (module docstring) as m_ij = u_ij + η w_ij
+        (w = None without a control variate), the action term of φ = V^π (:func:`true_value_action_term`), and
+        Â_ij = mean_k R̂_ijk − V(s_i) and Ā_ij, from which η* is estimated.
         """
         n_actions, n_rollouts = self.n_actions, self.n_rollouts
         obs_batch = self._obs_tensor(_batch([obs] * n_actions))
@@ -282,25 +322,21 @@ class _Measurement:
         values = th.full((n_actions,), state_value, dtype=th.float32, device=actions.device)
         cv_terms = None if cv_terms is None else cv_terms(obs_batch, actions, distribution, values)
         # without its control variate, a model that has one keeps its value baseline; the PPO family drops it
-        baseline = np.full(n_actions, state_value if control_variate or cv_terms is not None else 0.0)
-        analytic = None
-        if control_variate and cv_terms is not None:
-            baseline += cv_terms[0].double().cpu().numpy()
-            analytic = cv_terms[1]
+        baseline = state_value if control_variate or cv_terms is not None else 0.0
+        with_cv = control_variate and cv_terms is not None
+        cv_values = cv_terms[0].double().cpu().numpy() if with_cv else None  # type: ignore[index]
 
         weights = returns.mean(axis=1) - baseline
         returns_var = returns.var(axis=1, ddof=1)
-        rows, scores = [], []
-        for j in range(n_actions):
-            scores.append(self._gradient(log_prob[j]))
-            row = scores[j] * weights[j]
-            if analytic is not None:
-                row = row + self._gradient(analytic[j])
-            rows.append(row)
-        estimates, scores_ = th.stack(rows), th.stack(scores)
-        tau = float(((scores_**2).sum(dim=1).numpy() * returns_var).mean())
-        true_value = true_value_action_term(scores_, returns, center=state_value)
-        return tau, float(estimates.var(dim=0, unbiased=True).sum()), estimates.mean(dim=0), true_value
+        scores = th.stack([self._gradient(log_prob[j]) for j in range(n_actions)])
+        plain = scores * th.as_tensor(weights).unsqueeze(1)
+        cv_weighted = None
+        if with_cv:  # w_ij = −g_ij Ā_ij + ∇ analytic_ij
+            analytic = th.stack([self._gradient(cv_terms[1][j]) for j in range(n_actions)])  # type: ignore[index]
+            cv_weighted = analytic - scores * th.as_tensor(cv_values).unsqueeze(1)
+        tau = float(((scores**2).sum(dim=1).numpy() * returns_var).mean())
+        true_value = true_value_action_term(scores, returns, center=state_value)
+        return _StateDraws(tau, plain, cv_weighted, true_value, weights, cv_values)
 
     def _gradient(self, output: th.Tensor) -> th.Tensor:
         gradients = th.autograd.grad(output, self.parameters, retain_graph=True, allow_unused=True)

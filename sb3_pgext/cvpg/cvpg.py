@@ -639,11 +639,10 @@ class CVPG(PPOBase):
         self, obs: PyTorchObs, actions: th.Tensor, distribution: Distribution, values: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor] | None:
         """
-        For :func:`sb3_pgext.variance_decomposition`: ηĀ(s, a) per sample, and the per-sample surrogate whose
-        gradient is η ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)], for states and actions outside the rollout buffer. η is the mean
-        η of the rollout the model last trained on (1 before its first update), which was estimated for the
-        critic before its last fit: a known limit (the next rollout's η can differ much). None without a
-        control variate.
+        For :func:`sb3_pgext.variance_decomposition`: Ā(s, a) per sample, and the per-sample surrogate whose gradient
+        is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)], for states and actions outside the rollout buffer, unweighted: the
+        decomposition chooses η (by default η* for the current critic, cross-fitted over its states). None
+        without a control variate.
 
         :param obs: the states (policy input)
         :param actions: one action per state, as the policy samples them
@@ -655,10 +654,8 @@ class CVPG(PPOBase):
         if self.baseline != "value":
             raise ValueError(f"variance_decomposition needs CVPG's value baseline (baseline='value'), got baseline={self.baseline!r}")
         control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions), values)
-        buffer = self.rollout_buffer
-        eta = float(buffer.eta.mean()) if buffer is not None and buffer.full and len(buffer.eta) else 1.0  # type: ignore[attr-defined]
         analytic = self._analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
-        return eta * control_variate.detach(), eta * analytic
+        return control_variate.detach(), analytic
 
     # ------------------------------------------------------------------ save / load
 
