@@ -52,6 +52,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
 from sb3_pgext.common.env_state import check_restorable, get_env_state, set_env_state, wrapper_kind
+from sb3_pgext.common.estimators import qprop_eta
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.common.horizon import HorizonAwareValueHead, horizon_aware_value, use_horizon_aware_value
 from sb3_pgext.common.utils import isolated_random_streams
@@ -185,17 +186,12 @@ class _StateDraws:
 
 
 def _cross_fitted_eta(per_state: list[_StateDraws]) -> np.ndarray:
-    """Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā) per state, from the draws of the other half of the states (even / odd)."""
-    folds = np.arange(len(per_state)) % 2
-    etas = np.empty(len(per_state))
-    for fold in (0, 1):
-        others = [terms for terms, f in zip(per_state, folds) if f != fold]
-        advantages = np.concatenate([terms.advantages for terms in others])
-        control_variate = np.concatenate([terms.control_variate for terms in others])  # type: ignore[misc]
-        centred = control_variate - control_variate.mean()
-        variance = float(np.mean(centred**2))
-        etas[folds == fold] = float(np.mean((advantages - advantages.mean()) * centred)) / variance if variance > 0 else 0.0
-    return etas
+    """Q-Prop's η* per state (:func:`~sb3_pgext.common.estimators.qprop_eta`), from the draws of the other half of the states (even / odd)."""
+    n_draws = len(per_state[0].advantages)
+    advantages = th.as_tensor(np.concatenate([terms.advantages for terms in per_state]))
+    control_variate = th.as_tensor(np.concatenate([terms.control_variate for terms in per_state]))  # type: ignore[misc]
+    folds = (th.arange(len(per_state)) % 2).repeat_interleave(n_draws)
+    return qprop_eta(advantages, control_variate, "adaptive", folds)[::n_draws].numpy()
 
 
 class _Measurement:

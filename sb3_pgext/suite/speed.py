@@ -25,8 +25,8 @@ import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import torch as th
