@@ -496,6 +496,25 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
     assert len(lines) == 5
 
 
+def test_too_few_seeds_get_no_confidence_interval():
+    """One seed each: no "[x, x]" CI and no claim that CIs (of one value) do not overlap; three seeds: CIs again."""
+    from sb3_pgext.suite.report import MIN_SEEDS_FOR_CI, env_table, trailing
+
+    assert MIN_SEEDS_FOR_CI == 3
+    suite = load_suite("quick")
+    cartpole = next(env for env in suite.envs if env.env_id == "CartPole-v1")
+    cells = {
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[480, 500]], [2000.0]),
+        ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[100, 450]], [2000.0]),
+    }
+    text = "\n".join(trailing(suite, cells) + env_table(suite, cartpole, cells))
+    assert "final 450 (1 seed: no CI) vs 500 (1 seed: no CI) (too few seeds to tell: 1 and 1)" in text
+    assert "[450, 450]" not in text and "overlap" not in text
+    cells[("CartPole-v1", "ppokl")] = _cell("CartPole-v1", "ppokl", [[100, 450], [100, 460], [100, 470]], [2000.0])
+    text = "\n".join(trailing(suite, cells) + env_table(suite, cartpole, cells))
+    assert "(too few seeds to tell: 3 and 1)" in text and "| 460 [" in text
+
+
 def test_recorded_command_is_portable(monkeypatch, tmp_path):
     """result.json's command: `python` for the interpreter, paths inside the working folder relative to it."""
     import sys

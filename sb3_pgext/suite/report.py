@@ -130,6 +130,17 @@ def _fmt(value: float) -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
+#: Fewer seeds than this get no confidence interval in the report: a bootstrap over one or two values is no CI
+MIN_SEEDS_FOR_CI = 3
+
+
+def _estimate(point: float, low: float, high: float, n_seeds: int) -> str:
+    """"point [low, high]", or the point alone with the number of seeds when they are too few for a CI."""
+    if n_seeds < MIN_SEEDS_FOR_CI:
+        return f"{_fmt(point)} ({n_seeds} seed{'s' if n_seeds > 1 else ''}: no CI)"
+    return f"{_fmt(point)} [{_fmt(low)}, {_fmt(high)}]"
+
+
 def _reach(steps: list[int], n_seeds: int) -> str:
     return f"{len(steps)}/{n_seeds} seeds" + (f", median {int(np.median(steps)):,} steps" if steps else "")
 
@@ -167,7 +178,7 @@ def env_table(suite: Suite, env: EnvSpec, cells: dict[tuple[str, str], Cell]) ->
         fps_text = f"{fps:.0f}" if fps else ""
         lines.append(
             f"| {display(algo, suite)} | {display(peer, suite) if peer else ''} | {len(cell.seeds)}/{n_seeds} "
-            f"| {_fmt(mean)} [{_fmt(low)}, {_fmt(high)}] | {_fmt(iqm)} [{_fmt(iqm_low)}, {_fmt(iqm_high)}] "
+            f"| {_estimate(mean, low, high, len(cell.seeds))} | {_estimate(iqm, iqm_low, iqm_high, len(cell.seeds))} "
             f"| {', '.join(_fmt(x) for x in cell.finals)} | {to_threshold} | {fps_text} | {ratio} |"
         )
     return lines + [""]
@@ -208,10 +219,13 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
             ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
             peer_mean, peer_low, peer_high = theirs.final_estimates["mean"]
             if ours_mean < peer_mean:
-                overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
+                if min(len(ours.seeds), len(theirs.seeds)) < MIN_SEEDS_FOR_CI:
+                    overlap = f"too few seeds to tell: {len(ours.seeds)} and {len(theirs.seeds)}"
+                else:
+                    overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
                 lines.append(
-                    f"- **{name} trails {peer_name} on {env.env_id}**: final {_fmt(ours_mean)} "
-                    f"[{_fmt(ours_low)}, {_fmt(ours_high)}] vs {_fmt(peer_mean)} [{_fmt(peer_low)}, {_fmt(peer_high)}] ({overlap})."
+                    f"- **{name} trails {peer_name} on {env.env_id}**: final {_estimate(ours_mean, ours_low, ours_high, len(ours.seeds))} "
+                    f"vs {_estimate(peer_mean, peer_low, peer_high, len(theirs.seeds))} ({overlap})."
                 )
             ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
             if len(ours_steps) < len(peer_steps) or (
