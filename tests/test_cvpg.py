@@ -294,6 +294,29 @@ def test_state_part_corrects_a_wrong_value_baseline_without_bias(centered_cv):
         assert with_cv["variance"] * 20 < plain["variance"]
 
 
+@pytest.mark.parametrize("baseline", ["mean", "none"])
+def test_state_part_subtracts_the_reward_to_go_baseline(baseline):
+    """
+    With reward-to-go advantages and a critic that tracks Q^π (qf_target="returns", here the true Q), the state
+    part is Q_w(s, m(s)) minus what Â subtracted: the batch mean ("mean") or nothing ("none"). Ā then predicts Â
+    up to the Taylor term's curvature, and the control variate cuts the variance; a constant left in Ā (the
+    batch mean, −4.09 here) would leave −η × that constant in Â − ηĀ and most of the variance with it.
+    """
+    n_minibatches = 64
+    model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=2048, baseline=baseline, qf_target="returns",
+                 seed=0, policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)))
+    model.q_critic.q_net = TrueGaussianQ()
+    collect(model)
+    buffer = model.rollout_buffer
+    assert abs(buffer.advantages.mean()) < 0.5  # Â − ηĀ: the curvature's −σ² = −0.09 is left, not a constant ≈ 4
+    with_cv = gradient_variance(model, n_minibatches=n_minibatches)
+    plain = gradient_variance(model, n_minibatches=n_minibatches, control_variate=False)
+    exact = exact_gradient(model)
+    for stats in (with_cv, plain):
+        assert_unbiased(stats, exact, n_minibatches)
+    assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
+
+
 @pytest.mark.parametrize("qf_target", ["advantages", "returns", "td"])
 def test_learned_critic_gives_an_unbiased_estimator(qf_target):
     """

@@ -408,6 +408,7 @@ class CVPG(PPOBase):
         super()._setup_model()
         self.rollout_buffer_class = user_buffer_class  # the user's setting is what is saved
         self._rollout_end: tuple[th.Tensor, np.ndarray] | None = None
+        self._reward_to_go_mean = 0.0  # baseline="mean": the batch mean Â subtracts, set with the advantages
         self.q_critic = None
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
@@ -471,7 +472,8 @@ class CVPG(PPOBase):
         buffer.compute_returns_and_advantage(*self._rollout_end)
         reward_to_go = buffer.returns
         buffer.gae_lambda, buffer.returns = gae_lambda, returns
-        buffer.advantages = reward_to_go - reward_to_go.mean() if self.baseline == "mean" else reward_to_go.copy()
+        self._reward_to_go_mean = float(reward_to_go.mean())
+        buffer.advantages = reward_to_go - self._reward_to_go_mean if self.baseline == "mean" else reward_to_go.copy()
 
     def _fit_q_critic(self) -> float:
         """Fit Q_w on this rollout's advantages or λ-returns, or on the replay buffer ("td"); the mean loss."""
@@ -497,12 +499,12 @@ class CVPG(PPOBase):
         buffer = self.rollout_buffer
         assert isinstance(buffer, CVPGBufferMixin)
         actions = th.as_tensor(flat_actions(buffer), device=self.device)
-        values = th.as_tensor(flat_array(buffer, "values"), device=self.device)
+        baselines = self._advantage_baseline()
         cv_parts, constant_parts = [], []
         for obs, chunk in self._rollout_chunks():
             with th.no_grad():
                 distribution = self.policy.get_distribution(obs)
-            control_variate, constants = self._control_variate(obs, distribution, actions[chunk], values[chunk])
+            control_variate, constants = self._control_variate(obs, distribution, actions[chunk], baselines[chunk])
             cv_parts.append(control_variate)
             constant_parts.append(constants)
         control_variate = th.cat(cv_parts)
@@ -515,13 +517,24 @@ class CVPG(PPOBase):
         self._train_logs["eta_mean"] = [eta.mean().item()]
         self._train_logs["cv_corr"] = [_correlation(advantages, control_variate)]
 
+    def _advantage_baseline(self) -> th.Tensor:
+        """
+        What the rollout's Â subtracted from the return, per sample: V(s) for ``baseline="value"``, the
+        reward-to-go's batch mean for "mean", 0 for "none".
+        """
+        values = th.as_tensor(flat_array(self.rollout_buffer, "values"), device=self.device)
+        if self.baseline == "value":
+            return values
+        return th.full_like(values, self._reward_to_go_mean if self.baseline == "mean" else 0.0)
+
     def _control_variate(
-        self, obs: PyTorchObs, distribution: Distribution, actions: th.Tensor, values: th.Tensor
+        self, obs: PyTorchObs, distribution: Distribution, actions: th.Tensor, baselines: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor | None]:
         """
         Ā(s, a) of the rollout's actions, and the constants the analytic term needs (None: it evaluates Q_w).
 
-        :param values: V(s) of the states, as the rollout's Â was computed against it (see :meth:`_with_state_part`)
+        :param baselines: what Â subtracted from the return at these samples (:meth:`_advantage_baseline`; see
+            :meth:`_with_state_part`)
         """
         assert self.q_critic is not None
         critic = self.q_critic
@@ -531,7 +544,7 @@ class CVPG(PPOBase):
                 q_taken = q_table.gather(1, joint_action_index(actions, critic.choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
                 probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
                 q_state = (probs * q_table).sum(dim=1)
-                return self._with_state_part(centered_control_variate(q_taken, q_state), q_state, values), q_table
+                return self._with_state_part(centered_control_variate(q_taken, q_state), q_state, baselines), q_table
         if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
             expansion = self._executed_mean(distribution).detach().requires_grad_(True)
             with th.enable_grad():
@@ -539,25 +552,25 @@ class CVPG(PPOBase):
                 q_grad = th.autograd.grad(q_expansion.sum(), expansion)[0]
             executed = th.clamp(actions.to(expansion.dtype), critic.action_low, critic.action_high)
             control_variate = taylor_control_variate(q_grad, executed, expansion.detach())
-            return self._with_state_part(control_variate, q_expansion.detach(), values), q_grad
+            return self._with_state_part(control_variate, q_expansion.detach(), baselines), q_grad
         with th.no_grad():  # "reparameterization": E_a' Q_w(s, a') from n_cv_samples actions
             n_states = len(actions)
             samples = distribution.distribution.sample((self.n_cv_samples,)).reshape(self.n_cv_samples * n_states, -1)
             q_state = critic(repeat_observations(obs, self.n_cv_samples), samples).reshape(self.n_cv_samples, n_states).mean(dim=0)
-            return self._with_state_part(centered_control_variate(critic(obs, actions), q_state), q_state, values), None
+            return self._with_state_part(centered_control_variate(critic(obs, actions), q_state), q_state, baselines), None
 
-    def _with_state_part(self, control_variate: th.Tensor, q_state: th.Tensor, values: th.Tensor) -> th.Tensor:
+    def _with_state_part(self, control_variate: th.Tensor, q_state: th.Tensor, baselines: th.Tensor) -> th.Tensor:
         """
         The centred Ā, plus (unless ``centered_cv``) the critic's state part: its prediction of Â at the state,
-        Q_w(s, m(s)) ("taylor") or E_a Q_w(s, a) (the others), minus V(s) where Q_w is fitted to track Q^π
-        (``qf_target`` "returns" or "td" with the value baseline) rather than Â itself. A function of s alone,
-        it is a baseline: it adds nothing to the analytic term and no bias, and corrects the value function
-        where the critic has learnt what V misses.
+        Q_w(s, m(s)) ("taylor") or E_a Q_w(s, a) (the others), minus the baseline Â subtracted from the return
+        (V(s), the batch mean or 0) where Q_w is fitted to track Q^π (``qf_target`` "returns" or "td") rather
+        than Â itself. A function of s alone, it is a baseline: it adds nothing to the analytic term and no bias,
+        and corrects the value function where the critic has learnt what V misses.
         """
         if self.centered_cv:
             return control_variate
-        if self.qf_target != "advantages" and self.baseline == "value":
-            q_state = q_state - values.to(q_state.dtype)
+        if self.qf_target != "advantages":
+            q_state = q_state - baselines.to(q_state.dtype)
         return control_variate + q_state
 
     def _executed_mean(self, distribution: Distribution) -> th.Tensor:
