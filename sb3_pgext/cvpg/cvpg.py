@@ -159,8 +159,9 @@ class CVPG(PPOBase):
         "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
     :param centered_cv: True: Ā is only the critic's action-dependent part, φ(s, a) − E_{a'∼π}[φ(s, a')] (Q-Prop's
         and Liu et al.'s centred form); False (default): Ā also keeps the critic's state part, Q_w(s, m(s))
-        ("taylor") or E_a Q_w(s, a), minus V(s) when ``qf_target`` makes Q_w track Q^π rather than Â: the
-        whole of the critic's prediction of Â, a learned correction of the value baseline
+        ("taylor") or E_a Q_w(s, a), minus Â's baseline (V(s), or the batch mean for ``baseline="mean"``) when
+        ``qf_target`` makes Q_w track Q^π rather than Â: the whole of the critic's prediction of Â, a learned
+        correction of the value baseline
     :param surrogate: the objective the corrected advantage enters: "vanilla" (one policy-gradient
         step on the whole rollout), "clip" (PPO's clipped surrogate, default) or "kl" (PPOKL's KL
         penalty with the ``kl_*`` arguments below, no clipping unless ``clip_range`` is given)
