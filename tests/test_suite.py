@@ -229,6 +229,48 @@ def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_value
         load_suite(bad)
 
 
+DECOMPOSED_SUITE = """
+description: decompositions
+seeds: [0]
+eval_freq: 128
+eval_episodes: 2
+variants:
+  cvpg-decomposed:
+    algo: cvpg
+    hyperparams:
+      n_envs: 1
+      n_steps: 64
+      batch_size: 64
+      n_epochs: 1
+      qf_gradient_steps: 2
+      policy_kwargs: "dict(net_arch=[8])"
+      callback: [{sb3_pgext.VarianceDecompositionCallback: {n_states: 2, n_actions: 3, n_rollouts: 2}}]
+envs:
+  CartPole-v1:
+    n_timesteps: 256
+    threshold: 15
+    algos: [cvpg-decomposed]
+"""
+
+
+def test_a_decomposition_callback_variant_gets_the_reports_decomposition_section(tmp_path):
+    """Through the zoo (its callback hyperparameter), a run logs its decompositions; the report tabulates and plots them."""
+    from sb3_pgext.suite.decomposition import PLOT
+
+    path = tmp_path / "decomposed.yml"
+    path.write_text(DECOMPOSED_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    assert run_suite(suite, out, workers=1) == []
+    text = write_report(suite, out, "cmd").read_text()
+    assert "## Where the variance comes from" in text and f"]({PLOT})" in text and (out / PLOT).is_file()
+    for stage in ("start", "middle", "end"):
+        for estimator in ("value baseline", "control variate", "centred control variate", "φ = true V", "φ = true Q (ceiling)"):
+            assert f"| {stage} | cvpg-decomposed | {estimator} | 1 |" in text, (stage, estimator)
+    # no run with decompositions: no section
+    (tmp_path / "empty").mkdir()
+    assert "Where the variance comes from" not in write_report(suite, tmp_path / "empty", "cmd").read_text()
+
+
 @pytest.mark.parametrize(
     "variants, match",
     [
@@ -575,6 +617,7 @@ def test_a_run_records_its_versions_and_the_report_prints_them():
 
 #: shrinks a packaged variant's model to a few cheap steps, on top of its own overrides
 SHRINK = {
+    "ppo": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
     "ppokl": {"n_steps": 16, "batch_size": 32, "n_epochs": 1},
     "cvpg": {"n_steps": 16, "batch_size": 32, "n_epochs": 1, "qf_gradient_steps": 2},
     "offpac": {"learning_starts": 16, "batch_size": 16, "train_freq": 1, "gradient_steps": 1},
@@ -598,6 +641,11 @@ def test_every_packaged_variant_builds_through_the_zoo_and_trains(tmp_path, suit
     overrides = {**suite.overrides(variant), **SHRINK[algo]}
     model = zoo_model(algo, env_id, "cpu", tmp_path, zoo_conf_file(suite, algo, tmp_path), overrides)
     for key, value in suite.overrides(variant).items():
+        if key == "callback":  # the zoo's own hyperparameter: it builds the callbacks, the model never sees them
+            from rl_zoo3.utils import get_callback_list
+
+            assert get_callback_list({"callback": value}), value
+            continue
         actual = getattr(model, key)
         assert (actual(1.0) if callable(actual) else actual) == value, key  # a schedule at the start of training
     steps = max(64, model.n_envs * getattr(model, "n_steps", 0) * 2)

@@ -297,3 +297,43 @@ def test_control_variate_weight_is_the_cross_fitted_eta_star_of_the_current_crit
     plain = variance_decomposition(model, n_states=20, n_actions=4, n_rollouts=2, env=TwoStepEnv, state_stride=10, control_variate=False)
     assert fixed["eta"] == 0.0 and fixed["total"] == pytest.approx(plain["total"])  # η = 0: the value baseline alone
     assert plain["eta"] is None
+
+
+@pytest.mark.parametrize("model_class", [CVPG, PPO])
+def test_decomposition_callback_logs_three_checkpoints_and_changes_no_training(model_class, tmp_path):
+    """
+    The callback decomposes after the first update, at half the budget and at the end, logs every estimator's
+    terms (CVPG: value baseline, control variate, centred; all: true V and true Q) and dumps them; the trained
+    parameters are those of a run without it, bit for bit. A second on_training_end (the zoo's) measures nothing.
+    """
+    from stable_baselines3.common.logger import configure
+
+    from sb3_pgext import VarianceDecompositionCallback
+    from sb3_pgext.suite.decomposition import read_decompositions
+    from sb3_pgext.suite.report import read_progress
+
+    kwargs = dict(n_steps=64, batch_size=64, n_epochs=1, seed=0, policy_kwargs=dict(net_arch=[8]))
+    if model_class is CVPG:
+        kwargs.update(qf_gradient_steps=2, qf_net_arch=[8])
+    plain = model_class("MlpPolicy", "Pendulum-v1", **kwargs).learn(320)
+    model = model_class("MlpPolicy", "Pendulum-v1", **kwargs)
+    model.set_logger(configure(str(tmp_path), ["csv", "stdout"]))  # the console cuts keys at 36 characters
+    callback = VarianceDecompositionCallback(n_states=2, n_actions=3, n_rollouts=2)
+    model.learn(320, callback=callback)
+    callback.on_training_end()
+    for p, q in zip(plain.policy.parameters(), model.policy.parameters(), strict=True):
+        assert th.equal(p, q)
+    progress = read_progress(tmp_path / "progress.csv")
+    decompositions = read_decompositions(progress)
+    assert list(decompositions) == [0, 1, 2]
+    steps = progress["decomposition/timesteps"][np.isfinite(progress["decomposition/stage"])]
+    assert [int(s) for s in steps] == [64, 192, 320]  # the first rollout after the first update, then from 160, the end
+    estimators = {"value_baseline", "true_value", "true_q"} | ({"control_variate", "centred_cv"} if model_class is CVPG else set())
+    for stage in range(3):
+        assert set(decompositions[stage]) == estimators
+        value = decompositions[stage]["value_baseline"]
+        assert value["total"] == pytest.approx(value["state"] + value["action"] + value["trajectory"])
+        assert decompositions[stage]["true_q"]["action"] == 0.0
+    if model_class is CVPG:
+        assert np.isfinite(progress["decomposition/eta"]).sum() == 3
+        assert not model.centered_cv  # restored after the centred decomposition

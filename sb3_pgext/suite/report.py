@@ -528,6 +528,9 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
     lines += ["## Where ours trail their peers", ""] + (trails or ["Nowhere in the finished runs."]) + [""]
     lines += aggregates(suite, cells, out)
     lines += logged_section(suite, out)
+    from sb3_pgext.suite.decomposition import decomposition_section  # it reads runs with this module's helpers
+
+    lines += decomposition_section(suite, out)
     if (out / SPEED_FILE).is_file() or any("sac" in env.algos for env in suite.envs):  # what `speed` measures
         lines += speed_section(out, suite.name)
     lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]

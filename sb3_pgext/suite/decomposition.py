@@ -1,0 +1,161 @@
+"""
+The report's "Where the variance comes from" section: the variance decompositions that
+:class:`sb3_pgext.VarianceDecompositionCallback` logged into the runs' ``progress.csv``, as a table and a bar
+plot in the style of Tucker et al. (2018, https://arxiv.org/abs/1802.10031), Figure 1.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from sb3_pgext.common.callbacks import ESTIMATORS, STAGES
+from sb3_pgext.common.variance_decomposition import TERMS
+from sb3_pgext.suite.config import Suite
+from sb3_pgext.suite.report import _save, display, read_progress
+from sb3_pgext.suite.runner import jobs_of, read_result
+
+PLOT = "variance_decomposition.png"
+#: how each estimator is named in the table and (short) under the plot's bars
+LABELS = {
+    "value_baseline": ("value baseline", "V"),
+    "control_variate": ("control variate", "V + CV"),
+    "centred_cv": ("centred control variate", "centred"),
+    "true_value": ("φ = true V", "true V"),
+    "true_q": ("φ = true Q (ceiling)", "true Q"),
+}
+
+#: {stage: {estimator: {term (and term_se): value}}} of one run
+Decompositions = dict[int, dict[str, dict[str, float]]]
+
+
+def read_decompositions(progress: dict[str, np.ndarray]) -> Decompositions:
+    """The decompositions one run logged (its :func:`~sb3_pgext.suite.report.read_progress` columns), by stage."""
+    if "decomposition/stage" not in progress:
+        return {}
+    result: Decompositions = {}
+    for row in np.flatnonzero(np.isfinite(progress["decomposition/stage"])):
+        stage = int(progress["decomposition/stage"][row])
+        result[stage] = {
+            estimator: {
+                name: float(progress[f"decomposition/{estimator}/{name}"][row])
+                for term in TERMS
+                for name in (term, f"{term}_se")
+            }
+            for estimator in ESTIMATORS
+            if np.isfinite(progress.get(f"decomposition/{estimator}/total", np.full(row + 1, np.nan))[row])
+        }
+    return result
+
+
+def collect_decompositions(suite: Suite, out: Path) -> dict[tuple[str, str], list[Decompositions]]:
+    """Per (env, algorithm), the decompositions of each finished run that logged some."""
+    cells: dict[tuple[str, str], list[Decompositions]] = {}
+    for job in jobs_of(suite):
+        path = job.log_dir(out) / "progress.csv"
+        if read_result(job, out) is None or not path.is_file():
+            continue
+        decompositions = read_decompositions(read_progress(path))
+        if decompositions:
+            cells.setdefault((job.env.env_id, job.algo), []).append(decompositions)
+    return cells
+
+
+def _rows(
+    suite: Suite, env_id: str, cells: dict[tuple[str, str], list[Decompositions]]
+) -> list[tuple[str, str, list[Decompositions]]]:
+    """(algorithm, estimator, runs) in table order: the env's algorithms, then :data:`ESTIMATORS`' order."""
+    env = next(env for env in suite.envs if env.env_id == env_id)
+    rows = []
+    for algo in env.algos:
+        runs = cells.get((env_id, algo), [])
+        for estimator in ESTIMATORS:
+            if any(estimator in run.get(stage, {}) for run in runs for stage in range(len(STAGES))):
+                rows.append((algo, estimator, runs))
+    return rows
+
+
+def decomposition_section(suite: Suite, out: Path) -> list[str]:
+    """The section (and its plot), or nothing when no finished run logged a decomposition."""
+    cells = collect_decompositions(suite, out)
+    if not cells:
+        return []
+    lines = [
+        "## Where the variance comes from",
+        "",
+        (
+            "Tucker et al. (2018)'s decomposition of the per-sample policy-gradient estimator's variance (trace of "
+            "covariance, raw advantages) into the state, action and trajectory terms, logged by "
+            "`sb3_pgext.VarianceDecompositionCallback` after the first update (start), at half the budget (middle) and "
+            "at the end. Each term: mean over seeds, with the mean of the decompositions' own standard errors in "
+            "brackets (the sampling error of one decomposition, not the spread over seeds); action share: the action "
+            "term's part of the total, mean over seeds. A CVPG run's estimators are paired: the same states, actions "
+            "and continuations without and with its control variate (default and centred), each weighted by Q-Prop's "
+            "η* for the current critic. φ = true V (a perfect value function) leaves the part of the action term due "
+            "to the advantage itself, so the value baseline's action term minus it is what the value function's error "
+            "costs; φ = true Q, the ceiling of any action-dependent control variate, has an action term of 0. A run's "
+            "estimators share its state and trajectory terms."
+        ),
+        "",
+    ]
+    for env in suite.envs:
+        rows = _rows(suite, env.env_id, cells)
+        if not rows:
+            continue
+        lines += [
+            f"### {env.env_id}",
+            "",
+            "| stage | algorithm | estimator | seeds | state | action | trajectory | total | action share |",
+        ]
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for stage, stage_name in enumerate(STAGES):
+            for algo, estimator, runs in rows:
+                terms = [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
+                if not terms:
+                    continue
+                row = f"| {stage_name} | {display(algo, suite)} | {LABELS[estimator][0]} | {len(terms)} |"
+                for term in TERMS:
+                    row += f" {np.mean([t[term] for t in terms]):.3g} [±{np.mean([t[f'{term}_se'] for t in terms]):.2g}] |"
+                shares = [t["action"] / t["total"] for t in terms if t["total"] > 0]
+                lines.append(row + (f" {np.mean(shares):.1%} |" if shares else " |"))
+        lines.append("")
+    plot_decompositions(suite, cells, out / PLOT)
+    return lines + [f"![The decomposition per env and stage]({PLOT})", ""]
+
+
+def plot_decompositions(suite: Suite, cells: dict[tuple[str, str], list[Decompositions]], path: Path) -> None:
+    """
+    Bars of the three terms per (algorithm, estimator), env and stage (log scale; a term estimated at or below
+    zero, within its noise, or exactly zero as the ceiling's action term, has no bar).
+    """
+    import matplotlib.pyplot as plt
+
+    envs = [env.env_id for env in suite.envs if _rows(suite, env.env_id, cells)]
+    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(6.0 * len(STAGES), 3.2 * len(envs)), squeeze=False)
+    colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
+    for row, env_id in enumerate(envs):
+        rows = _rows(suite, env_id, cells)
+        for stage, stage_name in enumerate(STAGES):
+            ax, largest = axes[row][stage], 0.0
+            for index, (_, estimator, runs) in enumerate(rows):
+                terms = [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
+                for offset, term in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
+                    value = float(np.mean([t[term] for t in terms])) if terms else np.nan
+                    largest = max(largest, value if np.isfinite(value) else 0.0)
+                    if value > 0:
+                        ax.bar(index + offset, value, width=0.27, color=colours[term], label=term if index == 0 else None)
+            ax.set_yscale("log")
+            if largest > 0:
+                ax.set_ylim(bottom=largest * 1e-3)
+            ax.set_xticks(
+                range(len(rows)),
+                [f"{display(algo, suite)}\n{LABELS[estimator][1]}" for algo, estimator, _ in rows],
+                fontsize=6,
+            )
+            ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
+            if row == 0 and stage == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle(
+        "Variance of the per-sample policy gradient: state, action and trajectory terms (mean over seeds)", fontsize=10
+    )
+    fig.tight_layout()
+    _save(path, fig)
