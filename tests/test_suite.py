@@ -244,7 +244,11 @@ variants:
       n_epochs: 1
       qf_gradient_steps: 2
       policy_kwargs: "dict(net_arch=[8])"
-      callback: [{sb3_pgext.VarianceDecompositionCallback: {n_states: 2, n_actions: 3, n_rollouts: 2}}]
+      callback:
+        - sb3_pgext.VarianceDecompositionCallback: {n_states: 2, n_actions: 3, n_rollouts: 2}
+        - sb3_pgext.CriticPredictabilityCallback: {passes: 2}
+logged:
+  - {name: predictability, key: predictability/same_rollout/both}
 envs:
   CartPole-v1:
     n_timesteps: 256
@@ -254,7 +258,10 @@ envs:
 
 
 def test_a_decomposition_callback_variant_gets_the_reports_decomposition_section(tmp_path):
-    """Through the zoo (its callback hyperparameter), a run logs its decompositions; the report tabulates and plots them."""
+    """
+    Through the zoo (its callback hyperparameter), a run logs its decompositions and the critic's predictability;
+    the report tabulates and plots the decompositions and summarises the predictability with the logged values.
+    """
     from sb3_pgext.suite.decomposition import PLOT
 
     path = tmp_path / "decomposed.yml"
@@ -266,6 +273,7 @@ def test_a_decomposition_callback_variant_gets_the_reports_decomposition_section
     for stage in ("start", "middle", "end"):
         for estimator in ("value baseline", "control variate", "centred control variate", "φ = true V", "φ = true Q (ceiling)"):
             assert f"| {stage} | cvpg-decomposed | {estimator} | 1 |" in text, (stage, estimator)
+    assert re.search(r"\| cvpg-decomposed \| -?[0-9.e-]+ \(seeds .*; 1 runs, [34] updates\) \|", text), text
     # no run with decompositions: no section
     (tmp_path / "empty").mkdir()
     assert "Where the variance comes from" not in write_report(suite, tmp_path / "empty", "cmd").read_text()
