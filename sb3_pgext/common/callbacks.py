@@ -155,8 +155,12 @@ class CriticPredictabilityCallback(BaseCallback):
 
     Works with PPO, PPOKL and CVPG; the model trains exactly as without it.
 
+    The shares of every rollout are also kept in ``history`` (one dict per rollout: ``timesteps`` and
+    ``<source>/<part>``), as ``EvalCallback`` keeps its evaluations.
+
     :param passes: passes of each critic over the other fold per rollout (CVPG's default fit is 100)
     :param seed: seed of the critics' initialisation and fits; None: the model's seed (0 if it has none)
+    :param verbose: unused (the shares go to the logger)
     """
 
     model: OnPolicyAlgorithm
@@ -168,6 +172,7 @@ class CriticPredictabilityCallback(BaseCallback):
         self.passes = passes
         self.seed = seed
         self.critics: list[QCritic] = []
+        self.history: list[dict[str, float]] = []
 
     def _on_training_start(self) -> None:
         if not isinstance(self.model, OnPolicyAlgorithm):
@@ -223,10 +228,13 @@ class CriticPredictabilityCallback(BaseCallback):
                         critic.requires_grad_(False)
                     state, action = self._parts(critic, _take(obs, inside), actions[inside])
                     parts[source][0][inside], parts[source][1][inside] = state, action
+        shares: dict[str, float] = {"timesteps": self.num_timesteps}
         for source, (state, action) in parts.items():
             features = {"state": state[:, None], "action": action[:, None], "both": np.c_[state, action]}
             for part in self.PARTS:
-                self.logger.record(f"predictability/{source}/{part}", crossfit_r2(advantages, features[part], folds))
+                shares[f"{source}/{part}"] = crossfit_r2(advantages, features[part], folds)
+                self.logger.record(f"predictability/{source}/{part}", shares[f"{source}/{part}"])
+        self.history.append(shares)
 
 
 def _take(obs: Any, mask: np.ndarray) -> Any:
