@@ -1,5 +1,6 @@
 """Benchmark suites: configuration, the resumable runner through the zoo, and the report."""
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -438,6 +439,24 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     text = (out / "compare.md").read_text()
     assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
     assert f"| OffPAC | {1e3 / medians['OffPAC']:.1f} | {sac['breakdown']['OffPAC']['ms_per_step']:.1f} |" in text
+
+
+def test_compare_cvpg_with_sb3_ppo(tmp_path):
+    """cvpg-ppo: CVPG and SB3's PPO side by side, the goal ratio 0.8; on HalfCheetah-v5 PPO takes the zoo's v4 entry."""
+    from sb3_pgext.suite.compare import compare
+
+    small = {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2}
+    tiny = {"cvpg": {**small, "qf_gradient_steps": 2}, "ppo": small}
+    envs = ("Pendulum-v1", "HalfCheetah-v5") if importlib.util.find_spec("mujoco") else ("Pendulum-v1",)
+    data = json.loads(compare(tmp_path, repeats=2, steps=32, cases=("cvpg-ppo",), envs=envs, hyperparams=tiny).read_text())
+    assert [(result["case"], result["env"]) for result in data["results"]] == [("cvpg-ppo", env) for env in envs]
+    for result in data["results"]:
+        assert [row["name"] for row in result["rows"]] == ["CVPG", "PPO"] and result["unit"] == "env steps/s"
+        medians = {row["name"]: row["median"] for row in result["rows"]}
+        goal = result["goals"][0]
+        assert (goal["name"], goal["reference"], goal["goal"]) == ("CVPG", "PPO", 0.8)
+        assert goal["ratio"] == pytest.approx(medians["CVPG"] / medians["PPO"])
+    assert "- CVPG / PPO: " in (tmp_path / "compare.md").read_text()
 
 
 def test_compare_gpu_cases_time_updates_per_batch_size_and_many_envs(tmp_path):

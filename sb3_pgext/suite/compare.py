@@ -18,12 +18,16 @@ each figure is the median over the repeats and each ratio the ratio of two media
   batch 256 and 1024, of OffPAC (fast and exact), SB3's SAC and SBX's SAC (env stepping left out: what a
   GPU can speed up);
 - ``ppo-64-envs``: env steps per second of ``learn()`` of PPOKL and PPO on CartPole-v1 and Acrobot-v1 with
-  the yml settings but 64 envs, as one would run them on a GPU.
+  the yml settings but 64 envs, as one would run them on a GPU;
+- ``cvpg-ppo``: env steps per second of ``learn()`` of CVPG (cvpg.yml) and PPO (the zoo's ppo.yml, its v4
+  MuJoCo entries for v5 as the ``cvpg-variance`` suite takes them) on Pendulum-v1 and HalfCheetah-v5 (which
+  needs ``pip install sb3-pgext[benchmarks]``).
 
-The first three are the CPU comparisons (the default ``--cases``); the last two are meant for
-``--device cuda``::
+The first three are the CPU comparisons (the default ``--cases``); ``sac-updates`` and ``ppo-64-envs`` are
+meant for ``--device cuda``; ``cvpg-ppo`` is asked for by name::
 
     python -m sb3_pgext.suite.compare --device cuda --cases sac-updates ppo-64-envs --out benchmark/speed/cuda
+    python -m sb3_pgext.suite.compare --cases cvpg-ppo --out benchmark/speed/cvpg
 
 For ``pendulum-sac`` the report also says where the PyTorch updates' time goes: milliseconds per gradient
 step of ``train()``, in all and in matrix products (torch profiler), beside each model's whole env step, so
@@ -54,12 +58,13 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_pgext.suite.runner import cpu_name
+from sb3_pgext.suite.config import load_suite
+from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
 from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_device, sbx_sac_like, zoo_model
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
-CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo", "sac-updates", "ppo-64-envs")
+CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo", "sac-updates", "ppo-64-envs", "cvpg-ppo")
 #: the comparisons run when ``--cases`` is not given (the CPU ones)
 CPU_CASES = CASES[:3]
 PPO_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
@@ -141,11 +146,11 @@ def contenders(
     :param device: torch device of the PyTorch models
     """
 
-    def zoo(algo: str, **extra: Any) -> Callable[[], BaseAlgorithm]:
+    def zoo(algo: str, conf: Path | None = None, **extra: Any) -> Callable[[], BaseAlgorithm]:
         def build() -> BaseAlgorithm:
             th.manual_seed(0)
             log_folder = Path(tempfile.mkdtemp(prefix=f"{algo}-", dir=folder))
-            return zoo_model(algo, env_id, device, log_folder, None, {**hyperparams.get(algo, {}), **extra} or None)
+            return zoo_model(algo, env_id, device, log_folder, conf, {**hyperparams.get(algo, {}), **extra} or None)
 
         return build
 
@@ -192,6 +197,12 @@ def contenders(
             Contender(f"PPOKL, {MANY_ENVS} envs", zoo("ppokl", n_envs=MANY_ENVS), on_policy, "env steps"),
             Contender(f"PPO, {MANY_ENVS} envs", zoo("ppo", n_envs=MANY_ENVS), on_policy, "env steps"),
         ]
+    if case == "cvpg-ppo":
+        ppo_conf = zoo_conf_file(load_suite("cvpg-variance"), "ppo", folder)  # the zoo's v4 entries for the v5 envs
+        return [
+            Contender("CVPG", zoo("cvpg"), on_policy, "env steps"),
+            Contender("PPO", zoo("ppo", conf=ppo_conf), on_policy, "env steps"),
+        ]
     raise ValueError(f"case must be one of {CASES}, got {case!r}")
 
 
@@ -205,6 +216,7 @@ GOALS = {
         for reference in ("SB3 SAC", "SBX SAC", "OffPAC (exact)")
     ],
     "ppo-64-envs": [Goal(f"PPOKL, {MANY_ENVS} envs", f"PPO, {MANY_ENVS} envs", None)],
+    "cvpg-ppo": [Goal("CVPG", "PPO", 0.8)],
 }
 ENVS = {
     "pendulum-sac": ("Pendulum-v1",),
@@ -212,6 +224,7 @@ ENVS = {
     "ppokl-ppo": PPO_ENVS,
     "sac-updates": ("Pendulum-v1",),
     "ppo-64-envs": ("CartPole-v1", "Acrobot-v1"),
+    "cvpg-ppo": ("Pendulum-v1", "HalfCheetah-v5"),
 }
 
 
