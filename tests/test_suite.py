@@ -620,7 +620,7 @@ def test_every_committed_suite_report_regenerates_byte_for_byte_from_the_raw_res
     assert ("aggregate.png" in images) == (tmp_path / "aggregate.png").exists()
 
 
-@pytest.mark.parametrize("folder", ["speed", "speed/cuda"])
+@pytest.mark.parametrize("folder", ["speed", "speed/cuda", "speed/cvpg"])
 def test_the_speed_comparisons_regenerate_byte_for_byte_from_their_json(folder):
     from sb3_pgext.suite.compare import COMPARE_JSON, COMPARE_MD, compare_markdown
 
