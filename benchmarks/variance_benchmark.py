@@ -33,13 +33,14 @@ from typing import Any
 
 import numpy as np
 import torch as th
+from bench_common import run_learning_jobs
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from bench_common import run_learning_jobs
 from sb3_pgext import CVPG, PPOKL, variance_decomposition
 from sb3_pgext.common.hyperparams import load_hyperparams
+from sb3_pgext.suite.decomposition import plot_terms
 from sb3_pgext.train import build_model, evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -221,41 +222,15 @@ def report(runs: list[dict[str, Any]]) -> str:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """
-    Bars of the three terms per estimator, env and stage, in the style of Tucker et al.'s Figure 1 (log scale;
-    a term estimated at or below zero, within its noise, or exactly zero as the ceiling's action term, has no bar).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    envs = list(dict.fromkeys(r["env"] for r in runs))
-    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(5.0 * len(STAGES), 3.0 * len(envs)), squeeze=False)
-    colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
-    short = [SHORT_LABELS[label] for label, *_ in ROWS]
-    for row, env_id in enumerate(envs):
-        for stage, stage_name in enumerate(STAGES):
-            ax = axes[row][stage]
-            largest = 0.0
-            for index, (_, variant, key, reference) in enumerate(ROWS):
-                cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
-                terms = [t for t in (_terms(r, stage, key, reference) for r in cell) if t is not None]
-                for offset, name in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
-                    value = float(np.mean([t[name] for t in terms])) if terms else np.nan
-                    largest = max(largest, value if np.isfinite(value) else 0.0)
-                    if value > 0:
-                        ax.bar(index + offset, value, width=0.27, color=colours[name], label=name if index == 0 else None)
-            ax.set_yscale("log")
-            ax.set_ylim(bottom=largest * 1e-3 if largest > 0 else None)
-            ax.set_xticks(range(len(ROWS)), short, fontsize=7)
-            ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
-            if row == 0 and stage == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle("Variance of the per-sample policy gradient: state, action and trajectory terms (mean over seeds)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """The figure of :func:`sb3_pgext.suite.decomposition.plot_terms` for ROWS, per env and stage."""
+    bars = {}
+    for env_id in dict.fromkeys(r["env"] for r in runs):
+        bars[env_id] = []
+        for label, variant, key, reference in ROWS:
+            cell = [r for r in runs if r["env"] == env_id and r["variant"] == variant]
+            per_stage = [[t for t in (_terms(r, stage, key, reference) for r in cell) if t is not None] for stage in range(len(STAGES))]
+            bars[env_id].append((SHORT_LABELS[label], per_stage))
+    plot_terms(bars, path)
 
 
 def main() -> None:

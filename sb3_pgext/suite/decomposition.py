@@ -123,34 +123,53 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
 
 
 def plot_decompositions(suite: Suite, cells: dict[tuple[str, str], list[Decompositions]], path: Path) -> None:
+    """The section's figure: :func:`plot_terms` of every (algorithm, estimator) of each env."""
+    bars = {}
+    for env in suite.envs:
+        rows = _rows(suite, env.env_id, cells)
+        if rows:
+            bars[env.env_id] = [
+                (
+                    f"{display(algo, suite)}\n{LABELS[estimator][1]}",
+                    [
+                        [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
+                        for stage in range(len(STAGES))
+                    ],
+                )
+                for algo, estimator, runs in rows
+            ]
+    plot_terms(bars, path)
+
+
+def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], path: Path) -> None:
     """
-    Bars of the three terms per (algorithm, estimator), env and stage (log scale; a term estimated at or below
-    zero, within its noise, or exactly zero as the ceiling's action term, has no bar).
+    Bars of the state, action and trajectory terms (mean over runs) per estimator, env and stage, in the style of
+    Tucker et al.'s Figure 1 (log scale; a term estimated at or below zero, within its noise, or exactly zero as
+    the ceiling's action term, has no bar).
+
+    :param bars: per env (a row of panels), its estimators in order: the tick label and, per stage, the terms of
+        each run (dicts with ``state``, ``action``, ``trajectory``)
+    :param path: the figure's file
     """
     import matplotlib.pyplot as plt
 
-    envs = [env.env_id for env in suite.envs if _rows(suite, env.env_id, cells)]
-    fig, axes = plt.subplots(len(envs), len(STAGES), figsize=(6.0 * len(STAGES), 3.2 * len(envs)), squeeze=False)
+    fig, axes = plt.subplots(len(bars), len(STAGES), figsize=(6.0 * len(STAGES), 3.2 * len(bars)), squeeze=False)
     colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
-    for row, env_id in enumerate(envs):
-        rows = _rows(suite, env_id, cells)
+    for row, (env_id, estimators) in enumerate(bars.items()):
         for stage, stage_name in enumerate(STAGES):
-            ax, largest = axes[row][stage], 0.0
-            for index, (_, estimator, runs) in enumerate(rows):
-                terms = [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
+            ax, largest, labelled = axes[row][stage], 0.0, set()
+            for index, (_, per_stage) in enumerate(estimators):
+                terms = per_stage[stage]
                 for offset, term in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
                     value = float(np.mean([t[term] for t in terms])) if terms else np.nan
                     largest = max(largest, value if np.isfinite(value) else 0.0)
                     if value > 0:
-                        ax.bar(index + offset, value, width=0.27, color=colours[term], label=term if index == 0 else None)
+                        ax.bar(index + offset, value, width=0.27, color=colours[term], label=None if term in labelled else term)
+                        labelled.add(term)
             ax.set_yscale("log")
             if largest > 0:
                 ax.set_ylim(bottom=largest * 1e-3)
-            ax.set_xticks(
-                range(len(rows)),
-                [f"{display(algo, suite)}\n{LABELS[estimator][1]}" for algo, estimator, _ in rows],
-                fontsize=6,
-            )
+            ax.set_xticks(range(len(estimators)), [label for label, _ in estimators], fontsize=6)
             ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
             if row == 0 and stage == 0:
                 ax.legend(fontsize=7)
