@@ -171,22 +171,26 @@ def predictability_report() -> list[str]:
         "\"earlier\": before it sees the current rollout (as CVPG's critic builds Ā), \"same rollout\": after "
         "fitting the current rollout's other fold. State part: Q_w(s, m(s)); action part: Q_w(s, a) − Q_w(s, m(s)). "
         "Each fold's least-squares weights come from the other fold. Median over the rollouts of each third of "
-        "training, then mean over seeds; 0 means no weighting of the critic cuts Â's variance at all. The policies "
-        f"trained are CVPG's with {runs[0]['settings']} (its defaults when this was measured).",
+        "training, then mean over seeds; 0 means no weighting of the critic cuts Â's variance at all. \"trained "
+        "with\": the settings of the CVPG policy that trained (its defaults when the run was measured).",
         "",
-        "| env | variant | passes | seeds | third | earlier: state | action | both | same rollout: state | action | both |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| env | variant | trained with | passes | seeds | third | earlier: state | action | both | same rollout: state | action | both |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     keys = [f"{source}/{part}" for source in ("earlier", "same rollout") for part in ("state", "action", "both")]
-    for env, variant, passes in sorted({(r["env"], r["variant"], r["passes"]) for r in runs}):
-        cell = [r for r in runs if (r["env"], r["variant"], r["passes"]) == (env, variant, passes)]
+
+    def trained_with(run: dict[str, Any]) -> str:
+        return ", ".join(f"{key}={value}" for key, value in sorted(run.get("settings", {}).items()))
+
+    for env, variant, settings, passes in sorted({(r["env"], r["variant"], trained_with(r), r["passes"]) for r in runs}):
+        cell = [r for r in runs if (r["env"], r["variant"], trained_with(r), r["passes"]) == (env, variant, settings, passes)]
         for third, name in enumerate(("first", "second", "last")):
             medians = [
                 {key: float(np.median([row[key] for row in np.array_split(np.array(run["rows"], dtype=object), 3)[third]])) for key in keys}
                 for run in cell
             ]
             values = " | ".join(f"{np.mean([m[key] for m in medians]):.3f}" for key in keys)
-            lines.append(f"| {env} | {variant} | {passes} | {len(cell)} | {name} | {values} |")
+            lines.append(f"| {env} | {variant} | {settings} | {passes} | {len(cell)} | {name} | {values} |")
     return [*lines, ""]
 
 
