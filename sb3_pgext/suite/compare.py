@@ -261,6 +261,15 @@ def close_envs(models: list[BaseAlgorithm]) -> None:
             env.close()
 
 
+def _train_ms_per_step(model: BaseAlgorithm, gradient_steps: int) -> float:
+    """Milliseconds per gradient step of one unprofiled ``train()`` call (waiting for a GPU to finish)."""
+    _synchronize(model.device)
+    start = time.perf_counter()
+    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+    _synchronize(model.device)
+    return 1e3 * (time.perf_counter() - start) / gradient_steps
+
+
 def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
     """
     Milliseconds per gradient step of an off-policy PyTorch model's ``train()``: in all (an unprofiled call)
@@ -272,13 +281,11 @@ def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str
     """
     from torch.profiler import ProfilerActivity, profile
 
-    start = time.perf_counter()
-    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-    total = time.perf_counter() - start
+    ms_per_step = _train_ms_per_step(model, gradient_steps)
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
     matmul_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS)
-    return {"ms_per_step": 1e3 * total / gradient_steps, "matmul_ms_per_step": 1e-3 * matmul_us / gradient_steps}
+    return {"ms_per_step": ms_per_step, "matmul_ms_per_step": 1e-3 * matmul_us / gradient_steps}
 
 
 def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
@@ -294,17 +301,13 @@ def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, 
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    _synchronize(model.device)
-    start = time.perf_counter()
-    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-    _synchronize(model.device)
-    total = time.perf_counter() - start
+    ms_per_step = _train_ms_per_step(model, gradient_steps)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
         _synchronize(model.device)
     kernels = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
     return {
-        "ms_per_step": 1e3 * total / gradient_steps,
+        "ms_per_step": ms_per_step,
         "gpu_ms_per_step": 1e-3 * sum(event.device_time_total for event in kernels) / gradient_steps,
         "kernels_per_step": len(kernels) / gradient_steps,
     }
