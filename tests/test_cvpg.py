@@ -317,15 +317,15 @@ def test_state_part_subtracts_the_reward_to_go_baseline(baseline):
     assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
 
 
-@pytest.mark.parametrize("qf_target", ["advantages", "returns", "td"])
-def test_learned_critic_gives_an_unbiased_estimator(qf_target):
+@pytest.mark.parametrize("qf_target, qf_rollouts", [("advantages", 1), ("returns", 1), ("td", 1), ("advantages", 4)])
+def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts):
     """
     The critic is fitted after each update on what came before, never on the rollout it builds Ā for: with the
     policy held fixed (learning rate 0), each rollout's estimate is unbiased given the past, so the mean over
     rollouts is within 5 standard errors of the exact gradient (per coordinate), while the critic keeps changing.
     """
     model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=128, n_epochs=1, batch_size=256,
-                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
+                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
                  policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.5)))
     estimates, critics = [], []
     original_begin_update = model._begin_update
@@ -363,6 +363,29 @@ def test_critic_that_builds_a_rollouts_control_variate_never_saw_it():
     model._prepare_control_variate, model._fit_q_critic = prepare, fit
     model.learn(96)
     assert [event for event, _ in seen] == ["prepare", "fit"] * 3, "per rollout: Ā first, the critic's fit after the update"
+
+
+def test_critic_regresses_on_the_last_qf_rollouts_rollouts():
+    """qf_rollouts=3: each fit regresses on this rollout's samples and those of the two before it, nothing older."""
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, qf_rollouts=3, **TINY)
+    given, fitted = [], []
+    original_fit_rollout = model.q_critic.fit_rollout
+
+    def fit_rollout(observations, actions, targets):
+        given.append(targets.clone())
+        original_randperm = th.randperm
+        th.randperm = lambda n, **kwargs: fitted.append(n) or original_randperm(n, **kwargs)
+        try:
+            return original_fit_rollout(observations, actions, targets)
+        finally:
+            th.randperm = original_randperm
+
+    model.q_critic.fit_rollout = fit_rollout
+    model.learn(5 * 32)
+    assert len(given) == 5 and [len(t) for t in given] == [32] * 5
+    assert fitted[0] == 32 and set(fitted) == {32, 64, 96} and fitted[-1] == 96  # 1, 2, then 3 rollouts of samples
+    kept = [targets for _, _, targets in model.q_critic.recent_rollouts]
+    assert len(kept) == 3 and all(th.equal(a, b) for a, b in zip(kept, given[-3:], strict=True))
 
 
 # --- the pieces --------------------------------------------------------------------------------------
@@ -654,6 +677,7 @@ def test_cuda(env_id, qf_target):
         (IdentityEnvBox(), dict(qf_target="mc"), "qf_target"),
         (IdentityEnvBox(), dict(qf_batch_size=0), "qf_batch_size"),
         (IdentityEnvBox(), dict(qf_gradient_steps=-1), "qf_gradient_steps"),
+        (IdentityEnvBox(), dict(qf_rollouts=0), "qf_rollouts"),
         (IdentityEnvBox(), dict(qf_tau=0.0), "qf_tau"),
         (IdentityEnvBox(), dict(surrogate="vanilla", n_epochs=5), "n_epochs"),
         (IdentityEnvMultiDiscrete(40), dict(control_variate="expected"), "at most 1024"),

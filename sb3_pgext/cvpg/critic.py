@@ -29,6 +29,7 @@ joint action, so expectations over π are exact sums.
 """
 
 import math
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -116,6 +117,8 @@ class QCritic(nn.Module):
     :param learning_rate: learning rate of the Adam optimizer
     :param batch_size: minibatch size of an update
     :param gradient_steps: updates per rollout
+    :param n_rollouts: how many of the most recent rollouts :meth:`fit_rollout` regresses on ("advantages",
+        "returns"): their samples together, in ``gradient_steps`` steps
     :param buffer_size: replay buffer size ("td")
     :param tau: Polyak coefficient of the target network ("td")
     :param gamma: discount factor of the TD target ("td")
@@ -134,6 +137,7 @@ class QCritic(nn.Module):
         learning_rate: float = 1e-3,
         batch_size: int = 256,
         gradient_steps: int = 100,
+        n_rollouts: int = 1,
         buffer_size: int = 1_000_000,
         tau: float = 0.005,
         gamma: float = 0.99,
@@ -144,6 +148,8 @@ class QCritic(nn.Module):
         self.target = target
         self.batch_size = batch_size
         self.gradient_steps = gradient_steps
+        #: the (observations, actions, targets) of the last ``n_rollouts`` rollouts :meth:`fit_rollout` was given
+        self.recent_rollouts: deque[tuple[PyTorchObs, th.Tensor, th.Tensor]] = deque(maxlen=n_rollouts)
         self.tau = tau
         self.gamma = gamma
         self.choices = action_choices(action_space)
@@ -219,14 +225,19 @@ class QCritic(nn.Module):
 
     def fit_rollout(self, observations: PyTorchObs, actions: th.Tensor, targets: th.Tensor) -> float:
         """
-        ``gradient_steps`` least-squares steps of Q_w(s_t, a_t) onto per-sample targets of one rollout (its
-        advantages or λ-returns), in shuffled passes over it.
+        ``gradient_steps`` least-squares steps of Q_w(s_t, a_t) onto per-sample targets (advantages or
+        λ-returns) of this rollout and of the ``n_rollouts − 1`` before it, in shuffled passes over their samples.
 
         :param observations: the rollout's observations (as the policy sees them), batch-first tensors
         :param actions: the rollout's actions
         :param targets: the regression targets, shape (n_samples,)
         :return: the mean squared error over the steps (nan with no step)
         """
+        self.recent_rollouts.append((observations, actions, targets))
+        if len(self.recent_rollouts) > 1:
+            observations = _concatenate([rollout[0] for rollout in self.recent_rollouts])
+            actions = th.cat([rollout[1] for rollout in self.recent_rollouts])
+            targets = th.cat([rollout[2] for rollout in self.recent_rollouts])
         n_samples = len(targets)
         n_passes = math.ceil(self.gradient_steps * self.batch_size / n_samples)
         order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(n_passes)])
@@ -260,3 +271,10 @@ class QCritic(nn.Module):
             polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
             losses.append(loss.detach())
         return th.stack(losses).mean().item() if losses else float("nan")
+
+
+def _concatenate(observations: list[PyTorchObs]) -> PyTorchObs:
+    """Batch-first observation tensors (or dicts of them) of several rollouts, as one batch."""
+    if isinstance(observations[0], dict):
+        return {key: th.cat([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
+    return th.cat(observations)  # type: ignore[arg-type]

@@ -197,6 +197,9 @@ class CVPG(PPOBase):
     :param qf_batch_size: minibatch size of the Q critic's updates
     :param qf_gradient_steps: Q critic updates per rollout; None: 100 passes over the rollout ("advantages", "returns")
         or 100 ("td")
+    :param qf_rollouts: for ``qf_target`` "advantages" and "returns", how many of the most recent rollouts the Q
+        critic regresses on (their samples together, in ``qf_gradient_steps`` steps): more data for the critic,
+        all of it from rollouts before the one its Ā is applied to
     :param qf_tau: Polyak coefficient of the Q critic's target network, in (0, 1] (``qf_target="td"``)
     :param qf_net_arch: hidden layers of the Q critic (None: those of the policy's value network)
     :param n_cv_samples: actions per state estimating E_a' Q_w(s, a') for "reparameterization"
@@ -263,6 +266,7 @@ class CVPG(PPOBase):
         qf_buffer_size: int = 1_000_000,
         qf_batch_size: int = 256,
         qf_gradient_steps: int | None = None,
+        qf_rollouts: int = 1,
         qf_tau: float = 0.005,
         qf_net_arch: list[int] | None = None,
         n_cv_samples: int = 8,
@@ -278,7 +282,7 @@ class CVPG(PPOBase):
     ):
         _check_names(control_variate=(control_variate, CONTROL_VARIATES), eta=(eta, ETA_RULES))
         _check_names(surrogate=(surrogate, SURROGATES), baseline=(baseline, BASELINES), qf_target=(qf_target, QF_TARGETS))
-        for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, n_cv_samples=n_cv_samples).items():
+        for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, qf_rollouts=qf_rollouts, n_cv_samples=n_cv_samples).items():
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if qf_gradient_steps is not None and (not isinstance(qf_gradient_steps, (int, np.integer)) or qf_gradient_steps < 0):
@@ -342,6 +346,7 @@ class CVPG(PPOBase):
         self.qf_buffer_size = qf_buffer_size
         self.qf_batch_size = qf_batch_size
         self.qf_gradient_steps = qf_gradient_steps
+        self.qf_rollouts = qf_rollouts
         self.qf_tau = qf_tau
         self.qf_net_arch = None if qf_net_arch is None else list(qf_net_arch)
         self.n_cv_samples = n_cv_samples
@@ -427,6 +432,7 @@ class CVPG(PPOBase):
             learning_rate=self.qf_learning_rate,
             batch_size=self.qf_batch_size,
             gradient_steps=gradient_steps,
+            n_rollouts=self.qf_rollouts,
             buffer_size=self.qf_buffer_size,
             tau=self.qf_tau,
             gamma=self.gamma,

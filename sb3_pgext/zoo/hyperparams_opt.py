@@ -63,13 +63,14 @@ def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
 
 
 def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additional_args: dict) -> dict[str, Any]:
-    """CVPG: the zoo's PPO space with its clip range, plus the Q critic's target, learning rate and passes, and η's rule."""
+    """CVPG: the zoo's PPO space with its clip range, plus the Q critic's target, learning rate, steps and rollouts, and η's rule."""
     _record_worker(trial)
     _suggest_on_policy(trial)
     trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4])
     trial.suggest_float("qf_learning_rate", 1e-4, 3e-3, log=True)
     trial.suggest_categorical("qf_target", ["advantages", "returns", "td"])
     trial.suggest_categorical("qf_gradient_steps", [32, 64, 128, 256])
+    trial.suggest_categorical("qf_rollouts", [1, 4, 16])
     trial.suggest_categorical("eta", ["adaptive", "conservative", "ones"])
     return CONVERTERS["cvpg"](trial.params)
 
