@@ -38,7 +38,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from sb3_pgext import CVPG, PPOKL, variance_decomposition
+from sb3_pgext import CVPG, PPOKL
+from sb3_pgext.common.callbacks import decompose_estimators
 from sb3_pgext.common.hyperparams import load_hyperparams
 from sb3_pgext.suite.decomposition import plot_terms
 from sb3_pgext.train import build_model, evaluate
@@ -67,36 +68,30 @@ def build(variant: str, env_id: str, seed: int) -> BaseAlgorithm:
     return build_model(PPOKL, env_id, hyperparams, seed, device="cpu", horizon_aware_value=True)
 
 
-def decompose(model: BaseAlgorithm, variant: str, seed: int) -> dict[str, Any]:
-    """The decomposition(s) of one checkpoint: "value" (the value baseline) and, for CVPG, "control_variate"."""
+def decompose(model: BaseAlgorithm, seed: int) -> dict[str, Any]:
+    """
+    The decomposition(s) of one checkpoint (:func:`sb3_pgext.common.callbacks.decompose_estimators`): "value" (the
+    value baseline) and, for CVPG, "control_variate" and "control_variate_centered".
+    """
     start = time.perf_counter()
-    if variant == "CVPG":
-        terms = {
-            "value": variance_decomposition(model, control_variate=False, seed=seed, **SIZES),
-            "control_variate": variance_decomposition(model, control_variate=True, seed=seed, **SIZES),
-        }
-        model.centered_cv = True  # Q-Prop's centred Ā, from the same critic and the same draws
-        try:
-            terms["control_variate_centered"] = variance_decomposition(model, control_variate=True, seed=seed, **SIZES)
-        finally:
-            model.centered_cv = False
-    else:
-        terms = {"value": variance_decomposition(model, control_variate=True, seed=seed, **SIZES)}
+    estimators = decompose_estimators(model, seed, **SIZES)  # type: ignore[arg-type]
+    names = {"value_baseline": "value", "control_variate": "control_variate", "centred_cv": "control_variate_centered"}
+    terms = {name: estimators[key] for key, name in names.items() if key in estimators}
     return dict(timesteps=model.num_timesteps, seconds=round(time.perf_counter() - start, 1), **terms)
 
 
 class Checkpoints(BaseCallback):
     """Decomposes the model when a rollout starts at or after each checkpoint (the last one is left to the caller)."""
 
-    def __init__(self, checkpoints: list[int], variant: str, seed: int):
+    def __init__(self, checkpoints: list[int], seed: int):
         super().__init__()
-        self.pending, self.variant, self.seed = list(checkpoints), variant, seed
+        self.pending, self.seed = list(checkpoints), seed
         self.results: list[dict[str, Any]] = []
 
     def _on_rollout_start(self) -> None:
         if self.pending and self.num_timesteps >= self.pending[0]:
             self.pending.pop(0)
-            self.results.append(decompose(self.model, self.variant, self.seed))
+            self.results.append(decompose(self.model, self.seed))
 
     def _on_step(self) -> bool:
         return True
@@ -109,10 +104,10 @@ def run(job: tuple[str, str, int]) -> dict[str, Any]:
     model = build(variant, env_id, seed)
     budget = BUDGETS[env_id]
     first_update = model.n_steps * model.n_envs
-    checkpoints = Checkpoints([first_update, budget // 2], variant, seed)
+    checkpoints = Checkpoints([first_update, budget // 2], seed)
     start = time.perf_counter()
     model.learn(budget, callback=checkpoints)
-    checkpoints.results.append(decompose(model, variant, seed))
+    checkpoints.results.append(decompose(model, seed))
     mean, std = evaluate(model, env_id, seed, N_EVAL_EPISODES)
     result = dict(variant=variant, env=env_id, seed=seed, steps=budget, mean_return=mean, std_return=std)
     result.update(seconds=round(time.perf_counter() - start, 1), sizes=SIZES, checkpoints=checkpoints.results)

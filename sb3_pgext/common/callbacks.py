@@ -15,7 +15,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
 from sb3_pgext.common.estimators import clipped_gaussian_mean, rollout_folds
-from sb3_pgext.common.utils import isolated_random_streams
+from sb3_pgext.common.utils import index_observations, isolated_random_streams, value_net_layers
 from sb3_pgext.common.variance_decomposition import TERMS, variance_decomposition
 from sb3_pgext.cvpg.critic import QCritic, joint_action_probs
 
@@ -30,6 +30,31 @@ ESTIMATORS = {
     "true_value": "φ = the true V (a perfect value function)",
     "true_q": "φ = the true Q (the ceiling of any action-dependent control variate: action term 0)",
 }
+
+
+def decompose_estimators(model: OnPolicyAlgorithm, seed: int, **sizes: int) -> dict[str, dict[str, Any]]:
+    """
+    The decompositions (:func:`~sb3_pgext.common.variance_decomposition.variance_decomposition`) of the model as
+    it is now, by estimator, those of :data:`ESTIMATORS` that apply: for CVPG three on the same draws (without its
+    control variate, with it, with its centred form), for other models their value baseline; each with the true V
+    and true Q references of the value baseline's draws.
+
+    :param model: an on-policy actor-critic
+    :param seed: the draws' seed, the same for every estimator
+    :param sizes: ``n_states``, ``n_actions``, ``n_rollouts``
+    """
+    is_cvpg = getattr(model, "q_critic", None) is not None
+    value = variance_decomposition(model, control_variate=not is_cvpg, seed=seed, **sizes)  # type: ignore[arg-type]
+    result = {"value_baseline": value, "true_value": value["true_value"], "true_q": value["ceiling"]}
+    if is_cvpg:
+        result["control_variate"] = variance_decomposition(model, control_variate=True, seed=seed, **sizes)  # type: ignore[arg-type]
+        centered_cv = model.centered_cv  # type: ignore[attr-defined]
+        model.centered_cv = True  # type: ignore[attr-defined]
+        try:
+            result["centred_cv"] = variance_decomposition(model, control_variate=True, seed=seed, **sizes)  # type: ignore[arg-type]
+        finally:
+            model.centered_cv = centered_cv  # type: ignore[attr-defined]
+    return result
 
 
 class VarianceDecompositionCallback(BaseCallback):
@@ -85,24 +110,9 @@ class VarianceDecompositionCallback(BaseCallback):
             self.measured_end = True
             self._measure(len(STAGES) - 1)
 
-    def decompose(self) -> dict[str, dict[str, Any]]:
-        """The decompositions of the model as it is now, by estimator (those of :data:`ESTIMATORS` that apply)."""
-        seed = self.seed if self.seed is not None else (self.model.seed or 0)
-        is_cvpg = getattr(self.model, "q_critic", None) is not None
-        value = variance_decomposition(self.model, control_variate=not is_cvpg, seed=seed, **self.sizes)
-        result = {"value_baseline": value, "true_value": value["true_value"], "true_q": value["ceiling"]}
-        if is_cvpg:
-            result["control_variate"] = variance_decomposition(self.model, control_variate=True, seed=seed, **self.sizes)
-            centered_cv = self.model.centered_cv  # type: ignore[attr-defined]
-            self.model.centered_cv = True  # type: ignore[attr-defined]
-            try:
-                result["centred_cv"] = variance_decomposition(self.model, control_variate=True, seed=seed, **self.sizes)
-            finally:
-                self.model.centered_cv = centered_cv  # type: ignore[attr-defined]
-        return result
-
     def _measure(self, stage: int) -> None:
-        decompositions = self.decompose()
+        seed = self.seed if self.seed is not None else (self.model.seed or 0)
+        decompositions = decompose_estimators(self.model, seed, **self.sizes)
         self.logger.record("decomposition/stage", stage)
         self.logger.record("decomposition/timesteps", self.num_timesteps)
         for estimator, terms in decompositions.items():
@@ -180,7 +190,7 @@ class CriticPredictabilityCallback(BaseCallback):
         if self.seed is None:
             self.seed = self.model.seed or 0
         policy = self.model.policy
-        layers = list(policy.net_arch.get("vf", [])) if isinstance(policy.net_arch, dict) else list(policy.net_arch)
+        layers = value_net_layers(policy.net_arch)
         with isolated_random_streams(self.seed):
             self.critics = [
                 QCritic(
@@ -224,9 +234,9 @@ class CriticPredictabilityCallback(BaseCallback):
                     if source == "same_rollout":
                         critic.gradient_steps = math.ceil(self.passes * int(others.sum()) / critic.batch_size)
                         critic.requires_grad_(True)
-                        critic.fit_rollout(_take(obs, others), actions[others], targets[others])
+                        critic.fit_rollout(index_observations(obs, th.as_tensor(others)), actions[others], targets[others])
                         critic.requires_grad_(False)
-                    state, action = self._parts(critic, _take(obs, inside), actions[inside])
+                    state, action = self._parts(critic, index_observations(obs, th.as_tensor(inside)), actions[inside])
                     parts[source][0][inside], parts[source][1][inside] = state, action
         shares: dict[str, float] = {"timesteps": self.num_timesteps}
         for source, (state, action) in parts.items():
@@ -235,9 +245,3 @@ class CriticPredictabilityCallback(BaseCallback):
                 shares[f"{source}/{part}"] = crossfit_r2(advantages, features[part], folds)
                 self.logger.record(f"predictability/{source}/{part}", shares[f"{source}/{part}"])
         self.history.append(shares)
-
-
-def _take(obs: Any, mask: np.ndarray) -> Any:
-    """The samples of ``mask`` of a tensor or of a dict of tensors (Dict observations)."""
-    index = th.as_tensor(mask)
-    return {key: value[index] for key, value in obs.items()} if isinstance(obs, dict) else obs[index]

@@ -40,6 +40,7 @@ from sb3_pgext.common.kl import (
     sampled_kl,
     validate_kl_penalty_args,
 )
+from sb3_pgext.common.utils import index_observations
 
 # States per forward pass when the whole rollout goes through the policy at once (KL bookkeeping)
 _FULL_ROLLOUT_CHUNK = 2048
@@ -543,11 +544,7 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         try:
             for start in range(0, n_samples, _FULL_ROLLOUT_CHUNK):
                 chunk = slice(start, start + _FULL_ROLLOUT_CHUNK)
-                if isinstance(observations, dict):
-                    obs_chunk = {key: obs[chunk] for key, obs in observations.items()}
-                else:
-                    obs_chunk = observations[chunk]
-                yield obs_as_tensor(obs_chunk, self.device), chunk  # type: ignore[arg-type]
+                yield obs_as_tensor(index_observations(observations, chunk), self.device), chunk  # type: ignore[arg-type]
         finally:
             self.policy.set_training_mode(training)
 

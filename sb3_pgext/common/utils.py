@@ -3,6 +3,7 @@
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -16,6 +17,28 @@ def repeat_observations(obs: PyTorchObs, n_times: int) -> PyTorchObs:
     if isinstance(obs, dict):
         return {key: value.repeat(n_times, *([1] * (value.dim() - 1))) for key, value in obs.items()}
     return obs.repeat(n_times, *([1] * (obs.dim() - 1)))
+
+
+def index_observations(obs: Any, index: Any) -> Any:
+    """
+    The samples ``index`` selects (a slice, mask or index array) of a batch of observations: an array or
+    tensor, or a dict of them.
+    """
+    if isinstance(obs, dict):
+        return {key: value[index] for key, value in obs.items()}
+    return obs[index]
+
+
+def concatenate_observations(batches: list[PyTorchObs]) -> PyTorchObs:
+    """Batches of observations (tensors, or dicts of tensors) concatenated along dim 0."""
+    if isinstance(batches[0], dict):
+        return {key: th.cat([batch[key] for batch in batches]) for key in batches[0]}  # type: ignore[index]
+    return th.cat(batches)  # type: ignore[arg-type]
+
+
+def value_net_layers(net_arch: list[int] | dict[str, list[int]]) -> list[int]:
+    """The hidden layers of an actor-critic policy's value network, from its ``net_arch``."""
+    return list(net_arch.get("vf", [])) if isinstance(net_arch, dict) else list(net_arch)
 
 
 @contextmanager

@@ -47,6 +47,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_pgext.common.critics import DiscreteCritic
+from sb3_pgext.common.utils import concatenate_observations, index_observations
 
 QF_TARGETS = ("advantages", "returns", "td")
 #: The most joint actions of a MultiDiscrete / MultiBinary space the exact ("expected") control variate sums over
@@ -235,7 +236,7 @@ class QCritic(nn.Module):
         """
         self.recent_rollouts.append((observations, actions, targets))
         if len(self.recent_rollouts) > 1:
-            observations = _concatenate([rollout[0] for rollout in self.recent_rollouts])
+            observations = concatenate_observations([rollout[0] for rollout in self.recent_rollouts])
             actions = th.cat([rollout[1] for rollout in self.recent_rollouts])
             targets = th.cat([rollout[2] for rollout in self.recent_rollouts])
         n_samples = len(targets)
@@ -244,8 +245,7 @@ class QCritic(nn.Module):
         losses = []
         for step in range(self.gradient_steps):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            obs = {k: v[batch] for k, v in observations.items()} if isinstance(observations, dict) else observations[batch]
-            loss = F.mse_loss(self.q_taken(obs, actions[batch]), targets[batch])
+            loss = F.mse_loss(self.q_taken(index_observations(observations, batch), actions[batch]), targets[batch])
             self._step(loss)
             losses.append(loss.detach())
         return th.stack(losses).mean().item() if losses else float("nan")
@@ -272,9 +272,3 @@ class QCritic(nn.Module):
             losses.append(loss.detach())
         return th.stack(losses).mean().item() if losses else float("nan")
 
-
-def _concatenate(observations: list[PyTorchObs]) -> PyTorchObs:
-    """Batch-first observation tensors (or dicts of them) of several rollouts, as one batch."""
-    if isinstance(observations[0], dict):
-        return {key: th.cat([obs[key] for obs in observations]) for key in observations[0]}  # type: ignore[index]
-    return th.cat(observations)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from sb3_pgext.common.estimators import (
 )
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.on_policy import PPOBase
-from sb3_pgext.common.utils import repeat_observations
+from sb3_pgext.common.utils import repeat_observations, value_net_layers
 from sb3_pgext.cvpg.buffers import (
     CVPGBufferMixin,
     CVPGDictRolloutBuffer,
@@ -444,8 +444,7 @@ class CVPG(PPOBase):
         """``qf_net_arch``, or the hidden layers of the policy's value network."""
         if self.qf_net_arch is not None:
             return self.qf_net_arch
-        net_arch = self.policy.net_arch
-        return list(net_arch.get("vf", [])) if isinstance(net_arch, dict) else list(net_arch)
+        return value_net_layers(self.policy.net_arch)
 
     def _rollout_callbacks(self) -> list[BaseCallback]:
         """The family's, plus the TD critic's replay feed and the rollout's last values (reward-to-go baselines)."""
