@@ -42,7 +42,8 @@ def read_decompositions(progress: dict[str, np.ndarray]) -> Decompositions:
                 for name in (term, f"{term}_se")
             }
             for estimator in ESTIMATORS
-            if np.isfinite(progress.get(f"decomposition/{estimator}/total", np.full(row + 1, np.nan))[row])
+            if f"decomposition/{estimator}/total" in progress
+            and np.isfinite(progress[f"decomposition/{estimator}/total"][row])
         }
     return result
 
@@ -60,17 +61,22 @@ def collect_decompositions(suite: Suite, out: Path) -> dict[tuple[str, str], lis
     return cells
 
 
-def _rows(
-    suite: Suite, env_id: str, cells: dict[tuple[str, str], list[Decompositions]]
-) -> list[tuple[str, str, list[Decompositions]]]:
-    """(algorithm, estimator, runs) in table order: the env's algorithms, then :data:`ESTIMATORS`' order."""
+#: one row of the section: (algorithm, estimator, per stage the terms of each run that measured it)
+EstimatorTerms = tuple[str, str, list[list[dict[str, float]]]]
+
+
+def _estimator_terms(suite: Suite, env_id: str, cells: dict[tuple[str, str], list[Decompositions]]) -> list[EstimatorTerms]:
+    """The env's rows in table order (its algorithms, then :data:`ESTIMATORS`' order), those measured at all."""
     env = next(env for env in suite.envs if env.env_id == env_id)
     rows = []
     for algo in env.algos:
         runs = cells.get((env_id, algo), [])
         for estimator in ESTIMATORS:
-            if any(estimator in run.get(stage, {}) for run in runs for stage in range(len(STAGES))):
-                rows.append((algo, estimator, runs))
+            per_stage = [
+                [run[stage][estimator] for run in runs if estimator in run.get(stage, {})] for stage in range(len(STAGES))
+            ]
+            if any(per_stage):
+                rows.append((algo, estimator, per_stage))
     return rows
 
 
@@ -97,19 +103,17 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
         ),
         "",
     ]
-    for env in suite.envs:
-        rows = _rows(suite, env.env_id, cells)
-        if not rows:
-            continue
+    by_env = {env.env_id: rows for env in suite.envs if (rows := _estimator_terms(suite, env.env_id, cells))}
+    for env_id, rows in by_env.items():
         lines += [
-            f"### {env.env_id}",
+            f"### {env_id}",
             "",
             "| stage | algorithm | estimator | seeds | state | action | trajectory | total | action share |",
         ]
         lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for stage, stage_name in enumerate(STAGES):
-            for algo, estimator, runs in rows:
-                terms = [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
+            for algo, estimator, per_stage in rows:
+                terms = per_stage[stage]
                 if not terms:
                     continue
                 row = f"| {stage_name} | {display(algo, suite)} | {LABELS[estimator][0]} | {len(terms)} |"
@@ -118,27 +122,12 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
                 shares = [t["action"] / t["total"] for t in terms if t["total"] > 0]
                 lines.append(row + (f" {np.mean(shares):.1%} |" if shares else " |"))
         lines.append("")
-    plot_decompositions(suite, cells, out / PLOT)
+    bars = {
+        env_id: [(f"{display(algo, suite)}\n{LABELS[estimator][1]}", per_stage) for algo, estimator, per_stage in rows]
+        for env_id, rows in by_env.items()
+    }
+    plot_terms(bars, out / PLOT)
     return lines + [f"![The decomposition per env and stage]({PLOT})", ""]
-
-
-def plot_decompositions(suite: Suite, cells: dict[tuple[str, str], list[Decompositions]], path: Path) -> None:
-    """The section's figure: :func:`plot_terms` of every (algorithm, estimator) of each env."""
-    bars = {}
-    for env in suite.envs:
-        rows = _rows(suite, env.env_id, cells)
-        if rows:
-            bars[env.env_id] = [
-                (
-                    f"{display(algo, suite)}\n{LABELS[estimator][1]}",
-                    [
-                        [run[stage][estimator] for run in runs if estimator in run.get(stage, {})]
-                        for stage in range(len(STAGES))
-                    ],
-                )
-                for algo, estimator, runs in rows
-            ]
-    plot_terms(bars, path)
 
 
 def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], path: Path) -> None:
@@ -164,7 +153,9 @@ def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], 
                     value = float(np.mean([t[term] for t in terms])) if terms else np.nan
                     largest = max(largest, value if np.isfinite(value) else 0.0)
                     if value > 0:
-                        ax.bar(index + offset, value, width=0.27, color=colours[term], label=None if term in labelled else term)
+                        ax.bar(
+                            index + offset, value, width=0.27, color=colours[term], label=None if term in labelled else term
+                        )
                         labelled.add(term)
             ax.set_yscale("log")
             if largest > 0:
