@@ -2,7 +2,10 @@
 
 import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -427,6 +430,7 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     assert sac["orders"] == [names, names[1:] + names[:1]]
     for row in sac["rows"] + ppo["rows"]:
         assert len(row["values"]) == 2 and row["median"] == statistics.median(row["values"]) > 0
+        assert 0 < row["cores"] <= os.cpu_count() + 0.5  # CPU time over wall time of the timed calls
     medians = {row["name"]: row["median"] for row in sac["rows"]}
     goal = sac["goals"][0]
     assert (goal["name"], goal["reference"], goal["goal"]) == ("OffPAC", "SB3 SAC", 2.0)
@@ -438,7 +442,27 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     assert "SBX SAC" not in sac["breakdown"] and "breakdown" in ppo and not ppo["breakdown"]
     text = (out / "compare.md").read_text()
     assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
+    offpac = sac["rows"][0]
+    assert f"| OffPAC | {offpac['median']:.1f} | {', '.join(f'{value:.1f}' for value in offpac['values'])} | {offpac['cores']:.2f} |" in text
     assert f"| OffPAC | {1e3 / medians['OffPAC']:.1f} | {sac['breakdown']['OffPAC']['ms_per_step']:.1f} |" in text
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 cores")
+def test_compare_pins_every_thread_of_the_process_to_the_cores_asked_for():
+    """pin_to_cores: the threads running before the call and those started after it run on one core."""
+    script = (
+        "import os, threading\n"
+        "from sb3_pgext.suite.compare import pin_to_cores\n"
+        "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start()\n"
+        "cores = pin_to_cores(1)\n"
+        "seen = []\n"
+        "after = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0))); after.start(); after.join()\n"
+        "threads = [os.sched_getaffinity(int(task)) for task in os.listdir('/proc/self/task')]\n"
+        "print(len(cores), len(threads), all(affinity == set(cores) for affinity in threads + seen))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    n_cores, n_threads, pinned = result.stdout.split()
+    assert n_cores == "1" and int(n_threads) >= 2 and pinned == "True"
 
 
 def test_compare_cvpg_with_sb3_ppo(tmp_path):

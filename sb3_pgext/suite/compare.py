@@ -34,8 +34,10 @@ step of ``train()``, in all and in matrix products (torch profiler), beside each
 that the gap to SBX can be read as arithmetic or as framework overhead.
 
 Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
-gave SB3's). One torch thread by default, and one XLA thread for SBX. Every model runs on ``--device``;
-SBX runs on JAX's device of the same kind (:func:`~sb3_pgext.suite.speed.sbx_device`: a machine with a GPU
+gave SB3's). One torch thread by default, and one XLA thread for SBX; on the CPU the command line also pins
+the process to as many cores as ``--threads`` (XLA's CPU client runs SBX on two cores even with one thread
+asked for), and the report gives the cores each model kept busy (CPU time over wall time). Every model
+runs on ``--device``; SBX runs on JAX's device of the same kind (:func:`~sb3_pgext.suite.speed.sbx_device`: a machine with a GPU
 still measures SBX on its CPU for ``--device cpu``; the command line also sets ``JAX_PLATFORMS=cpu`` then, so
 that JAX does not take the GPU's memory). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
 with the device that was measured.
@@ -94,6 +96,8 @@ class Contender:
     warm_up: Callable[[BaseAlgorithm], tuple[Callable[[], None], int]]
     unit: str
     values: list[float] = field(default_factory=list)
+    #: per timed call, the process's CPU time over the wall time: the cores the model kept busy
+    cores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -245,11 +249,13 @@ def race(entrants: list[Contender], repeats: int) -> tuple[list[list[str]], list
         for index in order:
             step, count = steps[index]
             _synchronize(models[index].device)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             with contextlib.redirect_stdout(io.StringIO()):
                 step()
             _synchronize(models[index].device)
-            entrants[index].values.append(count / (time.perf_counter() - start))
+            wall = time.perf_counter() - start
+            entrants[index].values.append(count / wall)
+            entrants[index].cores.append((time.process_time() - start_cpu) / wall)
     return orders, models
 
 
@@ -357,6 +363,8 @@ def compare(
         "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
         "cpu": cpu_name(),
         "torch_threads": th.get_num_threads(),
+        "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores_in_machine": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": versions,
         "repeats": repeats,
@@ -381,7 +389,10 @@ def compare(
                 breakdown: dict[str, dict[str, float]] = {}
                 results.append({
                     "case": case, "env": env_id, "unit": entrants[0].unit + "/s", "orders": orders,
-                    "rows": [{"name": entrant.name, "median": medians[entrant.name], "values": entrant.values} for entrant in entrants],
+                    "rows": [
+                        {"name": entrant.name, "median": medians[entrant.name], "values": entrant.values, "cores": statistics.median(entrant.cores)}
+                        for entrant in entrants
+                    ],
                     "goals": goals, "breakdown": breakdown,
                 })  # fmt: skip
                 for name, median in medians.items():
@@ -401,9 +412,28 @@ def compare(
     return out / COMPARE_JSON
 
 
+def pin_to_cores(n_cores: int) -> list[int]:
+    """
+    Restrict this process, every thread it has and every thread it starts later, to ``n_cores`` of the cores
+    it may run on (Linux): XLA's CPU client runs SBX's update on more threads than its flags ask for, so
+    only the operating system's affinity makes "one thread" hold for every framework alike.
+
+    :param n_cores: how many cores
+    :return: the cores kept
+    """
+    cores = sorted(os.sched_getaffinity(0))[:n_cores]
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), cores)
+    return cores
+
+
 def _write(out: Path, data: dict[str, Any]) -> None:
     (out / COMPARE_JSON).write_text(json.dumps(data, indent=1))
     (out / COMPARE_MD).write_text("\n".join(compare_markdown(data)) + "\n")
+
+
+def _has_cores(data: dict[str, Any]) -> bool:
+    return any("cores" in row for result in data["results"] for row in result["rows"])
 
 
 def compare_markdown(data: dict[str, Any]) -> list[str]:
@@ -418,14 +448,27 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
         (f"Device: {data['device_name']} (`{data['device']}`), " if data.get("device_name") else "Device: ")
         + f"CPU ({data['cpu']}), {data['torch_threads']} torch thread(s)"
         + (f", XLA flags `{data['xla_flags']}`" if data["xla_flags"] else "")
+        + (
+            f", the process pinned to {data['cores_allowed']} of the machine's {data['cores_in_machine']} cores"
+            if data.get("cores_allowed") and data["cores_allowed"] < data["cores_in_machine"]
+            else ""
+        )
         + f"; {versions}. Every figure is the median of {data['repeats']} timed calls, the models of a table timed "
-        "in turn in one process, the order rotated each round; ratios are ratios of medians.",
+        "in turn in one process, the order rotated each round; ratios are ratios of medians."
+        + (" Cores used: the process's CPU time over the wall time of the timed calls (median)." if _has_cores(data) else ""),
         "",
     ]
     for result in data["results"]:
-        lines += [f"## {result['case']}: {result['env']}", "", f"| model | {result['unit']} (median) | all repeats |", "| --- | --- | --- |"]
+        cores = "cores" in result["rows"][0]
+        lines += [
+            f"## {result['case']}: {result['env']}",
+            "",
+            f"| model | {result['unit']} (median) | all repeats |" + (" cores used |" if cores else ""),
+            "| --- | --- | --- |" + (" --- |" if cores else ""),
+        ]
         for row in result["rows"]:
-            lines.append(f"| {row['name']} | {row['median']:.1f} | {', '.join(f'{value:.1f}' for value in row['values'])} |")
+            used = f" {row['cores']:.2f} |" if cores else ""
+            lines.append(f"| {row['name']} | {row['median']:.1f} | {', '.join(f'{value:.1f}' for value in row['values'])} |{used}")
         lines.append("")
         for goal in result["goals"]:
             if goal["goal"] is None:
@@ -471,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmark") / "speed", help="results folder")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per model (median reported)")
     parser.add_argument("--steps", type=int, default=2000, help="env steps per timed learn() call")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (and XLA's, for SBX)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (and XLA's, for SBX); on the CPU the process is also pinned to that many cores")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CPU_CASES), help="comparisons (default: the CPU ones)")
     parser.add_argument("--envs", nargs="+", help="only these envs")
     parser.add_argument("--device", default="cpu", help='torch device of the PyTorch models ("cpu", "cuda"); SBX runs on JAX\'s matching platform')
@@ -481,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     if th.device(args.device).type == "cuda" and not th.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device (torch {th.__version__})")
     th.set_num_threads(args.threads)
+    if th.device(args.device).type == "cpu" and hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
+        pin_to_cores(args.threads)
     if "jax" not in sys.modules:  # read when jax is first imported
         if args.threads == 1 and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_ONE_THREAD}".strip()
