@@ -332,6 +332,20 @@ def test_discrete_likelihood_matches_expected(monkeypatch):
     assert ((draws.mean(dim=0) - gradients["expected"][0]).abs() < tolerance).all()
 
 
+def test_discrete_policy_sample_is_torch_categoricals():
+    """The Discrete actor's log π(·|s), π(·|s) and K actions equal those of torch's Categorical, seed for seed."""
+    model = OffPAC("MlpPolicy", IdentityEnv(5), seed=0, actor_gradient="likelihood", n_action_samples=3, **TINY)
+    obs = model.policy.obs_to_tensor(np.arange(64) % 5)[0]
+    categorical = model.actor.distribution(obs).distribution
+    log_probs, probs = model.actor.log_probs_and_probs(obs)
+    assert th.equal(log_probs, categorical.logits) and th.equal(probs, categorical.probs)
+    th.manual_seed(1)
+    sample = model._sample_policy(obs)
+    th.manual_seed(1)
+    actions = categorical.sample((3,))
+    assert th.equal(sample.actions, actions.reshape(-1)) and th.equal(sample.log_prob, categorical.log_prob(actions).reshape(-1))
+
+
 # --- spaces, buffers, logging, save / load ---------------------------------------------------------
 
 

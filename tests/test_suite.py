@@ -452,7 +452,7 @@ def test_compare_pins_every_thread_of_the_process_to_the_cores_asked_for():
     """pin_to_cores: the threads running before the call and those started after it run on one core."""
     script = (
         "import os, threading\n"
-        "from sb3_pgext.suite.compare import pin_to_cores\n"
+        "from sb3_pgext.suite.speed import pin_to_cores\n"
         "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start()\n"
         "cores = pin_to_cores(1)\n"
         "seen = []\n"

@@ -293,24 +293,21 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
             else:
                 neg_entropy = log_prob.reshape(self.n_action_samples, -1).mean(dim=0).reshape(-1, 1)
             return PolicySample(neg_entropy, actions, log_prob, None)
-        # SB3 distributions are reused objects: keep the torch distribution, not the wrapper
-        distribution = self.actor.distribution(obs).distribution  # type: ignore[union-attr]
-        log_probs = distribution.logits  # torch keeps Categorical logits normalised: log π(·|s)
-        probs = distribution.probs
+        log_probs, probs = self.actor.log_probs_and_probs(obs)  # type: ignore[union-attr]
         neg_entropy = (probs * log_probs).sum(dim=1, keepdim=True)
         if self.actor_gradient == "expected":
             return PolicySample(neg_entropy, None, log_probs, probs)
-        actions = distribution.sample((self.n_action_samples,))  # (K, batch)
-        log_prob = distribution.log_prob(actions)
+        # K actions per state, drawn as torch's Categorical.sample((K,)) draws them: shape (K, batch)
+        actions = th.multinomial(probs.detach(), self.n_action_samples, replacement=True).t()
+        log_prob = log_probs.gather(1, actions.t()).t()
         return PolicySample(neg_entropy, actions.reshape(-1), log_prob.reshape(-1), probs)
 
     def _soft_state_value(self, obs: PyTorchObs, ent_coef: th.Tensor) -> th.Tensor:
         """E_{a∼π(s)}[ min_j Q_φ̄j(s, a) − α log π(a|s) ] with fresh a from the current policy."""
         if isinstance(self.action_space, spaces.Discrete):
-            distribution = self.actor.distribution(obs)  # type: ignore[union-attr]
-            log_probs = distribution.distribution.logits  # torch keeps Categorical logits normalised: log π(·|s)
+            log_probs, probs = self.actor.log_probs_and_probs(obs)  # type: ignore[union-attr]
             q_values = self.policy.min_q(self.critic_target, obs)
-            return (distribution.distribution.probs * (q_values - ent_coef * log_probs)).sum(dim=1, keepdim=True)
+            return (probs * (q_values - ent_coef * log_probs)).sum(dim=1, keepdim=True)
         next_actions, next_log_prob = self.actor.action_log_prob(obs)
         next_q_values = self.policy.min_q(self.critic_target, obs, next_actions)
         return next_q_values - ent_coef * next_log_prob.reshape(-1, 1)

@@ -21,6 +21,7 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.type_aliases import PyTorchObs
 from stable_baselines3.sac.policies import Actor, SACPolicy
 from torch import nn
+from torch.nn import functional as F
 
 from sb3_pgext.common.critics import BatchedContinuousCritic, BatchedDiscreteCritic, DiscreteCritic
 
@@ -85,6 +86,16 @@ class CategoricalActor(BasePolicy):
         """π_θ(·|s) for a batch of observations."""
         features = self.extract_features(obs, self.features_extractor)
         return self.action_dist.proba_distribution(action_logits=self.action_net(self.latent_pi(features)))
+
+    def log_probs_and_probs(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """
+        log π_θ(·|s) and π_θ(·|s), each of shape (batch, n_actions), computed as torch's ``Categorical`` computes
+        its ``logits`` and ``probs`` (the same values), without building the distribution and checking its arguments.
+        """
+        features = self.extract_features(obs, self.features_extractor)
+        logits = self.action_net(self.latent_pi(features))
+        log_probs = logits - logits.logsumexp(dim=-1, keepdim=True)
+        return log_probs, F.softmax(log_probs, dim=-1)
 
     def forward(self, obs: PyTorchObs, deterministic: bool = False) -> th.Tensor:
         return self.distribution(obs).get_actions(deterministic=deterministic)

@@ -12,13 +12,14 @@ rewrites the report; ``report`` only rewrites it from what is there.
 """
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from sb3_pgext.suite import load_suite, run_suite, write_report
 from sb3_pgext.suite.runner import BACKENDS, finished_results
-from sb3_pgext.suite.speed import measure_speed
+from sb3_pgext.suite.speed import measure_speed, pin_to_cores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=BACKENDS, default="local", help="run: local worker processes or one Ray task per run")
     parser.add_argument("--address", help='run --backend ray: the Ray cluster\'s address ("auto", "ray://<head>:10001"); none: a local instance')
     parser.add_argument("--device", default="cpu", help='torch device of every run, or the one speed compares with the CPU ("cuda")')
-    parser.add_argument("--threads", type=int, default=1, help="speed: torch threads on the CPU (the runs use 1)")
+    parser.add_argument("--threads", type=int, default=1, help="speed: torch threads on the CPU (the runs use 1), the process pinned to as many cores")
     parser.add_argument("--repeats", type=int, default=3, help="speed: timed train() calls per algorithm and device")
     parser.add_argument("--envs", nargs="+", help="only these envs of the suite")
     parser.add_argument("--algos", nargs="+", help="only these algorithms of the suite")
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+        if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
+            pin_to_cores(args.threads)  # SBX's XLA uses more threads than it is told to: one core for every framework alike
         try:
             print(f"speed: {measure_speed(suite, out, device=args.device, repeats=args.repeats, envs=args.envs)}")
         except ValueError as error:

@@ -62,7 +62,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_pgext.suite.config import load_suite
 from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
-from sb3_pgext.suite.speed import _synchronize, _update_step, sbx_available, sbx_device, sbx_sac_like, zoo_model
+from sb3_pgext.suite.speed import _synchronize, _update_step, pin_to_cores, sbx_available, sbx_device, sbx_sac_like, zoo_model
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -410,21 +410,6 @@ def compare(
                 close_envs(models)
     _write(out, data)
     return out / COMPARE_JSON
-
-
-def pin_to_cores(n_cores: int) -> list[int]:
-    """
-    Restrict this process, every thread it has and every thread it starts later, to ``n_cores`` of the cores
-    it may run on (Linux): XLA's CPU client runs SBX's update on more threads than its flags ask for, so
-    only the operating system's affinity makes "one thread" hold for every framework alike.
-
-    :param n_cores: how many cores
-    :return: the cores kept
-    """
-    cores = sorted(os.sched_getaffinity(0))[:n_cores]
-    for thread in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(thread), cores)
-    return cores
 
 
 def _write(out: Path, data: dict[str, Any]) -> None:

@@ -267,7 +267,9 @@ def speed_section(out: Path, suite_name: str) -> list[str]:
         f"{data['repeats']} timed `train()` calls after a warm-up call, env stepping left out; models built by the zoo "
         f"from the same hyperparameter files as the runs"
         + (" (SBX SAC, the JAX port of SB3, with SB3 SAC's)" if any(row["algo"] == "sbx" for row in data["rows"]) else "")
-        + f". Measured on: CPU {data['cpu']}, {data['torch_threads']} torch thread(s); "
+        + f". Measured on: CPU {data['cpu']}, {data['torch_threads']} torch thread(s)"
+        + (f", the process pinned to {data['cores_allowed']} core(s)" if data.get("cores_allowed") == data["torch_threads"] else "")
+        + "; "
         + (f"GPU: {data['device_name']}; " if gpu else "")
         + f"torch {data['torch']}.",
         "",

@@ -21,6 +21,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import platform
 import statistics
 import tempfile
@@ -122,6 +123,21 @@ def _update_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
     return model.train, n_epochs * math.ceil(n_steps * n_envs / batch_size)
 
 
+def pin_to_cores(n_cores: int) -> list[int]:
+    """
+    Restrict this process, every thread it has and every thread it starts later, to ``n_cores`` of the cores
+    it may run on (Linux): XLA's CPU client runs SBX's update on more threads than its flags ask for, so
+    only the operating system's affinity makes "one thread" hold for every framework alike.
+
+    :param n_cores: how many cores
+    :return: the cores kept
+    """
+    cores = sorted(os.sched_getaffinity(0))[:n_cores]
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), cores)
+    return cores
+
+
 def _synchronize(device: th.device) -> None:
     if device.type == "cuda":
         th.cuda.synchronize(device)
@@ -195,6 +211,7 @@ def measure_speed(
         "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
         "cpu": f"{platform.machine()} ({platform.processor() or platform.system()})",
         "torch_threads": th.get_num_threads(),
+        "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch": th.__version__,
         "repeats": repeats,
         "rows": rows,
