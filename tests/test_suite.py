@@ -222,7 +222,8 @@ def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_value
     text = write_report(suite, out, "cmd").read_text()
     expected = f"| cvpg-measured | {np.median(pooled):.4g} (seeds {min(map(np.median, runs)):.4g} to {max(map(np.median, runs)):.4g}"
     assert "## Logged along training" in text and expected in text
-    assert f"{np.mean(pooled < 1):.0%} below 1; 2 runs, 6 updates) |" in text
+    thirds = [np.median([run[third] for run in runs]) for third in range(3)]  # 3 updates per run: one per third
+    assert f"{np.mean(pooled < 1):.0%} below 1; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}; 2 runs, 6 updates) |" in text
     # a suite whose runs did not log the values says so
     no_runs = tmp_path / "empty"
     no_runs.mkdir()

@@ -422,7 +422,8 @@ def logged_values(columns: dict[str, np.ndarray], entry: Logged) -> np.ndarray |
 def logged_section(suite: Suite, out: Path) -> list[str]:
     """
     Per env, for each algorithm whose finished runs logged the suite's ``logged`` values: the median over every
-    logged update of every run, the range of the runs' own medians and, for a ratio, the share of updates below 1.
+    logged update of every run, the range of the runs' own medians, for a ratio the share of updates below 1, and
+    the median over each third of training (a value that drifts as training goes on).
     """
     if not suite.logged:
         return []
@@ -430,7 +431,8 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
         "## Logged along training",
         "",
         "From each finished run's `progress.csv` (every logger dump, full precision): the median over all logged "
-        "updates of all seeds, the range of the seeds' own medians, and for a ratio the share of updates below 1.",
+        "updates of all seeds, the range of the seeds' own medians, for a ratio the share of updates below 1, and the "
+        "median over the first, middle and last third of each run's updates (pooled over seeds).",
         "",
     ]
     found = False
@@ -450,6 +452,9 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
                 pooled, medians = np.concatenate(runs), [float(np.median(values)) for values in runs]
                 cell = f"{np.median(pooled):.4g} (seeds {min(medians):.4g} to {max(medians):.4g}"
                 cell += f"; {np.mean(pooled < 1):.0%} below 1" if entry.over is not None else ""
+                if all(values.size >= 3 for values in runs):  # each run's updates split in three, in order, pooled by third
+                    thirds = [np.median(np.concatenate([np.array_split(values, 3)[third] for values in runs])) for third in range(3)]
+                    cell += f"; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}"
                 cells.append(cell + f"; {len(runs)} runs, {pooled.size} updates)")
             if logged_any:
                 rows.append(f"| {display(algo, suite)} | " + " | ".join(cells) + " |")
