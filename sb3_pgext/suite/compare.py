@@ -30,8 +30,8 @@ meant for ``--device cuda``; ``cvpg-ppo`` is asked for by name::
     python -m sb3_pgext.suite.compare --cases cvpg-ppo --out benchmark/speed/cvpg
 
 For ``pendulum-sac`` the report also says where the PyTorch updates' time goes: milliseconds per gradient
-step of ``train()``, in all and in matrix products (torch profiler), beside each model's whole env step, so
-that the gap to SBX can be read as arithmetic or as framework overhead.
+step of ``train()``, in all and in matrix products (torch profiler), beside each model's whole env step and
+SBX's gradient step, so that the gap to SBX can be read as arithmetic or as framework overhead.
 
 Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the hyperparameters the zoo
 gave SB3's). One torch thread by default, and one XLA thread for SBX; on the CPU the command line also pins
@@ -406,6 +406,9 @@ def compare(
                     for entrant, model in zip(entrants, models):
                         if not type(model).__module__.startswith("sbx"):
                             breakdown[entrant.name] = profiled(model)
+                        elif target.type == "cpu":  # SBX's gradient step too, unprofiled (its arithmetic is XLA's)
+                            with sbx_device(device):
+                                breakdown[entrant.name] = {"ms_per_step": _train_ms_per_step(model, 64)}
                     _write(out, data)
                 close_envs(models)
     _write(out, data)
@@ -480,7 +483,8 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
             lines += [
                 "Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (unprofiled) "
                 f"and in matrix products (self CPU time of {', '.join(f'`{op}`' for op in MATMUL_OPS)} under the torch profiler), "
-                "beside each model's whole env step (1 / its median above, collection included).",
+                "beside each model's whole env step (1 / its median above, collection included); SBX's gradient step is "
+                "timed the same way, its matrix products are XLA's and not counted.",
                 "",
                 "| model | ms per env step | ms per gradient step | of it in matrix products |",
                 "| --- | --- | --- | --- |",
@@ -488,7 +492,8 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
             medians = {row["name"]: row["median"] for row in result["rows"]}
             for row in result["rows"]:
                 cost = result["breakdown"].get(row["name"])
-                update = f"{cost['ms_per_step']:.1f} | {cost['matmul_ms_per_step']:.1f}" if cost else "– | –"
+                matmul = f"{cost['matmul_ms_per_step']:.1f}" if cost and "matmul_ms_per_step" in cost else "–"
+                update = f"{cost['ms_per_step']:.1f} | {matmul}" if cost else "– | –"
                 lines.append(f"| {row['name']} | {1e3 / medians[row['name']]:.1f} | {update} |")
             lines.append("")
     return lines
