@@ -278,7 +278,7 @@ def test_state_part_corrects_a_wrong_value_baseline_without_bias(centered_cv):
     """
     n_minibatches = 64
     model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=2048, centered_cv=centered_cv, seed=0,
-                 policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)))
+                 qf_target="advantages", policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.3)))
     model.q_critic.q_net = WrongValueGaussianQ()
     with th.no_grad():
         model.policy.value_net.bias.fill_(-4.09 + WRONG_VALUE)
@@ -631,7 +631,7 @@ def test_save_load_keeps_the_critic(tmp_path):
     loaded = CVPG.load(tmp_path / "cvpg", env=gym.make("Pendulum-v1"))
     for a, b in zip(model.q_critic.parameters(), loaded.q_critic.parameters()):
         assert th.equal(a, b)
-    assert loaded.control_variate == "taylor" and loaded.qf_target == "advantages" and loaded.eta == "adaptive"
+    assert loaded.control_variate == "taylor" and loaded.qf_target == "returns" and loaded.eta == "adaptive"
     loaded.learn(64, reset_num_timesteps=False)
     assert loaded.num_timesteps == 128
 

@@ -118,7 +118,7 @@ class CVPG(PPOBase):
        and travel as named fields of the rollout buffer's samples (:class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBufferSamples`);
     2. the policy is updated on the chosen surrogate of Â − ηĀ minus η times the analytic term (:meth:`_policy_loss`);
     3. the critic is fitted (:class:`~sb3_pgext.cvpg.critic.QCritic`): by regression onto the rollout's
-       advantages (``qf_target="advantages"``, default) or λ-returns ("returns"), or by Q-Prop's off-policy TD
+       advantages (``qf_target="advantages"``) or λ-returns ("returns", default), or by Q-Prop's off-policy TD
        on a replay buffer ("td").
 
     The estimator is unbiased for any critic and η that do not depend on the actions they are applied to:
@@ -188,10 +188,11 @@ class CVPG(PPOBase):
     :param kl_hinge_coef: Coefficient of the hinge term beyond 2 d_targ (``surrogate="kl"``)
     :param kl_estimator: "analytic", "k1" or "k3" (``surrogate="kl"``)
     :param kl_direction: "forward" or "reverse" (``surrogate="kl"``)
-    :param qf_target: how the Q critic is fitted after each policy update: "advantages" (default; least
-        squares onto the rollout's Â, so Q_w tracks A^π up to a function of s), "returns" (onto the λ-returns,
-        the value function's targets, so Q_w tracks Q^π) or "td" (Q-Prop's off-policy critic: expected-SARSA TD
-        on a replay buffer of every step, with a Polyak target network)
+    :param qf_target: how the Q critic is fitted after each policy update: "returns" (default; least squares
+        onto the rollout's λ-returns, the value function's targets, so Q_w tracks Q^π and its state part
+        corrects V), "advantages" (onto the rollout's Â, so Q_w tracks A^π up to a function of s; the default
+        of 0.1.0, which cut no variance on HalfCheetah-v5) or "td" (Q-Prop's off-policy critic:
+        expected-SARSA TD on a replay buffer of every step, with a Polyak target network)
     :param qf_learning_rate: learning rate of the Q critic's Adam optimizer
     :param qf_buffer_size: size of the Q critic's replay buffer (``qf_target="td"``)
     :param qf_batch_size: minibatch size of the Q critic's updates
@@ -261,7 +262,7 @@ class CVPG(PPOBase):
         kl_hinge_coef: float = 0.0,
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
-        qf_target: str = "advantages",
+        qf_target: str = "returns",
         qf_learning_rate: float = 1e-3,
         qf_buffer_size: int = 1_000_000,
         qf_batch_size: int = 256,
