@@ -96,7 +96,7 @@ def test_steps_to_threshold():
     np.testing.assert_array_equal(cell.finals, [500, 30])
 
 
-def test_run_resume_and_report(tmp_path):
+def test_run_resume_and_report(tmp_path, monkeypatch):
     path = tmp_path / "tiny.yml"
     path.write_text(TINY_SUITE)
     out = tmp_path / "out"
@@ -132,6 +132,13 @@ def test_run_resume_and_report(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| PPOKL |") or line.startswith("| PPO |")]
     assert len(rows) >= 2 and "| PPOKL | PPO | 2/2 |" in text
     assert "## Where ours trail their peers" in text and "P(ours > peer)" in text and "| PPOKL, PPO |" in text
+    # a label with a comma (suite variants have them) in the probability-of-improvement table and plot
+    from sb3_pgext.suite import report as report_module
+
+    monkeypatch.setitem(report_module.NAMES, "ppokl", "PPOKL (clip, penalty)")
+    (out / "probability_of_improvement.png").unlink()
+    assert "| PPOKL (clip, penalty), PPO |" in write_report(suite, out, "cmd").read_text()
+    assert (out / "probability_of_improvement.png").stat().st_size > 1000
     for name in ("aggregate.png", "probability_of_improvement.png", "curves_CartPole-v1.png"):
         assert (out / name).stat().st_size > 1000
     assert "![CartPole-v1](curves_CartPole-v1.png)" in text

@@ -27,6 +27,9 @@ from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE
 
 BOOTSTRAP_REPS = 2000
+#: joins "ours" and "peer" in the keys of the probability-of-improvement pairs (rliable splits them there): a
+#: character no label has, where labels may hold commas (e.g. "CVPG (critic on the returns, default)")
+PAIR_SEPARATOR = "\t"
 NAMES = {name: algorithm.display_name for name, algorithm in OUR_ALGOS.items()}
 NAMES.update(ppo="PPO", a2c="A2C", sac="SAC", dqn="DQN", sbx="SBX SAC")
 
@@ -324,7 +327,7 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         ours, theirs = scores.get(display(algo, suite)), _normalized(suite, cells, peers)
         if ours is not None and theirs is not None:
             scores.setdefault(peer_name, theirs)
-            pairs[f"{display(algo, suite)},{peer_name}"] = (ours, theirs)
+            pairs[f"{display(algo, suite)}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
     if not scores:
         return ["Aggregates appear once every algorithm has finished runs on every env of the suite.", ""]
 
@@ -360,8 +363,8 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         ]
         for pair in pairs:
             probability, ci = float(np.ravel(probabilities[pair])[0]), np.ravel(probability_cis[pair])
-            lines.append(f"| {pair.replace(',', ', ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
-        plot_utils.plot_probability_of_improvement(probabilities, probability_cis)
+            lines.append(f"| {pair.replace(PAIR_SEPARATOR, ', ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
+        plot_utils.plot_probability_of_improvement(probabilities, probability_cis, pair_separator=PAIR_SEPARATOR)
         _save(out / "probability_of_improvement.png")
         lines += ["", "![probability of improvement](probability_of_improvement.png)", ""]
     return lines
