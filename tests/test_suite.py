@@ -459,11 +459,12 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs Linux and 2 cores")
 def test_compare_pins_every_thread_of_the_process_to_the_cores_asked_for():
-    """pin_to_cores: the threads running before the call and those started after it run on one core."""
+    """pin_to_cores: the threads running before the call and those started after it run on one core; asked for all, nothing changes."""
     script = (
         "import os, threading\n"
         "from sb3_pgext.suite.speed import pin_to_cores\n"
         "before = threading.Thread(target=threading.Event().wait, daemon=True); before.start()\n"
+        "assert pin_to_cores(len(os.sched_getaffinity(0))) == sorted(os.sched_getaffinity(0)) == sorted(os.sched_getaffinity(before.native_id))\n"
         "cores = pin_to_cores(1)\n"
         "seen = []\n"
         "after = threading.Thread(target=lambda: seen.append(os.sched_getaffinity(0))); after.start(); after.join()\n"

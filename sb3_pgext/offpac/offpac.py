@@ -297,9 +297,9 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         neg_entropy = (probs * log_probs).sum(dim=1, keepdim=True)
         if self.actor_gradient == "expected":
             return PolicySample(neg_entropy, None, log_probs, probs)
-        # K actions per state, drawn as torch's Categorical.sample((K,)) draws them: shape (K, batch)
-        actions = th.multinomial(probs.detach(), self.n_action_samples, replacement=True).t()
-        log_prob = log_probs.gather(1, actions.t()).t()
+        # K actions per state, drawn as torch's Categorical.sample((K,)) draws them (shape (batch, K), then (K, batch))
+        draws = th.multinomial(probs.detach(), self.n_action_samples, replacement=True)
+        actions, log_prob = draws.t(), log_probs.gather(1, draws).t()
         return PolicySample(neg_entropy, actions.reshape(-1), log_prob.reshape(-1), probs)
 
     def _soft_state_value(self, obs: PyTorchObs, ent_coef: th.Tensor) -> th.Tensor:

@@ -12,7 +12,6 @@ rewrites the report; ``report`` only rewrites it from what is there.
 """
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -54,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        if hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
-            pin_to_cores(args.threads)  # SBX's XLA uses more threads than it is told to: one core for every framework alike
+        pin_to_cores(args.threads)  # SBX's XLA uses more threads than it is told to: one core for every framework alike
         try:
             print(f"speed: {measure_speed(suite, out, device=args.device, repeats=args.repeats, envs=args.envs)}")
         except ValueError as error:

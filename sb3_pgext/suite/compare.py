@@ -37,9 +37,9 @@ Every model is built by the RL Zoo as the suites build it (SBX's SAC takes the h
 gave SB3's). One torch thread by default, and one XLA thread for SBX; on the CPU the command line also pins
 the process to as many cores as ``--threads`` (XLA's CPU client runs SBX on two cores even with one thread
 asked for), and the report gives the cores each model kept busy (CPU time over wall time). Every model
-runs on ``--device``; SBX runs on JAX's device of the same kind (:func:`~sb3_pgext.suite.speed.sbx_device`: a machine with a GPU
-still measures SBX on its CPU for ``--device cpu``; the command line also sets ``JAX_PLATFORMS=cpu`` then, so
-that JAX does not take the GPU's memory). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
+runs on ``--device``; SBX runs on JAX's device of the same kind (:func:`~sb3_pgext.suite.speed.sbx_device`:
+a machine with a GPU still measures SBX on its CPU for ``--device cpu``; the command line also sets
+``JAX_PLATFORMS=cpu`` then, so that JAX does not take the GPU's memory). The results go to ``<out>/compare.json`` and ``<out>/compare.md``,
 with the device that was measured.
 """
 
@@ -62,7 +62,17 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_pgext.suite.config import load_suite
 from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
-from sb3_pgext.suite.speed import _synchronize, _update_step, pin_to_cores, sbx_available, sbx_device, sbx_sac_like, zoo_model
+from sb3_pgext.suite.speed import (
+    _synchronize,
+    _update_step,
+    core_counts,
+    pin_to_cores,
+    pinned_note,
+    sbx_available,
+    sbx_device,
+    sbx_sac_like,
+    zoo_model,
+)
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
@@ -363,8 +373,7 @@ def compare(
         "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
         "cpu": cpu_name(),
         "torch_threads": th.get_num_threads(),
-        "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cores_in_machine": os.cpu_count(),
+        **core_counts(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "versions": versions,
         "repeats": repeats,
@@ -438,11 +447,7 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
         (f"Device: {data['device_name']} (`{data['device']}`), " if data.get("device_name") else "Device: ")
         + f"CPU ({data['cpu']}), {data['torch_threads']} torch thread(s)"
         + (f", XLA flags `{data['xla_flags']}`" if data["xla_flags"] else "")
-        + (
-            f", the process pinned to {data['cores_allowed']} of the machine's {data['cores_in_machine']} cores"
-            if data.get("cores_allowed") and data["cores_allowed"] < data["cores_in_machine"]
-            else ""
-        )
+        + pinned_note(data)
         + f"; {versions}. Every figure is the median of {data['repeats']} timed calls, the models of a table timed "
         "in turn in one process, the order rotated each round; ratios are ratios of medians."
         + (" Cores used: the process's CPU time over the wall time of the timed calls (median)." if _has_cores(data) else ""),
@@ -516,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     if th.device(args.device).type == "cuda" and not th.cuda.is_available():
         parser.error(f"--device {args.device}: torch sees no CUDA device (torch {th.__version__})")
     th.set_num_threads(args.threads)
-    if th.device(args.device).type == "cpu" and hasattr(os, "sched_setaffinity") and args.threads < len(os.sched_getaffinity(0)):
+    if th.device(args.device).type == "cpu":
         pin_to_cores(args.threads)
     if "jax" not in sys.modules:  # read when jax is first imported
         if args.threads == 1 and XLA_ONE_THREAD not in os.environ.get("XLA_FLAGS", ""):

@@ -24,7 +24,7 @@ from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Logged, Suite
 from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
-from sb3_pgext.suite.speed import SPEED_FILE
+from sb3_pgext.suite.speed import SPEED_FILE, pinned_note
 
 BOOTSTRAP_REPS = 2000
 #: joins "ours" and "peer" in the keys of the probability-of-improvement pairs (rliable splits them there): a
@@ -270,9 +270,7 @@ def speed_section(out: Path, suite_name: str) -> list[str]:
         f"{data['repeats']} timed `train()` calls after a warm-up call, env stepping left out; models built by the zoo "
         f"from the same hyperparameter files as the runs"
         + (" (SBX SAC, the JAX port of SB3, with SB3 SAC's)" if any(row["algo"] == "sbx" for row in data["rows"]) else "")
-        + f". Measured on: CPU {data['cpu']}, {data['torch_threads']} torch thread(s)"
-        + (f", the process pinned to {data['cores_allowed']} core(s)" if data.get("cores_allowed") == data["torch_threads"] else "")
-        + "; "
+        + f". Measured on: CPU {data['cpu']}, {data['torch_threads']} torch thread(s){pinned_note(data)}; "
         + (f"GPU: {data['device_name']}; " if gpu else "")
         + f"torch {data['torch']}.",
         "",
@@ -456,7 +454,8 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
                 cell = f"{np.median(pooled):.4g} (seeds {min(medians):.4g} to {max(medians):.4g}"
                 cell += f"; {np.mean(pooled < 1):.0%} below 1" if entry.over is not None else ""
                 if all(values.size >= 3 for values in runs):  # each run's updates split in three, in order, pooled by third
-                    thirds = [np.median(np.concatenate([np.array_split(values, 3)[third] for values in runs])) for third in range(3)]
+                    splits = [np.array_split(values, 3) for values in runs]
+                    thirds = [np.median(np.concatenate([split[third] for split in splits])) for third in range(3)]
                     cell += f"; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}"
                 cells.append(cell + f"; {len(runs)} runs, {pooled.size} updates)")
             if logged_any:

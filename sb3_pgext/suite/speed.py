@@ -127,15 +127,34 @@ def pin_to_cores(n_cores: int) -> list[int]:
     """
     Restrict this process, every thread it has and every thread it starts later, to ``n_cores`` of the cores
     it may run on (Linux): XLA's CPU client runs SBX's update on more threads than its flags ask for, so
-    only the operating system's affinity makes "one thread" hold for every framework alike.
+    only the operating system's affinity makes "one thread" hold for every framework alike. Nothing changes
+    where the process may not use more than ``n_cores`` already, or where the platform has no affinity.
 
     :param n_cores: how many cores
-    :return: the cores kept
+    :return: the cores the process may run on now (empty where the platform cannot tell)
     """
-    cores = sorted(os.sched_getaffinity(0))[:n_cores]
-    for thread in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(thread), cores)
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    if n_cores < len(cores):
+        cores = cores[:n_cores]
+        for thread in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(thread), cores)
     return cores
+
+
+def core_counts() -> dict[str, int | None]:
+    """The cores this process may run on and the machine's, as the speed results record them."""
+    return {
+        "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cores_in_machine": os.cpu_count(),
+    }
+
+
+def pinned_note(data: dict[str, Any]) -> str:
+    """", the process pinned to k of the machine's n cores" for speed results whose process was pinned, else ""."""
+    allowed, machine = data.get("cores_allowed"), data.get("cores_in_machine")
+    return f", the process pinned to {allowed} of the machine's {machine} cores" if allowed and machine and allowed < machine else ""
 
 
 def _synchronize(device: th.device) -> None:
@@ -211,7 +230,7 @@ def measure_speed(
         "device_name": th.cuda.get_device_name(target) if target.type == "cuda" else None,
         "cpu": f"{platform.machine()} ({platform.processor() or platform.system()})",
         "torch_threads": th.get_num_threads(),
-        "cores_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **core_counts(),
         "torch": th.__version__,
         "repeats": repeats,
         "rows": rows,
