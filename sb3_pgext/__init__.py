@@ -2,10 +2,11 @@
 
 import os
 
-from sb3_pgext.common.callbacks import CriticPredictabilityCallback, VarianceDecompositionCallback
+from sb3_pgext.common.callbacks import VarianceDecompositionCallback
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.variance_decomposition import variance_decomposition
 from sb3_pgext.cvpg import CVPG
+from sb3_pgext.cvpg.callbacks import CriticPredictabilityCallback
 from sb3_pgext.offpac import OffPAC
 from sb3_pgext.ppokl import PPOKL
 

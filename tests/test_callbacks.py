@@ -10,7 +10,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
 
 from sb3_pgext import CVPG, CriticPredictabilityCallback
-from sb3_pgext.common.callbacks import crossfit_r2
+from sb3_pgext.cvpg.callbacks import crossfit_r2
 from sb3_pgext.suite.report import read_progress
 from tests.test_cvpg import GaussianBandit
 

@@ -1,13 +1,17 @@
-"""The shipped zoo hyperparameter files and the train entry point."""
+"""The shipped zoo hyperparameter files, read and converted by the RL Zoo's own ExperimentManager."""
+
+import argparse
+from typing import Any
 
 import pytest
 import yaml
 from gymnasium import spaces
+from rl_zoo3.exp_manager import ExperimentManager
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_pgext import CVPG, PPOKL, OffPAC
-from sb3_pgext.common.hyperparams import hyperparams_path, load_hyperparams
-from sb3_pgext.train import ALGOS, main
+from sb3_pgext.common.hyperparams import hyperparams_path
+from sb3_pgext.zoo import register
 
 
 def entries(algo: str) -> list[str]:
@@ -34,6 +38,21 @@ ACTION_SPACE = {
 }
 
 
+def zoo_entry(algo: str, env_id: str, tmp_path) -> tuple[int, int, dict[str, Any]]:
+    """
+    The zoo's reading of the package's entry for ``env_id``, as ``train`` makes it: n_envs, n_timesteps and the
+    model's constructor arguments (schedules, policy_kwargs and the experiment keys converted by the zoo).
+    """
+    register()
+    manager = ExperimentManager(
+        argparse.Namespace(), algo, env_id, str(tmp_path), config=str(hyperparams_path(algo)), verbose=0
+    )
+    hyperparams, _ = manager.read_hyperparameters()
+    hyperparams, env_wrapper, callbacks, vec_env_wrapper = manager._preprocess_hyperparams(hyperparams)
+    assert env_wrapper is None and vec_env_wrapper is None and not callbacks  # our entries need no wrappers
+    return manager.n_envs, manager.n_timesteps, hyperparams
+
+
 def test_ppokl_yml_has_the_required_entries():
     assert set(PPOKL_ENTRIES) == set(ACTION_SPACE) - {"MountainCarContinuous-v0"}
 
@@ -46,49 +65,32 @@ def test_cvpg_yml_has_the_envs_of_ppokl_yml():
     assert CVPG_ENTRIES == PPOKL_ENTRIES
 
 
-def test_every_algorithm_is_trainable():
-    assert ALGOS == {"ppokl": PPOKL, "offpac": OffPAC, "cvpg": CVPG}
-
-
 @pytest.mark.parametrize("env_id", CVPG_ENTRIES)
-def test_every_cvpg_entry_builds_a_model(env_id):
-    hyperparams = load_hyperparams("cvpg", env_id)
-    env = make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=hyperparams.n_envs)
-    model = CVPG(hyperparams.policy, env, **hyperparams.model_kwargs)
+def test_every_cvpg_entry_builds_a_model(env_id, tmp_path):
+    n_envs, n_timesteps, hyperparams = zoo_entry("cvpg", env_id, tmp_path)
+    assert n_timesteps > 0 and n_envs >= 1
+    model = CVPG(env=make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=n_envs), **hyperparams)
     expected = "expected" if ACTION_SPACE[env_id] is spaces.Discrete else "taylor"
     assert model.control_variate == expected and model.surrogate == "clip" and model.q_critic is not None
 
 
 @pytest.mark.parametrize("env_id", PPOKL_ENTRIES)
-def test_every_ppokl_entry_builds_a_model(env_id):
-    hyperparams = load_hyperparams("ppokl", env_id)
-    assert hyperparams.n_timesteps > 0 and hyperparams.n_envs >= 1
-    env = make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=hyperparams.n_envs)
-    model = PPOKL(hyperparams.policy, env, **hyperparams.model_kwargs)
+def test_every_ppokl_entry_builds_a_model(env_id, tmp_path):
+    n_envs, n_timesteps, hyperparams = zoo_entry("ppokl", env_id, tmp_path)
+    assert n_timesteps > 0 and n_envs >= 1
+    model = PPOKL(env=make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=n_envs), **hyperparams)
     assert model.kl_coef == 1.0 and model.adaptive_kl
 
 
 @pytest.mark.parametrize("env_id", OFFPAC_ENTRIES)
-def test_every_offpac_entry_builds_a_model(env_id):
-    hyperparams = load_hyperparams("offpac", env_id)
-    assert hyperparams.n_timesteps > 0
-    env = make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=hyperparams.n_envs)
-    model = OffPAC(hyperparams.policy, env, **hyperparams.model_kwargs)
+def test_every_offpac_entry_builds_a_model(env_id, tmp_path):
+    n_envs, n_timesteps, hyperparams = zoo_entry("offpac", env_id, tmp_path)
+    assert n_timesteps > 0 and n_envs >= 1
+    model = OffPAC(env=make_vec_env(STAND_IN[ACTION_SPACE[env_id]], n_envs=n_envs), **hyperparams)
     expected = "expected" if ACTION_SPACE[env_id] is spaces.Discrete else "reparameterization"
     assert model.actor_gradient == expected
 
 
-def test_unknown_env_is_a_clear_error():
+def test_unknown_env_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="MountainCar-v0"):
-        load_hyperparams("ppokl", "MountainCar-v0")
-
-
-@pytest.mark.parametrize("algo, n_timesteps", [("ppokl", 512), ("offpac", 1_200), ("cvpg", 512)])
-def test_train_entry_point(capsys, tmp_path, algo, n_timesteps):
-    argv = ["--algo", algo, "--env", "CartPole-v1", "-n", str(n_timesteps), "--eval-episodes", "2", "--save", str(tmp_path / "m")]
-    mean = main(argv)
-    out = capsys.readouterr().out
-    name = ALGOS[algo].__name__
-    assert f"{name} on CartPole-v1: mean return" in out and f"{mean:.1f}" in out
-    loaded = ALGOS[algo].load(tmp_path / "m.zip")
-    assert loaded.num_timesteps == n_timesteps and loaded._n_updates > 0
+        zoo_entry("ppokl", "MountainCar-v0", tmp_path)

@@ -323,6 +323,21 @@ def test_a_variant_of_an_unknown_algo_or_named_as_a_zoo_algo_is_refused_before_t
     assert not (tmp_path / "out" / "runs").exists()
 
 
+def test_envs_algos_and_seeds_restrict_the_runs_and_unknown_ones_are_refused_before_training(tmp_path, capsys):
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_SUITE)
+    suite = load_suite(path)
+    assert [(job.algo, job.seed) for job in jobs_of(suite, algos=["ppo"], seeds=[1])] == [("ppo", 1)]
+    assert [job.seed for job in jobs_of(suite, seeds=[1])] == [1, 1]
+    for flag, value, match in [("--envs", "CartPole-v0", r"envs \['CartPole-v0'\] are not in the suite; its envs: \['CartPole-v1'\]"),
+                               ("--algos", "sac", r"algos \['sac'\] are not in the suite"),
+                               ("--seeds", "7", r"seeds \[7\] are not in the suite; its seeds: \[0, 1\]")]:  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", str(path), "--out", str(tmp_path / "out"), flag, value])
+        assert exit_info.value.code == 2 and re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_report_counts_missing_runs(tmp_path):
     path = tmp_path / "tiny.yml"
     path.write_text(TINY_SUITE)

@@ -1,23 +1,16 @@
 """
-Callbacks that measure an on-policy model while it trains, usable from the RL Zoo's hyperparameter files
-(``callback: sb3_pgext.VarianceDecompositionCallback``); they log what they measure and leave training as it
-would be without them.
+:class:`VarianceDecompositionCallback`: Tucker et al.'s decomposition of the policy gradient's variance at the
+start, middle and end of training, usable from the RL Zoo's hyperparameter files
+(``callback: sb3_pgext.VarianceDecompositionCallback``); it logs what it measures and leaves training as it
+would be without it.
 """
 
-import math
 from typing import Any
 
-import numpy as np
-import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.utils import obs_as_tensor
 
-from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
-from sb3_pgext.common.estimators import clipped_gaussian_mean, rollout_folds
-from sb3_pgext.common.utils import index_observations, isolated_random_streams, value_net_layers
 from sb3_pgext.common.variance_decomposition import TERMS, variance_decomposition
-from sb3_pgext.cvpg.critic import QCritic, joint_action_probs
 
 #: the checkpoints of :class:`VarianceDecompositionCallback`, in the order of ``decomposition/stage``
 STAGES = ("start", "middle", "end")
@@ -126,122 +119,3 @@ class VarianceDecompositionCallback(BaseCallback):
             print(
                 f"decomposition ({STAGES[stage]}, {self.num_timesteps} steps): total {decompositions['value_baseline']['total']:.4g}"
             )
-
-
-def crossfit_r2(targets: np.ndarray, features: np.ndarray, folds: np.ndarray) -> float:
-    """
-    The cross-fitted share of ``targets``' variance that a linear function of ``features`` explains:
-    1 − Var(residual) / Var(targets), each fold's least-squares intercept and slopes taken from the other folds.
-
-    :param targets: shape (n,)
-    :param features: shape (n, k)
-    :param folds: the fold of each sample, shape (n,)
-    """
-    residuals = np.empty_like(targets)
-    for fold in np.unique(folds):
-        inside, others = folds == fold, folds != fold
-        coefficients, *_ = np.linalg.lstsq(np.c_[np.ones(others.sum()), features[others]], targets[others], rcond=None)
-        residuals[inside] = targets[inside] - np.c_[np.ones(inside.sum()), features[inside]] @ coefficients
-    return float(1 - residuals.var() / targets.var())
-
-
-class CriticPredictabilityCallback(BaseCallback):
-    """
-    How much of each rollout's advantages Â a Q critic of CVPG's design can predict: the cross-fitted share of
-    Var(Â) explained, along training. A control variate (or any baseline) can only remove the part of Â that a
-    critic can learn from the data it may use; a share near 0 says no critic of this design, however weighted,
-    cuts Â's variance.
-
-    Two critics (:class:`~sb3_pgext.cvpg.critic.QCritic`, least squares onto Â with the value network's
-    layers) are fitted beside training, one per fold of each rollout (half the envs, or the two halves of a
-    single env's rollout), each only on the other fold's samples, with their own random streams. Per rollout,
-    with the state part c(s) = Q_w(s, m(s)) (m the mean of the executed action; Σ_a π(a|s) Q_w(s, a) for finite
-    action sets) and the action part d(s, a) = Q_w(s, a) − c(s), it logs
-    ``predictability/<source>/<part>`` = 1 − Var(Â − b − β·x) / Var(Â) with the least-squares b and β of each
-    fold taken from the other fold (x: c, d or both, ``part`` "state", "action", "both"), for two sources:
-    ``earlier``, the critics before they see this rollout (what CVPG's critic has when it builds Ā), and
-    ``same_rollout``, after they are fitted on its other fold (Tucker et al.'s cross-fitting on the freshest
-    data). Var(Â) is centred: Â's mean is excluded (PPO normalises it away per minibatch).
-
-    Works with PPO, PPOKL and CVPG; the model trains exactly as without it.
-
-    The shares of every rollout are also kept in ``history`` (one dict per rollout: ``timesteps`` and
-    ``<source>/<part>``), as ``EvalCallback`` keeps its evaluations.
-
-    :param passes: passes of each critic over the other fold per rollout (CVPG's default fit is 100)
-    :param seed: seed of the critics' initialisation and fits; None: the model's seed (0 if it has none)
-    :param verbose: unused (the shares go to the logger)
-    """
-
-    model: OnPolicyAlgorithm
-    SOURCES = ("earlier", "same_rollout")
-    PARTS = ("state", "action", "both")
-
-    def __init__(self, passes: int = 100, seed: int | None = None, verbose: int = 0):
-        super().__init__(verbose)
-        self.passes = passes
-        self.seed = seed
-        self.critics: list[QCritic] = []
-        self.history: list[dict[str, float]] = []
-
-    def _on_training_start(self) -> None:
-        if not isinstance(self.model, OnPolicyAlgorithm):
-            raise TypeError(f"CriticPredictabilityCallback measures on-policy actor-critics, got {type(self.model).__name__}")
-        if self.seed is None:
-            self.seed = self.model.seed or 0
-        policy = self.model.policy
-        layers = value_net_layers(policy.net_arch)
-        with isolated_random_streams(self.seed):
-            self.critics = [
-                QCritic(
-                    self.model.observation_space,
-                    self.model.action_space,
-                    policy.make_features_extractor,
-                    layers,
-                    policy.normalize_images,
-                    device=self.model.device,
-                ).requires_grad_(False)
-                for _ in range(2)
-            ]
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _parts(self, critic: QCritic, obs: th.Tensor, actions: th.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The state part c(s) and the action part Q_w(s, a) − c(s)."""
-        with th.no_grad():
-            distribution = self.model.policy.get_distribution(obs)
-            if critic.choices is None:
-                normal = distribution.distribution
-                state = critic(obs, clipped_gaussian_mean(normal.mean, normal.stddev, critic.action_low, critic.action_high))
-            else:
-                state = (joint_action_probs(distribution, critic.choices) * critic(obs)).sum(dim=1)
-            taken = critic.q_taken(obs, actions)
-        return state.cpu().double().numpy(), (taken - state).cpu().double().numpy()
-
-    def _on_rollout_end(self) -> None:  # after GAE: the buffer holds this rollout's Â
-        buffer = self.model.rollout_buffer
-        advantages = flat_array(buffer, "advantages").astype(np.float64)
-        obs = obs_as_tensor(flat_observations(buffer), self.model.device)  # type: ignore[arg-type]
-        actions = th.as_tensor(flat_actions(buffer), device=self.model.device)
-        targets = th.as_tensor(advantages, dtype=th.float32, device=self.model.device)
-        folds = rollout_folds(buffer.buffer_size, buffer.n_envs).numpy()
-        parts = {source: (np.empty_like(advantages), np.empty_like(advantages)) for source in self.SOURCES}
-        with isolated_random_streams(self.seed + self.num_timesteps):  # type: ignore[operator]
-            for fold, critic in enumerate(self.critics):
-                inside, others = folds == fold, folds != fold
-                for source in self.SOURCES:
-                    if source == "same_rollout":
-                        critic.gradient_steps = math.ceil(self.passes * int(others.sum()) / critic.batch_size)
-                        critic.requires_grad_(True)
-                        critic.fit_rollout(index_observations(obs, th.as_tensor(others)), actions[others], targets[others])
-                        critic.requires_grad_(False)
-                    state, action = self._parts(critic, index_observations(obs, th.as_tensor(inside)), actions[inside])
-                    parts[source][0][inside], parts[source][1][inside] = state, action
-        shares: dict[str, float] = {"timesteps": self.num_timesteps}
-        for source, (state, action) in parts.items():
-            features = {"state": state[:, None], "action": action[:, None], "both": np.c_[state, action]}
-            for part in self.PARTS:
-                shares[f"{source}/{part}"] = crossfit_r2(advantages, features[part], folds)
-                self.logger.record(f"predictability/{source}/{part}", shares[f"{source}/{part}"])
-        self.history.append(shares)

@@ -1,5 +1,5 @@
 """
-python -m sb3_pgext.suite run quick [--workers 2] [--out benchmark/quick] [--envs ...] [--algos ...] [--device cpu]
+python -m sb3_pgext.suite run quick [--workers 2] [--out benchmark/quick] [--envs ...] [--algos ...] [--seeds ...] [--device cpu]
 python -m sb3_pgext.suite run standard --backend ray [--address <Ray cluster address>]
 python -m sb3_pgext.suite speed quick --device cuda [--out benchmark/quick] [--threads 1]
 python -m sb3_pgext.suite report quick [--out benchmark/quick]
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="speed: timed train() calls per algorithm and device")
     parser.add_argument("--envs", nargs="+", help="only these envs of the suite")
     parser.add_argument("--algos", nargs="+", help="only these algorithms of the suite")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run: only these seeds of the suite")
     args = parser.parse_args(argv)
     for name in ("workers", "threads", "repeats"):
         if getattr(args, name) < 1:
@@ -45,10 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         if args.address is not None and args.backend != "ray":
             parser.error("--address is the address of a Ray cluster: add --backend ray")
-        failed = run_suite(
-            suite, out, workers=args.workers, device=args.device, envs=args.envs, algos=args.algos,
-            backend=args.backend, address=args.address,
-        )  # fmt: skip
+        try:
+            failed = run_suite(
+                suite, out, workers=args.workers, device=args.device, envs=args.envs, algos=args.algos,
+                backend=args.backend, address=args.address, seeds=args.seeds,
+            )  # fmt: skip
+        except ValueError as error:  # a suite file or --envs / --algos / --seeds that does not fit: before any run
+            parser.error(str(error))
     elif args.command == "speed":
         import torch
 

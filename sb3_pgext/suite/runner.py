@@ -66,11 +66,12 @@ class Job:
         return self.root(out) / self.trained / f"{self.env.env_id}_1"
 
 
-def jobs_of(suite: Suite, envs: list[str] | None = None, algos: list[str] | None = None) -> list[Job]:
+def jobs_of(suite: Suite, envs: list[str] | None = None, algos: list[str] | None = None, seeds: list[int] | None = None) -> list[Job]:
     """Every (env, algorithm, seed) of the suite, optionally restricted; seeds outermost so early results span cells."""
     return [
         Job(env, algo, seed, suite.zoo_algo(algo) if algo in suite.variants else "")
         for seed in suite.seeds
+        if seeds is None or seed in seeds
         for env in suite.envs
         if envs is None or env.env_id in envs
         for algo in env.algos
@@ -202,6 +203,7 @@ def run_suite(
     algos: list[str] | None = None,
     backend: str = "local",
     address: str | None = None,
+    seeds: list[int] | None = None,
 ) -> list[Job]:
     """
     Run the suite's unfinished jobs, with a progress bar; each finished run is written under ``out`` as soon
@@ -217,6 +219,7 @@ def run_suite(
     :param backend: "local" (worker processes on this machine) or "ray" (one Ray task per run)
     :param address: Ray: the cluster's address (``ray.init(address=...)``, e.g. "auto" on a cluster node or
         "ray://<head>:10001"); None starts a local Ray instance
+    :param seeds: only these seeds of the suite (e.g. the first three of five, the rest in a later call)
     :return: the jobs that failed (their logs say why)
     """
     import rl_zoo3.utils
@@ -239,7 +242,15 @@ def run_suite(
             raise ValueError(
                 f"{suite.path}: {env.env_id} lists unknown algos {sorted(unknown)}; known: {sorted(known)}, variants: {sorted(suite.variants)}"
             )
-    jobs = jobs_of(suite, envs, algos)
+    for name, asked, allowed in (
+        ("envs", envs, [env.env_id for env in suite.envs]),
+        ("algos", algos, sorted({algo for env in suite.envs for algo in env.algos})),
+        ("seeds", seeds, list(suite.seeds)),
+    ):
+        unknown = [value for value in asked or [] if value not in allowed]
+        if unknown:
+            raise ValueError(f"{suite.path}: {name} {unknown} are not in the suite; its {name}: {allowed}")
+    jobs = jobs_of(suite, envs, algos, seeds)
     todo = [job for job in jobs if read_result(job, out) is None]
     failed: list[Job] = []
     confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.trained for job in todo}}  # written once, before any run
