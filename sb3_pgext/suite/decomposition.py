@@ -5,6 +5,7 @@ plot in the style of Tucker et al. (2018, https://arxiv.org/abs/1802.10031), Fig
 """
 
 from pathlib import Path
+from textwrap import fill
 
 import numpy as np
 
@@ -123,7 +124,7 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
                 lines.append(row + (f" {np.mean(shares):.1%} |" if shares else " |"))
         lines.append("")
     bars = {
-        env_id: [(f"{display(algo, suite)}\n{LABELS[estimator][1]}", per_stage) for algo, estimator, per_stage in rows]
+        env_id: [(f"{fill(display(algo, suite), 14)}\n{LABELS[estimator][1]}", per_stage) for algo, estimator, per_stage in rows]
         for env_id, rows in by_env.items()
     }
     plot_terms(bars, out / PLOT)
@@ -142,7 +143,8 @@ def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], 
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(bars), len(STAGES), figsize=(6.0 * len(STAGES), 3.2 * len(bars)), squeeze=False)
+    panel_width = max(6.0, 0.75 * max(len(estimators) for estimators in bars.values()))  # room for every tick label
+    fig, axes = plt.subplots(len(bars), len(STAGES), figsize=(panel_width * len(STAGES), 3.4 * len(bars)), squeeze=False)
     colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
     for row, (env_id, estimators) in enumerate(bars.items()):
         for stage, stage_name in enumerate(STAGES):
