@@ -47,7 +47,8 @@ def test_predictability_on_a_bandit_and_training_unchanged(model_class, tmp_path
     plain = model_class("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), **kwargs).learn(2048)
     model = model_class("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), **kwargs)
     model.set_logger(configure(str(tmp_path), ["csv", "stdout"]))  # the console cuts keys at 36 characters
-    model.learn(2048, callback=CriticPredictabilityCallback(passes=400))
+    callback = CriticPredictabilityCallback(passes=400)
+    model.learn(2048, callback=callback)
     for p, q in zip(plain.policy.parameters(), model.policy.parameters(), strict=True):
         assert th.equal(p, q)
     progress = read_progress(tmp_path / "progress.csv")
@@ -56,3 +57,7 @@ def test_predictability_on_a_bandit_and_training_unchanged(model_class, tmp_path
     assert np.nanmedian(same_action) > 0.7, same_action
     assert np.nanmedian(progress["predictability/same_rollout/state"]) < 0.05
     assert np.nanmedian(progress["predictability/earlier/both"]) > 0.3  # earlier rollouts' critic: the policy moves
+    # the history keeps every rollout's shares, the values the logger wrote among them
+    assert [row["timesteps"] for row in callback.history] == [512 * (index + 1) for index in range(2048 // 512)]
+    logged = same_action[np.isfinite(same_action)]
+    assert np.array_equal(logged, [row["same_rollout/action"] for row in callback.history][: logged.size])
