@@ -14,7 +14,7 @@ import pytest
 from sb3_pgext.suite import load_suite, run_suite, write_report
 from sb3_pgext.suite.__main__ import main
 from sb3_pgext.suite.config import EnvSpec
-from sb3_pgext.suite.report import Cell
+from sb3_pgext.suite.report import Cell, _estimate
 from sb3_pgext.suite.runner import jobs_of
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 
@@ -131,13 +131,14 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert "(2 episodes at the budget). A budget for tests only." in text
     rows = [line for line in text.splitlines() if line.startswith("| PPOKL |") or line.startswith("| PPO |")]
     assert len(rows) >= 2 and "| PPOKL | PPO | 2/2 |" in text
-    assert "## Where ours trail their peers" in text and "P(ours > peer)" in text and "| PPOKL, PPO |" in text
+    assert "## Where ours trail their peers" in text and "P(ours > peer)" in text
+    assert re.search(r"\n\| PPOKL \| PPO \| [01]\.\d\d \[[01]\.\d\d, [01]\.\d\d\] \|\n", text), text
     # a label with a comma (suite variants have them) in the probability-of-improvement table and plot
-    from sb3_pgext.suite import report as report_module
+    from sb3_pgext.suite import config
 
-    monkeypatch.setitem(report_module.NAMES, "ppokl", "PPOKL (clip, penalty)")
+    monkeypatch.setitem(config.NAMES, "ppokl", "PPOKL (clip, penalty)")
     (out / "probability_of_improvement.png").unlink()
-    assert "| PPOKL (clip, penalty), PPO |" in write_report(suite, out, "cmd").read_text()
+    assert "\n| PPOKL (clip, penalty) | PPO | " in write_report(suite, out, "cmd").read_text()
     assert (out / "probability_of_improvement.png").stat().st_size > 1000
     for name in ("aggregate.png", "probability_of_improvement.png", "curves_CartPole-v1.png"):
         assert (out / name).stat().st_size > 1000
@@ -285,6 +286,13 @@ def test_a_decomposition_callback_variant_gets_the_reports_decomposition_section
     for stage in ("start", "middle", "end"):
         for estimator in ("value baseline", "control variate", "centred control variate", "φ = true V", "φ = true Q (ceiling)"):
             assert f"| {stage} | cvpg-decomposed | {estimator} | 1 |" in text, (stage, estimator)
+    # the return beside the variance of the estimator CVPG trains with, at each stage
+    summary = re.search(r"\n\| CartPole-v1 \| cvpg-decomposed \| control variate \| 1 \| (.*) \| (.*) \| (.*) \|\n", text)
+    assert summary is not None, text
+    final, trajectory, total = summary.groups()
+    last = float(np.load(jobs_of(suite)[0].log_dir(out) / "evaluations.npz")["results"][-1].mean())
+    assert final == _estimate(last, last, last, 1)
+    assert len(trajectory.split(" / ")) == len(total.split(" / ")) == 3
     assert re.search(r"\| cvpg-decomposed \| -?[0-9.e-]+ \(seeds .*; 1 runs, [34] updates\) \|", text), text
     # no run with decompositions: no section
     (tmp_path / "empty").mkdir()
@@ -613,6 +621,48 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
     assert "**CVPG reaches CartPole-v1's threshold 475 later than PPO**: 3/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
     assert "**OffPAC and SAC on Pendulum-v1 are the same runs**" in text and "OffPAC trails" not in text
     assert len(lines) == 5
+
+
+SHARED_LABEL_SUITE = """
+description: one algorithm with per-env overrides, as two variants with one label
+seeds: [0, 1, 2]
+eval_freq: 1000
+eval_episodes: 2
+variants:
+  ppokl-a: {algo: ppokl, label: "PPOKL, tuned", hyperparams: {clip_range: 0.2}}
+  ppokl-b: {algo: ppokl, label: "PPOKL, tuned", hyperparams: {clip_range: 0.1}}
+envs:
+  CartPole-v1: {n_timesteps: 2000, threshold: 475, algos: [ppokl-a, ppo]}
+  Pendulum-v1: {n_timesteps: 2000, threshold: -200, algos: [ppokl-b, ppo]}
+"""
+
+
+def test_variants_sharing_a_label_are_one_row_over_envs_and_only_the_suites_algorithms_are_compared(tmp_path):
+    from sb3_pgext.suite.report import aggregates, comparisons
+
+    path = tmp_path / "shared.yml"
+    path.write_text(SHARED_LABEL_SUITE)
+    suite = load_suite(path)
+    assert suite.rows() == {"PPOKL, tuned": {"CartPole-v1": "ppokl-a", "Pendulum-v1": "ppokl-b"}, "PPO": {"CartPole-v1": "ppo", "Pendulum-v1": "ppo"}}
+    # the suite's own pairs only (no OffPAC or CVPG, which it does not run), each variant with the envs it runs on
+    assert comparisons(suite) == (
+        "Each of ours is compared with its nearest SB3 peer, trained with the zoo's own hyperparameters. Compared with PPO: PPOKL, tuned. "
+        "PPOKL, tuned: PPOKL with `clip_range=0.2` on CartPole-v1; PPOKL with `clip_range=0.1` on Pendulum-v1."
+    )
+    cells = {
+        ("CartPole-v1", "ppokl-a"): _cell("CartPole-v1", "ppokl-a", [[100, 500], [100, 490], [100, 480]], [1.0]),
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[100, 200], [100, 210], [100, 220]], [1.0]),
+        ("Pendulum-v1", "ppokl-b"): _cell("Pendulum-v1", "ppokl-b", [[-900, -150], [-900, -160], [-900, -170]], [1.0]),
+        ("Pendulum-v1", "ppo"): _cell("Pendulum-v1", "ppo", [[-900, -800], [-900, -700], [-900, -600]], [1.0]),
+    }
+    text = "\n".join(aggregates(suite, cells, tmp_path))
+    assert "\n| PPOKL, tuned | 0." in text and "\n| PPO | 0." in text
+    # ahead on both envs, every seed: P(ours > peer) is 1
+    assert "\n| PPOKL, tuned | PPO | 1.00 [1.00, 1.00] |" in text
+    # two rows of one env that the report would name alike are refused when the suite is read
+    path.write_text(SHARED_LABEL_SUITE.replace("algos: [ppokl-a, ppo]", "algos: [ppokl-a, ppokl-b]"))
+    with pytest.raises(ValueError, match="env CartPole-v1 lists ppokl-a and ppokl-b, which the report names alike \\('PPOKL, tuned'\\)"):
+        load_suite(path)
 
 
 def test_too_few_seeds_get_no_confidence_interval():

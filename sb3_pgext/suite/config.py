@@ -12,7 +12,9 @@ of its own::
         hyperparams: {clip_range: 0.2}
 
 A variant trains as ``--algo <algo> -params <key>:<value> ...`` on top of the algorithm's yml entry, and is
-compared with the peers of its algorithm unless ``peers`` names its own.
+compared with the peers of its algorithm unless ``peers`` names its own. Variants that share a label, one
+algorithm with per-env overrides, are one row of the report's aggregates; the rows of one env need names of
+their own.
 
 ``logged`` names values the runs log along training (their ``progress.csv``), summarised per env and
 algorithm in the report; ``over`` makes it a ratio of two logged values at the same update::
@@ -31,6 +33,10 @@ from typing import Any
 import yaml
 
 from sb3_pgext.registry import ALGORITHMS
+
+#: the report's names of the algorithms: ours by class name, SB3's in capitals
+NAMES = {name: algorithm.display_name for name, algorithm in ALGORITHMS.items()}
+NAMES.update(ppo="PPO", a2c="A2C", sac="SAC", dqn="DQN", sbx="SBX SAC")
 
 # Each of ours beside its nearest SB3 peer: the first of the list that runs on the env
 DEFAULT_PEERS: dict[str, list[str]] = {name: list(algorithm.peers) for name, algorithm in ALGORITHMS.items()}
@@ -129,6 +135,23 @@ class Suite:
         """The hyperparameters a variant overrides (none for a plain algorithm)."""
         return dict(self.variants[algo].hyperparams) if algo in self.variants else {}
 
+    def rows(self) -> dict[str, dict[str, str]]:
+        """
+        The report's rows over envs: per name (:func:`display`), the algorithm or variant that has it on each env.
+        Variants that share a label, one algorithm with per-env overrides, are one row of the aggregates.
+        """
+        by_name: dict[str, dict[str, str]] = {}
+        for env in self.envs:
+            for algo in env.algos:
+                per_env = by_name.setdefault(display(algo, self), {})
+                if env.env_id in per_env:
+                    raise ValueError(
+                        f"{self.path}: env {env.env_id} lists {per_env[env.env_id]} and {algo}, which the report names "
+                        f"alike ({display(algo, self)!r}); give one a label of its own"
+                    )
+                per_env[env.env_id] = algo
+        return by_name
+
     def peer(self, algo: str, env: EnvSpec) -> str | None:
         """
         The peer ``algo`` is compared with on ``env`` (None for SB3's own algorithms): the first of its peers
@@ -136,6 +159,13 @@ class Suite:
         """
         peers = self.peers.get(algo) or self.peers.get(self.zoo_algo(algo), [])
         return next((peer for peer in peers if peer in env.algos and peer != algo), None)
+
+
+def display(algo: str, suite: Suite | None = None) -> str:
+    """The report's name of ``algo``: a variant's label (or name), ours by class name, SB3's in capitals."""
+    if suite is not None and algo in suite.variants:
+        return suite.variants[algo].label or algo
+    return NAMES.get(algo, algo.upper())
 
 
 def suite_path(name_or_path: str | Path) -> Path:
@@ -179,7 +209,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
     seeds = [int(seed) for seed in raw["seeds"]]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {raw['seeds']}")
-    return Suite(
+    suite = Suite(
         name=path.stem,
         path=path,
         description=raw.get("description", ""),
@@ -192,6 +222,8 @@ def load_suite(name_or_path: str | Path) -> Suite:
         variants=variants,
         logged=logged,
     )
+    suite.rows()  # two algorithms of one env that the report would name alike are refused here, before any run
+    return suite
 
 
 def _variant(path: Path, name: str, entry: Any) -> Variant:

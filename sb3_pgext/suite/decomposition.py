@@ -12,7 +12,7 @@ import numpy as np
 from sb3_pgext.common.callbacks import ESTIMATORS, STAGES
 from sb3_pgext.common.variance_decomposition import TERMS
 from sb3_pgext.suite.config import Suite
-from sb3_pgext.suite.report import _save, display, read_progress
+from sb3_pgext.suite.report import _estimate, _save, collect, display, read_progress
 from sb3_pgext.suite.runner import jobs_of, read_result
 
 PLOT = "variance_decomposition.png"
@@ -105,6 +105,7 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
         "",
     ]
     by_env = {env.env_id: rows for env in suite.envs if (rows := _estimator_terms(suite, env.env_id, cells))}
+    lines += return_beside_variance(suite, out, by_env)
     for env_id, rows in by_env.items():
         lines += [
             f"### {env_id}",
@@ -129,6 +130,52 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
     }
     plot_terms(bars, out / PLOT)
     return lines + [f"![The decomposition per env and stage]({PLOT})", ""]
+
+
+#: the estimator an algorithm trains with: its control variate where it has one, else its value baseline
+OWN_ESTIMATORS = ("control_variate", "value_baseline")
+
+
+def return_beside_variance(suite: Suite, out: Path, by_env: dict[str, list[EstimatorTerms]]) -> list[str]:
+    """
+    One row per env and algorithm: its final return beside the trajectory term and the total of the estimator it
+    trains with, at each stage; the trajectory term is the part no baseline can remove.
+    """
+    returns = collect(suite, out)
+    lines = [
+        "### Return beside variance",
+        "",
+        (
+            "Per env and algorithm: the final return (as in the per-env table) beside the trajectory term and the "
+            "total of the estimator the algorithm trains with (CVPG: its control variate; the others: their value "
+            "baseline), mean over seeds at the start, middle and end of training. A value function that fits better "
+            "cuts the value baseline's action term (the tables below); the trajectory term is the part no baseline "
+            "can remove. Each algorithm is measured on the policy it has reached at that stage, so a comparison "
+            "across algorithms mixes the estimator with the policy (one that falls at once has little variance "
+            "left: see the returns)."
+        ),
+        "",
+        (
+            "| env | algorithm | estimator | seeds | final return: mean [95% CI] | trajectory term: start / middle / end "
+            "| total: start / middle / end |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for env_id, rows in by_env.items():
+        measured = {(algo, estimator): per_stage for algo, estimator, per_stage in rows}
+        for algo in dict.fromkeys(algo for algo, _, _ in rows):
+            estimator = next(estimator for estimator in (*OWN_ESTIMATORS, *ESTIMATORS) if (algo, estimator) in measured)
+            per_stage, cell = measured[(algo, estimator)], returns.get((env_id, algo))
+            final = _estimate(*cell.final_estimates["mean"], len(cell.seeds)) if cell is not None else ""
+            by_stage = {
+                term: " / ".join(f"{np.mean([t[term] for t in terms]):.3g}" if terms else "–" for terms in per_stage)
+                for term in ("trajectory", "total")
+            }
+            lines.append(
+                f"| {env_id} | {display(algo, suite)} | {LABELS[estimator][0]} | {max(len(terms) for terms in per_stage)} "
+                f"| {final} | {by_stage['trajectory']} | {by_stage['total']} |"
+            )
+    return lines + [""]
 
 
 def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], path: Path) -> None:

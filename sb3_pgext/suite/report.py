@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
-from sb3_pgext.suite.config import EnvSpec, Logged, Suite
+from sb3_pgext.suite.config import EnvSpec, Logged, Suite, display
 from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE, pinned_note
@@ -30,20 +30,36 @@ BOOTSTRAP_REPS = 2000
 #: joins "ours" and "peer" in the keys of the probability-of-improvement pairs (rliable splits them there): a
 #: character no label has, where labels may hold commas (e.g. "CVPG (critic on the returns, default)")
 PAIR_SEPARATOR = "\t"
-NAMES = {name: algorithm.display_name for name, algorithm in OUR_ALGOS.items()}
-NAMES.update(ppo="PPO", a2c="A2C", sac="SAC", dqn="DQN", sbx="SBX SAC")
-
-
-def display(algo: str, suite: Suite | None = None) -> str:
-    """The report's name of ``algo``: a variant's label (or name), ours by class name, SB3's in capitals."""
-    if suite is not None and algo in suite.variants:
-        return suite.variants[algo].label or algo
-    return NAMES.get(algo, algo.upper())
 
 
 def is_ours(algo: str, suite: Suite) -> bool:
     """Whether ``algo`` (a zoo name or a variant of the suite) is one of the package's algorithms."""
     return suite.zoo_algo(algo) in OUR_ALGOS
+
+
+def comparisons(suite: Suite) -> str:
+    """The report's sentence on who is compared with whom, and what each variant trains."""
+    by_peer: dict[str, list[str]] = {}
+    for name, per_env in suite.rows().items():
+        if not is_ours(next(iter(per_env.values())), suite):
+            continue
+        peers = [suite.peer(per_env[env.env_id], env) for env in suite.envs if env.env_id in per_env]
+        peer_names = list(dict.fromkeys(display(peer, suite) for peer in peers if peer))
+        if peer_names:
+            by_peer.setdefault("/".join(peer_names), []).append(name)
+    text = "Each of ours is compared with its nearest SB3 peer, trained with the zoo's own hyperparameters." + "".join(
+        f" Compared with {peer}: {'; '.join(names)}." for peer, names in by_peer.items()
+    )
+    for name, per_env in suite.rows().items():
+        variants = [suite.variants[algo] for algo in dict.fromkeys(per_env.values()) if algo in suite.variants]
+        described = []
+        for variant in variants:
+            overrides = ", ".join(f"`{key}={value!r}`" for key, value in variant.hyperparams.items()) or "no overrides"
+            where = [env_id for env_id, algo in per_env.items() if algo == variant.name]
+            described.append(f"{display(variant.algo, suite)} with {overrides}" + (f" on {', '.join(where)}" if len(variants) > 1 else ""))
+        if described:
+            text += f" {name}: {'; '.join(described)}."
+    return text
 
 
 @dataclass
@@ -312,20 +328,22 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     """IQM / mean / optimality gap over envs, and P(ours > peer), with rliable; their plots."""
     from rliable import metrics, plot_utils
 
-    all_algos = list(dict.fromkeys(algo for env in suite.envs for algo in env.algos))
+    by_name = suite.rows()
     scores: dict[str, np.ndarray] = {}
-    for algo in all_algos:
-        matrix = _normalized(suite, cells, {env.env_id: algo for env in suite.envs})
+    for name, per_env in by_name.items():
+        matrix = _normalized(suite, cells, per_env)
         if matrix is not None:
-            scores[display(algo, suite)] = matrix
+            scores[name] = matrix
     pairs = {}
-    for algo in (a for a in all_algos if is_ours(a, suite)):
-        peers = {env.env_id: suite.peer(algo, env) or "" for env in suite.envs}
+    for name, per_env in by_name.items():
+        if not is_ours(next(iter(per_env.values())), suite):
+            continue
+        peers = {env.env_id: suite.peer(per_env[env.env_id], env) or "" for env in suite.envs if env.env_id in per_env}
         peer_name = "/".join(dict.fromkeys(display(p, suite) for p in peers.values() if p))
-        ours, theirs = scores.get(display(algo, suite)), _normalized(suite, cells, peers)
+        ours, theirs = scores.get(name), _normalized(suite, cells, peers)
         if ours is not None and theirs is not None:
             scores.setdefault(peer_name, theirs)
-            pairs[f"{display(algo, suite)}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
+            pairs[f"{name}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
     if not scores:
         return ["Aggregates appear once every algorithm has finished runs on every env of the suite.", ""]
 
@@ -356,12 +374,12 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
             "Probability of improvement P(ours > peer): the chance that a run of ours beats a run of its peer on a "
             "randomly drawn env (0.5: no difference).",
             "",
-            "| ours, peer | P(ours > peer) [95% CI] |",
-            "| --- | --- |",
+            "| ours | peer | P(ours > peer) [95% CI] |",
+            "| --- | --- | --- |",
         ]
         for pair in pairs:
             probability, ci = float(np.ravel(probabilities[pair])[0]), np.ravel(probability_cis[pair])
-            lines.append(f"| {pair.replace(PAIR_SEPARATOR, ', ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
+            lines.append(f"| {pair.replace(PAIR_SEPARATOR, ' | ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
         plot_utils.plot_probability_of_improvement(probabilities, probability_cis, pair_separator=PAIR_SEPARATOR)
         _save(out / "probability_of_improvement.png")
         lines += ["", "![probability of improvement](probability_of_improvement.png)", ""]
@@ -514,15 +532,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         "",
         f"{provenance(finished_results(suite, out))} {fps_note}",
         "",
-        "Each of ours is compared with its nearest SB3 peer with the zoo's own hyperparameters: "
-        + ", ".join(f"{display(a, suite)} with {'/'.join(display(p, suite) for p in ps)}" for a, ps in suite.peers.items())
-        + "."
-        + "".join(
-            f" {display(name, suite)}: {display(variant.algo, suite)} with "
-            + (", ".join(f"`{key}={value!r}`" for key, value in variant.hyperparams.items()) or "no overrides")
-            + "."
-            for name, variant in suite.variants.items()
-        ),
+        comparisons(suite),
         "",
         "## Per env",
         "",
