@@ -418,8 +418,9 @@ def test_speed_times_updates_and_the_report_shows_them(tmp_path):
     text = write_report(suite, out, "cmd").read_text()
     assert "| Pendulum-v1 | CVPG | 4 |" in text and "| Pendulum-v1 | SAC | 64 |" in text
     assert f"{rows['sac']['updates_per_s']:.0f} | 1.00 |" in text and "No GPU was measured" in text
-    with pytest.raises(ValueError, match="envs must name envs of the suite"):
-        measure_speed(suite, out, device="cpu", envs=["CartPole-v1"])
+    for envs in (["CartPole-v1"], ["Pendulum-v1", "Pendulum-v0"]):  # an unknown name beside a known one too
+        with pytest.raises(ValueError, match="envs must name envs of the suite .*, got \\[.*'(CartPole-v1|Pendulum-v0)'"):
+            measure_speed(suite, out, device="cpu", envs=envs)
 
 
 def test_sbx_device_puts_jax_arrays_on_the_matching_platform():
