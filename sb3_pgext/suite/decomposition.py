@@ -12,7 +12,7 @@ import numpy as np
 from sb3_pgext.common.callbacks import ESTIMATORS, STAGES
 from sb3_pgext.common.variance_decomposition import TERMS
 from sb3_pgext.suite.config import Suite
-from sb3_pgext.suite.report import _estimate, _save, collect, display, read_progress
+from sb3_pgext.suite.report import Cell, _estimate, _save, display, read_progress
 from sb3_pgext.suite.runner import jobs_of, read_result
 
 PLOT = "variance_decomposition.png"
@@ -81,8 +81,11 @@ def _estimator_terms(suite: Suite, env_id: str, cells: dict[tuple[str, str], lis
     return rows
 
 
-def decomposition_section(suite: Suite, out: Path) -> list[str]:
-    """The section (and its plot), or nothing when no finished run logged a decomposition."""
+def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str], Cell]) -> list[str]:
+    """
+    The section (and its plot), or nothing when no finished run logged a decomposition; ``returns``: the report's
+    cells (:func:`~sb3_pgext.suite.report.collect`), for the returns beside the variances.
+    """
     cells = collect_decompositions(suite, out)
     if not cells:
         return []
@@ -105,7 +108,7 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
         "",
     ]
     by_env = {env.env_id: rows for env in suite.envs if (rows := _estimator_terms(suite, env.env_id, cells))}
-    lines += return_beside_variance(suite, out, by_env)
+    lines += return_beside_variance(suite, returns, by_env)
     for env_id, rows in by_env.items():
         lines += [
             f"### {env_id}",
@@ -136,12 +139,14 @@ def decomposition_section(suite: Suite, out: Path) -> list[str]:
 OWN_ESTIMATORS = ("control_variate", "value_baseline")
 
 
-def return_beside_variance(suite: Suite, out: Path, by_env: dict[str, list[EstimatorTerms]]) -> list[str]:
+def return_beside_variance(
+    suite: Suite, returns: dict[tuple[str, str], Cell], by_env: dict[str, list[EstimatorTerms]]
+) -> list[str]:
     """
-    One row per env and algorithm: its final return beside the trajectory term and the total of the estimator it
-    trains with, at each stage; the trajectory term is the part no baseline can remove.
+    One row per env and algorithm: its final return (from ``returns``, the report's cells) beside the trajectory
+    term and the total of the estimator it trains with, at each stage; the trajectory term is the part no baseline
+    can remove.
     """
-    returns = collect(suite, out)
     lines = [
         "### Return beside variance",
         "",

@@ -37,20 +37,29 @@ def is_ours(algo: str, suite: Suite) -> bool:
     return suite.zoo_algo(algo) in OUR_ALGOS
 
 
+def row_peers(suite: Suite, per_env: dict[str, str]) -> dict[str, str]:
+    """The peer on each env of one of :meth:`Suite.rows` (``{env: algorithm}``); empty for SB3's own rows."""
+    if not is_ours(next(iter(per_env.values())), suite):
+        return {}
+    return {env.env_id: peer for env in suite.envs if env.env_id in per_env and (peer := suite.peer(per_env[env.env_id], env))}
+
+
+def peers_name(suite: Suite, peers: dict[str, str]) -> str:
+    """The report's name of a row's peers over envs (e.g. "DQN/SAC")."""
+    return "/".join(dict.fromkeys(display(peer, suite) for peer in peers.values()))
+
+
 def comparisons(suite: Suite) -> str:
     """The report's sentence on who is compared with whom, and what each variant trains."""
+    rows = suite.rows()
     by_peer: dict[str, list[str]] = {}
-    for name, per_env in suite.rows().items():
-        if not is_ours(next(iter(per_env.values())), suite):
-            continue
-        peers = [suite.peer(per_env[env.env_id], env) for env in suite.envs if env.env_id in per_env]
-        peer_names = list(dict.fromkeys(display(peer, suite) for peer in peers if peer))
-        if peer_names:
-            by_peer.setdefault("/".join(peer_names), []).append(name)
+    for name, per_env in rows.items():
+        if peers := row_peers(suite, per_env):
+            by_peer.setdefault(peers_name(suite, peers), []).append(name)
     text = "Each of ours is compared with its nearest SB3 peer, trained with the zoo's own hyperparameters." + "".join(
         f" Compared with {peer}: {'; '.join(names)}." for peer, names in by_peer.items()
     )
-    for name, per_env in suite.rows().items():
+    for name, per_env in rows.items():
         variants = [suite.variants[algo] for algo in dict.fromkeys(per_env.values()) if algo in suite.variants]
         described = []
         for variant in variants:
@@ -336,11 +345,10 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
             scores[name] = matrix
     pairs = {}
     for name, per_env in by_name.items():
-        if not is_ours(next(iter(per_env.values())), suite):
+        if not (peers := row_peers(suite, per_env)):
             continue
-        peers = {env.env_id: suite.peer(per_env[env.env_id], env) or "" for env in suite.envs if env.env_id in per_env}
-        peer_name = "/".join(dict.fromkeys(display(p, suite) for p in peers.values() if p))
-        ours, theirs = scores.get(name), _normalized(suite, cells, peers)
+        peer_name = peers_name(suite, peers)
+        ours, theirs = scores.get(name), _normalized(suite, cells, peers)  # None where a peer is missing on an env
         if ours is not None and theirs is not None:
             scores.setdefault(peer_name, theirs)
             pairs[f"{name}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
@@ -549,7 +557,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
     lines += logged_section(suite, out)
     from sb3_pgext.suite.decomposition import decomposition_section  # it reads runs with this module's helpers
 
-    lines += decomposition_section(suite, out)
+    lines += decomposition_section(suite, out, cells)
     if (out / SPEED_FILE).is_file() or any("sac" in env.algos for env in suite.envs):  # what `speed` measures
         lines += speed_section(out, suite.name)
     lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]

@@ -205,12 +205,10 @@ def measure_speed(
     target = th.device(device)
     if target.type == "cuda" and not th.cuda.is_available():
         raise ValueError(f"device is {device!r} but torch sees no CUDA device (torch {th.__version__})")
-    unknown = [env_id for env_id in envs or [] if env_id not in {env.env_id for env in suite.envs}]
+    known = [env.env_id for env in suite.envs]
     chosen = [env for env in suite.envs if (env.env_id in envs if envs else "sac" in env.algos)]
-    if unknown or not chosen:
-        raise ValueError(
-            f"envs must name envs of the suite {suite.name!r} ({[env.env_id for env in suite.envs]}), got {envs}"
-        )
+    if not chosen or any(env_id not in known for env_id in envs or []):
+        raise ValueError(f"envs must name envs of the suite {suite.name!r} ({known}), got {envs}")
     devices = ["cpu"] if target.type == "cpu" else ["cpu", device]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
