@@ -242,6 +242,18 @@ def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_value
         load_suite(bad)
 
 
+def test_the_action_share_is_a_ratio_of_means_over_runs():
+    """
+    One run whose total is near 0 (an unbiased estimate can even fall below 0) must not swing the share: the mean
+    of per-run ratios here would be (1 / 0.01 + 9 / 19.99) / 2 ≈ 50 (5000%), the share of the mean total is 10 / 20 = 50%.
+    """
+    from sb3_pgext.suite.decomposition import action_share
+
+    runs = [{"action": 1.0, "total": 0.01}, {"action": 9.0, "total": 19.99}]
+    assert action_share(runs) == pytest.approx(0.5)
+    assert action_share([{"action": 2.0, "total": -1.0}, {"action": 1.0, "total": 0.5}]) is None
+
+
 DECOMPOSED_SUITE = """
 description: decompositions
 seeds: [0]

@@ -97,8 +97,9 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
             "covariance, raw advantages) into the state, action and trajectory terms, logged by "
             "`sb3_pgext.VarianceDecompositionCallback` after the first update (start), at half the budget (middle) and "
             "at the end. Each term: mean over seeds, with the mean of the decompositions' own standard errors in "
-            "brackets (the sampling error of one decomposition, not the spread over seeds); action share: the action "
-            "term's part of the total, mean over seeds. A CVPG run's estimators are paired: the same states, actions "
+            "brackets (the sampling error of one decomposition, not the spread over seeds); action share: the mean "
+            "action term's part of the mean total (a ratio of means: a run's total can be near 0, or below it, since "
+            "each term is an unbiased estimate). A CVPG run's estimators are paired: the same states, actions "
             "and continuations without and with its control variate (default and centred), each weighted by Q-Prop's "
             "η* for the current critic. φ = true V (a perfect value function) leaves the part of the action term due "
             "to the advantage itself, so the value baseline's action term minus it is what the value function's error "
@@ -124,8 +125,8 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
                 row = f"| {stage_name} | {display(algo, suite)} | {LABELS[estimator][0]} | {len(terms)} |"
                 for term in TERMS:
                     row += f" {np.mean([t[term] for t in terms]):.3g} [±{np.mean([t[f'{term}_se'] for t in terms]):.2g}] |"
-                shares = [t["action"] / t["total"] for t in terms if t["total"] > 0]
-                lines.append(row + (f" {np.mean(shares):.1%} |" if shares else " |"))
+                share = action_share(terms)
+                lines.append(row + (f" {share:.1%} |" if share is not None else " |"))
         lines.append("")
     bars = {
         env_id: [(f"{fill(display(algo, suite), 14)}\n{LABELS[estimator][1]}", per_stage) for algo, estimator, per_stage in rows]
@@ -133,6 +134,16 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
     }
     plot_terms(bars, out / PLOT)
     return lines + [f"![The decomposition per env and stage]({PLOT})", ""]
+
+
+def action_share(terms: list[dict[str, float]]) -> float | None:
+    """
+    The mean action term's part of the mean total over runs, or ``None`` where the mean total is not positive. A ratio
+    of means, not a mean of ratios: one run's total can be near 0 (or below, each term being an unbiased estimate),
+    which would make its own ratio meaningless.
+    """
+    total = float(np.mean([t["total"] for t in terms]))
+    return float(np.mean([t["action"] for t in terms])) / total if total > 0 else None
 
 
 #: the estimator an algorithm trains with: its control variate where it has one, else its value baseline
