@@ -251,10 +251,12 @@ def test_the_action_share_is_a_ratio_of_means_over_runs():
 
     runs = [{"action": 1.0, "total": 0.01, "total_se": 0.1}, {"action": 9.0, "total": 19.99, "total_se": 2.0}]
     assert action_share(runs) == pytest.approx(0.5)
-    # a mean total within 2 standard errors of 0 has no share
+    # a mean total within 2 standard errors of 0 has no share; the mean of 4 independent runs has half their error
     assert action_share([{"action": 2.0, "total": -1.0, "total_se": 1.0}, {"action": 1.0, "total": 0.5, "total_se": 1.0}]) is None
     assert action_share([{"action": 0.5, "total": 1.9, "total_se": 1.0}]) is None
     assert action_share([{"action": 0.5, "total": 2.1, "total_se": 1.0}]) == pytest.approx(0.5 / 2.1)
+    assert action_share([{"action": 0.5, "total": 0.9, "total_se": 1.0}] * 4) is None
+    assert action_share([{"action": 0.5, "total": 1.1, "total_se": 1.0}] * 4) == pytest.approx(0.5 / 1.1)
 
 
 DECOMPOSED_SUITE = """

@@ -138,12 +138,13 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
 
 def action_share(terms: list[dict[str, float]]) -> float | None:
     """
-    The mean action term's part of the mean total over runs, or ``None`` where the mean total is within 2 of its
-    (mean) standard errors of 0. A ratio of means, not a mean of ratios: one run's total can be near 0 (or below,
+    The mean action term's part of the mean total over runs, or ``None`` where the mean total is within 2 standard
+    errors (of a mean over independent runs) of 0. A ratio of means, not a mean of ratios: one run's total can be near 0 (or below,
     each term being an unbiased estimate), which would make its own ratio meaningless.
     """
     total = float(np.mean([t["total"] for t in terms]))
-    if total <= 2 * float(np.mean([t["total_se"] for t in terms])):
+    total_se = float(np.sqrt(np.sum([t["total_se"] ** 2 for t in terms]))) / len(terms)  # of the mean of independent runs
+    if total <= 2 * total_se:
         return None  # not resolved from 0: a share of it would be noise
     return float(np.mean([t["action"] for t in terms])) / total
 
