@@ -77,6 +77,27 @@ def test_the_value_is_fitted_with_the_time_left_and_the_reward_rate_learns(model
 
 
 @pytest.mark.parametrize("model_class", [PPOKL, CVPG])
+def test_the_rollouts_mean_reward_rate_and_horizon_part_are_logged(model_class):
+    model = make(model_class, "Pendulum-v1", horizon_aware_value=True)
+    model.learn(256)
+    model._horizon_aware_returns()  # as train() does with the last rollout, at the trained parameters
+    logged = model.logger.name_to_value
+    buffer = model.rollout_buffer
+    obs = th.as_tensor(buffer.observations.reshape(-1, 3))
+    time_left = th.as_tensor(buffer.time_left).flatten()
+    with th.no_grad():
+        model.policy.set_training_mode(False)
+        rest = model.policy.predict_values(obs).flatten()
+        rate = model.policy.value_net.reward_rate
+    assert rate.abs().max() > 0  # r̂ has been trained, so the check below can fail
+    assert logged["train/reward_rate"] == pytest.approx(rate.mean().item(), rel=1e-5)
+    horizon = horizon_weight(time_left, model.gamma) * rate
+    assert logged["train/horizon_value"] == pytest.approx(horizon.mean().item(), rel=1e-5)
+    assert logged["train/value"] == pytest.approx((rest + horizon).mean().item(), rel=1e-5)
+    assert logged["train/value"] == pytest.approx(buffer.values.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize("model_class", [PPOKL, CVPG])
 def test_saved_and_loaded_with_the_model(model_class, tmp_path):
     model = make(model_class, "Pendulum-v1", horizon_aware_value=True).learn(128)
     model.save(tmp_path / "model.zip")

@@ -31,7 +31,7 @@ from sb3_pgext.common.buffers import (
 )
 from sb3_pgext.common.compat import LegacyLoadMixin
 from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
-from sb3_pgext.common.horizon import HorizonAwareValueHead, horizon_aware_value, use_horizon_aware_value
+from sb3_pgext.common.horizon import HorizonAwareValueHead, horizon_aware_value, horizon_weight, use_horizon_aware_value
 from sb3_pgext.common.kl import (
     DistributionParams,
     adapt_kl_coef,
@@ -451,14 +451,20 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         """
         Collection stored V'(s) (the head's output, right for SB3's bootstrap at a time limit, where no time is
         left); make the rollout's values V'(s) + (Σ γ^i) r̂(s) with each observation's time left, and compute
-        GAE again from them.
+        GAE again from them. Logs the rollout's mean r̂(s) (``train/reward_rate``) and mean horizon part
+        (Σ γ^i) r̂(s) of V(s) (``train/horizon_value``), beside the mean V(s) (``train/value``).
         """
         buffer = self.rollout_buffer
         assert isinstance(buffer, TimeLeftMixin) and self._elapsed_steps is not None and self._last_obs is not None
         time_left = th.as_tensor(flat_array(buffer, "time_left"), device=self.device)
-        values = []
+        values, reward_rates = [], []
         for obs, chunk in self._rollout_chunks():
             values.append(self.predict_horizon_values(obs, time_left[chunk]))
+            reward_rates.append(self.policy.value_net.reward_rate.flatten())  # type: ignore[union-attr]
+        reward_rate = th.cat(reward_rates)
+        self.logger.record("train/reward_rate", reward_rate.mean().item())
+        self.logger.record("train/horizon_value", (horizon_weight(time_left, self.gamma) * reward_rate).mean().item())
+        self.logger.record("train/value", th.cat(values).mean().item())
         set_flat(buffer, "values", th.cat(values).cpu().numpy())
         training = self.policy.training
         self.policy.set_training_mode(False)
