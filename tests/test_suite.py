@@ -145,6 +145,55 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert "![CartPole-v1](curves_CartPole-v1.png)" in text
 
 
+def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys):
+    """
+    A run another runner is training (its lock held by another process) is skipped, not failed, and left alone;
+    the lock is freed when that process dies, and the next runner trains it; a run another runner finished
+    after this one listed its work is returned as it is, not trained again.
+    """
+    from sb3_pgext.suite import runner
+
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    jobs = jobs_of(suite)
+    trained = []
+
+    def train(suite, job, out, device, conf):  # the zoo's training, quickly: what _train leaves behind
+        trained.append(job)
+        job.root(out).mkdir(parents=True, exist_ok=True)
+        result = {"env": job.env.env_id, "algo": job.algo, "seed": job.seed, "wall_seconds": 1.0}
+        (job.root(out) / "result.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(runner, "_train", train)
+    busy = jobs[0]
+    busy.root(out).mkdir(parents=True)
+    (busy.root(out) / "progress.csv").write_text("the other runner's run, in progress")
+    lock = busy.root(out).with_name(f"{busy.root(out).name}.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert run_suite(suite, out, workers=2) == []  # skipped is not failed
+        printed = capsys.readouterr()
+        assert "seed 0: skipped, another runner is training it" in printed.out + printed.err
+        assert sorted(trained, key=jobs.index) == jobs[1:]
+        assert (busy.root(out) / "progress.csv").read_text() == "the other runner's run, in progress"
+    finally:
+        holder.kill()
+        holder.wait()
+    trained.clear()
+    assert run_suite(suite, out, workers=2) == [] and trained == [busy]  # the dead runner's lock is free
+    # finished by another runner meanwhile: its result, untouched
+    finished = jobs[1]
+    result = json.loads((finished.root(out) / "result.json").read_text())
+    trained.clear()
+    assert runner.run_job(suite, finished, out, "cpu") == result and trained == []
+
+
 VARIANT_SUITE = """
 description: a variant
 seeds: [0]

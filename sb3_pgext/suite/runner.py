@@ -1,7 +1,8 @@
 """
 Runs a suite through the RL Zoo: one ``python -m sb3_pgext.zoo train`` per (env, algorithm, seed),
 resumable (a run with its ``result.json`` is skipped; an unfinished one is started again), with a progress
-bar. Two backends: ``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per
+bar. Locally, each run is locked while it trains, so that two runners of one folder (say, with other ``--envs``,
+or started twice) share the work instead of training, or deleting, the same run. Two backends: ``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per
 run on a Ray cluster (https://docs.ray.io), each training in a temporary folder of its node and sending its
 run folder back to the driver, so that the nodes need no shared filesystem; Ray retries a run whose worker
 died.
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from sb3_pgext.suite.config import EnvSpec, Suite
@@ -169,8 +171,49 @@ class RunFailed(RuntimeError):
         self.code = code
 
 
+class RunBusy(RuntimeError):
+    """A run that another runner (another ``suite run`` of the same folder) is training now."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"{job.algo} on {job.env.env_id}, seed {job.seed}: skipped, another runner is training it")
+
+
+@contextlib.contextmanager
+def run_lock(job: Job, out: Path) -> Iterator[None]:
+    """
+    Hold the run's lock (``seed_<n>.lock`` beside its folder) while it trains, so that two runners of one folder
+    never train, or delete, the same run; the operating system releases it if the runner dies.
+
+    :raises RunBusy: when another runner holds it
+    """
+    lock_path = job.root(out).with_name(f"{job.root(out).name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunBusy(job) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> dict[str, Any]:
-    """Train one run through the zoo; write and return its ``result.json`` (steps/s, wall time)."""
+    """
+    Train one run through the zoo, holding its :func:`run_lock`; write and return its ``result.json`` (steps/s,
+    wall time). A run that another runner finished meanwhile is not trained again: its result is returned.
+
+    :raises RunBusy: when another runner is training it
+    :raises RunFailed: when its training exits with an error
+    """
+    with run_lock(job, out):
+        finished = read_result(job, out)
+        return finished if finished is not None else _train(suite, job, out, device, conf)
+
+
+def _train(suite: Suite, job: Job, out: Path, device: str, conf: Path | None) -> dict[str, Any]:
+    """Train the run from scratch and write its ``result.json``."""
     root = job.root(out)
     if root.exists():  # an unfinished run: start again from scratch
         shutil.rmtree(root)
@@ -262,7 +305,9 @@ def run_suite(
         outcomes = _ray_outcomes(suite, todo, out, device, confs, workers, address)
     with tqdm(total=len(todo), unit="run", dynamic_ncols=True) as bar:
         for job, outcome in outcomes:
-            if isinstance(outcome, RunFailed):
+            if isinstance(outcome, RunBusy):
+                tqdm.write(str(outcome))
+            elif isinstance(outcome, RunFailed):
                 failed.append(job)
                 tqdm.write(str(outcome))
             else:
@@ -271,7 +316,7 @@ def run_suite(
     return failed
 
 
-Outcome = tuple[Job, dict[str, Any] | RunFailed]
+Outcome = tuple[Job, dict[str, Any] | RunFailed | RunBusy]
 
 
 def _local_outcomes(
@@ -283,7 +328,7 @@ def _local_outcomes(
         for future in as_completed(futures):
             try:
                 yield futures[future], future.result()
-            except RunFailed as failure:
+            except (RunFailed, RunBusy) as failure:
                 yield futures[future], failure
 
 
