@@ -145,6 +145,13 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert "![CartPole-v1](curves_CartPole-v1.png)" in text
 
 
+#: another runner, as the lock sees it: a process that takes a run's lock and keeps it until killed
+HOLD_LOCK = (
+    "import sys, time; from filelock import FileLock; "
+    "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)"
+)
+
+
 def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys):
     """
     A run another runner is training (its lock held by another process) is skipped, not failed, and left alone;
@@ -172,9 +179,8 @@ def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys)
     (busy.root(out) / "progress.csv").write_text("the other runner's run, in progress")
     lock = busy.root(out).with_name(f"{busy.root(out).name}.lock")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)", str(lock)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "held\n"
         assert run_suite(suite, out, workers=2) == []  # skipped is not failed
@@ -301,7 +307,8 @@ def test_the_action_share_is_a_ratio_of_means_over_runs():
     runs = [{"action": 1.0, "total": 0.01, "total_se": 0.1}, {"action": 9.0, "total": 19.99, "total_se": 2.0}]
     assert action_share(runs) == pytest.approx(0.5)
     # a mean total within 2 standard errors of 0 has no share; the mean of 4 independent runs has half their error
-    assert action_share([{"action": 2.0, "total": -1.0, "total_se": 1.0}, {"action": 1.0, "total": 0.5, "total_se": 1.0}]) is None
+    two_runs = [{"action": 2.0, "total": -1.0, "total_se": 1.0}, {"action": 1.0, "total": 0.5, "total_se": 1.0}]
+    assert action_share(two_runs) is None
     assert action_share([{"action": 0.5, "total": 1.9, "total_se": 1.0}]) is None
     assert action_share([{"action": 0.5, "total": 2.1, "total_se": 1.0}]) == pytest.approx(0.5 / 2.1)
     assert action_share([{"action": 0.5, "total": 0.9, "total_se": 1.0}] * 4) is None

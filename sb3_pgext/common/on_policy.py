@@ -461,11 +461,11 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
         for obs, chunk in self._rollout_chunks():
             values.append(self.predict_horizon_values(obs, time_left[chunk]))
             reward_rates.append(self.policy.value_net.reward_rate.flatten())  # type: ignore[union-attr]
-        reward_rate = th.cat(reward_rates)
+        all_values, reward_rate = th.cat(values), th.cat(reward_rates)
         self.logger.record("train/reward_rate", reward_rate.mean().item())
         self.logger.record("train/horizon_value", (horizon_weight(time_left, self.gamma) * reward_rate).mean().item())
-        self.logger.record("train/value", th.cat(values).mean().item())
-        set_flat(buffer, "values", th.cat(values).cpu().numpy())
+        self.logger.record("train/value", all_values.mean().item())
+        set_flat(buffer, "values", all_values.cpu().numpy())
         training = self.policy.training
         self.policy.set_training_mode(False)
         last_time_left = th.as_tensor(self._time_limits - self._elapsed_steps, dtype=th.float32, device=self.device)

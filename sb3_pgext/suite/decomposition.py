@@ -99,7 +99,8 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
             "at the end. Each term: mean over seeds, with the mean of the decompositions' own standard errors in "
             "brackets (the sampling error of one decomposition, not the spread over seeds); action share: the mean "
             "action term's part of the mean total (a ratio of means: a run's total can be near 0, or below it, since "
-            "each term is an unbiased estimate), left blank where the mean total is within 2 standard errors of 0. A CVPG run's estimators are paired: the same states, actions "
+            "each term is an unbiased estimate), left blank where the mean total is within 2 standard errors of 0. "
+            "A CVPG run's estimators are paired: the same states, actions "
             "and continuations without and with its control variate (default and centred), each weighted by Q-Prop's "
             "η* for the current critic. φ = true V (a perfect value function) leaves the part of the action term due "
             "to the advantage itself, so the value baseline's action term minus it is what the value function's error "
@@ -139,8 +140,8 @@ def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str]
 def action_share(terms: list[dict[str, float]]) -> float | None:
     """
     The mean action term's part of the mean total over runs, or ``None`` where the mean total is within 2 standard
-    errors (of a mean over independent runs) of 0. A ratio of means, not a mean of ratios: one run's total can be near 0 (or below,
-    each term being an unbiased estimate), which would make its own ratio meaningless.
+    errors (of a mean over independent runs) of 0. A ratio of means, not a mean of ratios: one run's total can be
+    near 0 (or below, each term being an unbiased estimate), which would make its own ratio meaningless.
     """
     total = float(np.mean([t["total"] for t in terms]))
     total_se = float(np.sqrt(np.sum([t["total_se"] ** 2 for t in terms]))) / len(terms)  # of the mean of independent runs

@@ -1,11 +1,11 @@
 """
 Runs a suite through the RL Zoo: one ``python -m sb3_pgext.zoo train`` per (env, algorithm, seed),
 resumable (a run with its ``result.json`` is skipped; an unfinished one is started again), with a progress
-bar. Locally, each run is locked while it trains, so that two runners of one folder (say, with other ``--envs``,
-or started twice) share the work instead of training, or deleting, the same run. Two backends: ``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per
-run on a Ray cluster (https://docs.ray.io), each training in a temporary folder of its node and sending its
-run folder back to the driver, so that the nodes need no shared filesystem; Ray retries a run whose worker
-died.
+bar. Locally, each run is locked while it trains, so that two runners of one folder (say, with other
+``--envs``, or started twice) share the work instead of training, or deleting, the same run. Two backends:
+``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per run on a Ray cluster
+(https://docs.ray.io), each training in a temporary folder of its node and sending its run folder back to the
+driver, so that the nodes need no shared filesystem; Ray retries a run whose worker died.
 """
 
 import contextlib
@@ -186,7 +186,8 @@ def run_lock(job: Job, out: Path) -> Iterator[None]:
 
     :raises RunBusy: when another runner holds it
     """
-    lock_path = job.root(out).with_name(f"{job.root(out).name}.lock")
+    root = job.root(out)
+    lock_path = root.with_name(f"{root.name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_path, timeout=0)
     try:
@@ -390,7 +391,7 @@ def _train_in_temporary_folder(suite: Suite, job: Job, device: str, conf_text: s
             conf.write_text(conf_text)
         exit_code = None
         try:
-            run_job(suite, job, out, device, conf)
+            _train(suite, job, out, device, conf)  # its own temporary folder: no other runner, nothing to lock
         except RunFailed as failure:
             exit_code = failure.code
         buffer = io.BytesIO()
