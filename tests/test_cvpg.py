@@ -187,20 +187,21 @@ class TrueGaussianQ(th.nn.Module):
 
 class TrueFiniteQ(th.nn.Module):
     def forward(self, obs):
-        return (Q_TABLE.expand(len(obs), 4),)
+        return (Q_TABLE.to(obs.device).expand(len(obs), 4),)
 
 
 def exact_gradient(model) -> th.Tensor:
     """∇_θ J of the bandit in closed form, over the policy parameters gradient_variance uses."""
     params = model._pg_parameters()
-    distribution = model.policy.get_distribution(th.zeros(1, 1))
+    distribution = model.policy.get_distribution(th.zeros(1, 1, device=model.device))
     if isinstance(model.action_space, spaces.Box):  # E[−(a − 2)²] = −(μ − 2)² − σ²
         normal = distribution.distribution
         objective = (-((normal.mean - 2.0) ** 2) - normal.variance).sum()
     else:
-        objective = (joint_action_probs(distribution, [4] if isinstance(model.action_space, spaces.Discrete) else [2, 2]) * Q_TABLE).sum()
+        joint_probs = joint_action_probs(distribution, [4] if isinstance(model.action_space, spaces.Discrete) else [2, 2])
+        objective = (joint_probs * Q_TABLE.to(model.device)).sum()
     grads = th.autograd.grad(objective, params, allow_unused=True)
-    return flatten_gradients(grads, params).double()
+    return flatten_gradients(grads, params).double().cpu()  # as gradient_variance returns its mean
 
 
 def assert_unbiased(stats: dict, exact: th.Tensor, n_minibatches: int) -> None:
@@ -396,11 +397,12 @@ def test_joint_actions_of_finite_spaces():
     assert joint_action_index(actions, [2, 3]).tolist() == [0, 2, 4, 5]  # as np.ravel_multi_index
     assert joint_action_index(th.tensor([3.0, 1.0]), [4]).tolist() == [3, 1]
     model = CVPG("MlpPolicy", IdentityEnvMultiDiscrete(3), seed=0, **TINY)
-    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(5)]), dtype=th.float32)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(5)]), dtype=th.float32, device=model.device)
     distribution = model.policy.get_distribution(obs)
     probs = joint_action_probs(distribution, [3, 3])
-    assert probs.shape == (5, 9) and th.allclose(probs.sum(dim=1), th.ones(5))
-    every = th.cartesian_prod(th.arange(3), th.arange(3))  # all joint actions, row-major as the index
+    assert probs.shape == (5, 9) and th.allclose(probs.sum(dim=1), th.ones(5, device=model.device))
+    choices = th.arange(3, device=model.device)
+    every = th.cartesian_prod(choices, choices)  # all joint actions, row-major as the index
     for state in range(5):
         log_prob = sum(component.logits[state].log_softmax(0)[every[:, i]] for i, component in enumerate(distribution.distribution))
         assert th.allclose(probs[state], log_prob.exp(), atol=1e-6)
@@ -433,7 +435,8 @@ def test_taylor_term_is_autograd_of_q_at_the_executed_mean():
     ours = th.autograd.grad(model._analytic_term(data.observations, data.q_constants, distribution).mean(), params, allow_unused=True)
     # reference: ∇_θ mean_s Q_w(s, m_θ(s)) with Q_w fixed, m_θ(s) = E_π[clip(a)]
     normal = model.policy.get_distribution(data.observations).distribution
-    executed_mean = clipped_gaussian_mean(normal.mean, normal.stddev, th.tensor([-2.0]), th.tensor([2.0]))
+    low, high = th.tensor([-2.0], device=model.device), th.tensor([2.0], device=model.device)
+    executed_mean = clipped_gaussian_mean(normal.mean, normal.stddev, low, high)
     reference = th.autograd.grad(model.q_critic(data.observations, executed_mean).mean(), params, allow_unused=True)
     flat = [flatten_gradients(gs, params) for gs in (ours, reference)]
     assert flat[1].norm() > 1e-4
@@ -457,12 +460,13 @@ def test_clipped_gaussian_mean():
 def test_critic_sees_the_executed_action():
     """Q(s, a) = Q_w(s, clip(a)): beyond Pendulum's ±2 the value is the boundary's and its action gradient is 0."""
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate="taylor", **TINY)
-    obs = th.as_tensor(np.random.default_rng(0).normal(size=(3, 3)), dtype=th.float32)
-    outside = th.tensor([[5.0], [-2.5], [100.0]], requires_grad=True)
+    device = model.device
+    obs = th.as_tensor(np.random.default_rng(0).normal(size=(3, 3)), dtype=th.float32, device=device)
+    outside = th.tensor([[5.0], [-2.5], [100.0]], device=device, requires_grad=True)
     q_outside = model.q_critic(obs, outside)
-    assert th.equal(q_outside, model.q_critic(obs, th.tensor([[2.0], [-2.0], [2.0]])))
-    assert th.equal(th.autograd.grad(q_outside.sum(), outside)[0], th.zeros(3, 1))
-    inside = th.full((3, 1), 0.5, requires_grad=True)
+    assert th.equal(q_outside, model.q_critic(obs, th.tensor([[2.0], [-2.0], [2.0]], device=device)))
+    assert th.equal(th.autograd.grad(q_outside.sum(), outside)[0], th.zeros(3, 1, device=device))
+    inside = th.full((3, 1), 0.5, device=device, requires_grad=True)
     assert th.autograd.grad(model.q_critic(obs, inside).sum(), inside)[0].abs().sum() > 0
 
 
@@ -485,7 +489,8 @@ def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
         loss = model._policy_loss(data, data.advantages, ratio, log_prob, distribution, clip_range)
         return flatten_gradients(th.autograd.grad(loss, params, allow_unused=True), params)
 
-    inside, outside, half = th.ones(32), th.full((32,), 1.5), th.cat([th.ones(16), th.full((16,), 0.5)])
+    inside, outside = th.ones(32, device=model.device), th.full((32,), 1.5, device=model.device)
+    half = th.cat([th.ones(16), th.full((16,), 0.5)]).to(model.device)
     assert gradient(inside, 0.2).norm() > 1e-6
     assert th.equal(gradient(outside, 0.2), th.zeros_like(gradient(inside, 0.2)))
     assert th.allclose(gradient(outside, None), gradient(inside, 0.2), atol=1e-7)  # no clipping: every sample counts
@@ -561,8 +566,9 @@ def test_replay_buffer_stores_the_envs_original_observations_and_rewards():
     normalised = buffer.sample(64, env=env)
     np.random.seed(0)
     raw = buffer.sample(64)
-    np.testing.assert_allclose(normalised.observations.numpy(), env.normalize_obs(raw.observations.numpy()), atol=1e-5)
-    np.testing.assert_allclose(normalised.rewards.numpy(), env.normalize_reward(raw.rewards.numpy()), atol=1e-5)
+    normalised_obs, raw_obs = normalised.observations.cpu().numpy(), raw.observations.cpu().numpy()
+    np.testing.assert_allclose(normalised_obs, env.normalize_obs(raw_obs), atol=1e-5)
+    np.testing.assert_allclose(normalised.rewards.cpu().numpy(), env.normalize_reward(raw.rewards.cpu().numpy()), atol=1e-5)
 
 
 def test_float64_box_actions():
@@ -578,8 +584,9 @@ def test_float64_box_actions():
 @pytest.mark.parametrize("make_env", [lambda: IdentityEnvMultiDiscrete(3), lambda: IdentityEnvMultiBinary(3)], ids=["MultiDiscrete", "MultiBinary"])
 def test_identity_env_is_learned_on_multi_actions(make_env):
     env = make_vec_env(make_env, n_envs=4, seed=0)
+    # a learning check at one seed: on the CPU, where the seed fixes the outcome (CUDA draws other actions)
     model = CVPG("MlpPolicy", env, seed=0, n_steps=64, batch_size=64, n_epochs=4, learning_rate=3e-3, qf_net_arch=[32],
-                 policy_kwargs=dict(net_arch=[32]))
+                 policy_kwargs=dict(net_arch=[32]), device="cpu")
     assert model.control_variate == "expected"
     model.learn(10_000)
     mean_reward, _ = evaluate_policy(model, make_vec_env(make_env, n_envs=1, seed=100), n_eval_episodes=10)

@@ -34,13 +34,13 @@ def test_with_a_zero_reward_rate_it_is_the_plain_value_function(model_class):
     is the plain model's (its experience bit for bit, its values to float precision: a 2-output layer rounds apart).
     """
     plain = make(model_class, "Pendulum-v1")  # each model seeds the global streams when it is built
-    obs = th.randn(5, 3)
+    obs = th.randn(5, 3).to(plain.device)
     plain_values = plain.policy.predict_values(obs).flatten()
     plain.learn(64)
     aware = make(model_class, "Pendulum-v1", horizon_aware_value=True)
     assert isinstance(aware.policy.value_net, HorizonAwareValueHead)
-    assert th.equal(aware.policy.value_net.linear.weight[1], th.zeros(16))
-    time_left = th.tensor([200.0, 150.0, 10.0, 1.0, 0.0])
+    assert th.equal(aware.policy.value_net.linear.weight[1], th.zeros(16, device=aware.device))
+    time_left = th.tensor([200.0, 150.0, 10.0, 1.0, 0.0], device=aware.device)
     assert th.allclose(aware.predict_horizon_values(obs, time_left), plain_values, atol=1e-6)
     th.randn(5, 3)
     aware.learn(64)
@@ -60,7 +60,7 @@ def test_the_time_left_of_every_stored_observation_comes_from_the_time_limit():
     for env_index in range(2):
         assert np.array_equal(time_left[env_index], 50 - steps % 50)
     samples = next(buffer.get(32))
-    assert np.array_equal(samples.time_left.numpy(), buffer.time_left[buffer.batch_inds].flatten())
+    assert np.array_equal(samples.time_left.cpu().numpy(), buffer.time_left[buffer.batch_inds].flatten())
 
 
 @pytest.mark.parametrize("model_class", [PPOKL, CVPG])
@@ -70,8 +70,8 @@ def test_the_value_is_fitted_with_the_time_left_and_the_reward_rate_learns(model
     head = model.policy.value_net
     assert head.linear.weight[1].abs().sum() > 0  # r̂ has been trained
     buffer = model.rollout_buffer
-    obs = th.as_tensor(buffer.observations[:8])
-    time_left = th.as_tensor(buffer.time_left[:8]).flatten()
+    obs = th.as_tensor(buffer.observations[:8], device=model.device)
+    time_left = th.as_tensor(buffer.time_left[:8], device=model.device).flatten()
     values = model.policy.predict_values(obs).flatten()
     assert th.allclose(model.predict_horizon_values(obs, time_left), values + horizon_weight(time_left, model.gamma) * head.reward_rate)
 
@@ -83,8 +83,8 @@ def test_the_rollouts_mean_reward_rate_and_horizon_part_are_logged(model_class):
     model._horizon_aware_returns()  # as train() does with the last rollout, at the trained parameters
     logged = model.logger.name_to_value
     buffer = model.rollout_buffer
-    obs = th.as_tensor(buffer.observations.reshape(-1, 3))
-    time_left = th.as_tensor(buffer.time_left).flatten()
+    obs = th.as_tensor(buffer.observations.reshape(-1, 3), device=model.device)
+    time_left = th.as_tensor(buffer.time_left, device=model.device).flatten()
     with th.no_grad():
         model.policy.set_training_mode(False)
         rest = model.policy.predict_values(obs).flatten()
@@ -103,7 +103,7 @@ def test_saved_and_loaded_with_the_model(model_class, tmp_path):
     model.save(tmp_path / "model.zip")
     loaded = model_class.load(tmp_path / "model.zip", env=model.get_env())
     assert loaded.horizon_aware_value and isinstance(loaded.policy.value_net, HorizonAwareValueHead)
-    obs, time_left = th.randn(4, 3), th.tensor([3.0, 50.0, 100.0, 200.0])
+    obs, time_left = th.randn(4, 3, device=model.device), th.tensor([3.0, 50.0, 100.0, 200.0], device=model.device)
     assert th.equal(loaded.predict_horizon_values(obs, time_left), model.predict_horizon_values(obs, time_left))
     loaded.learn(64)  # and trains on
 
@@ -134,7 +134,7 @@ def test_the_variance_decomposition_uses_the_value_with_the_time_left():
             env.step(env.action_space.sample())
     obs = np.stack([env.unwrapped._get_obs() for env in envs])
     _, values = measure._act(obs, envs)
-    time_left = th.tensor([200.0 - 7 * steps for steps in range(len(envs))])
-    expected = model.predict_horizon_values(th.as_tensor(obs), time_left).detach().double().numpy()
+    time_left = th.tensor([200.0 - 7 * steps for steps in range(len(envs))], device=model.device)
+    expected = model.predict_horizon_values(th.as_tensor(obs, device=model.device), time_left).detach().double().cpu().numpy()
     assert np.allclose(values, expected, atol=1e-6) and not np.allclose(values, values[0])
     measure.close()

@@ -46,8 +46,8 @@ class TwoStepEnv(gym.Env):
         return obs
 
 
-def one_hot(state):
-    obs = th.zeros(1, 4)
+def one_hot(state, device: th.device | str = "cpu"):
+    obs = th.zeros(1, 4, device=device)
     obs[0, state] = 1.0
     return obs
 
@@ -65,10 +65,12 @@ def exact_terms(model, control_variate, true_value=False):
     Σ_s, Σ_a, Σ_τ and the total variance of the per-sample estimator, by enumerating the toy MDP; with
     ``true_value``, for the baseline φ = V^π(s) = E_a E[R̂ | s, a].
     """
-    policy, gamma, lam = model.policy, model.gamma, model.gae_lambda
+    policy, gamma, lam, device = model.policy, model.gamma, model.gae_lambda, model.device
     params = [p for p in policy.parameters() if p.requires_grad]
-    probs = {x: policy.get_distribution(one_hot(x)).distribution.probs[0].detach().double().numpy() for x in range(4)}
-    values = {x: policy.predict_values(one_hot(x)).item() for x in range(4)}
+    states = {x: one_hot(x, device) for x in range(4)}
+    probs = {x: policy.get_distribution(states[x]).distribution.probs[0].detach().double().cpu().numpy() for x in range(4)}
+    values = {x: policy.predict_values(states[x]).item() for x in range(4)}
+    value_tensors = {x: th.tensor([values[x]], device=device) for x in range(4)}
     # visitation: half the steps are first steps (state 0 or 1), half second steps (state 2 + a)
     p_first_action = (probs[0] + probs[1]) / 2
     visitation = {0: 0.25, 1: 0.25, 2: 0.5 * p_first_action[0], 3: 0.5 * p_first_action[1]}
@@ -82,15 +84,15 @@ def exact_terms(model, control_variate, true_value=False):
     true_values = {x: sum(probs[x][a] * mean_return(x, a) for a in range(2)) for x in range(4)}
     state_means, state_probs, total_second_moment, action_terms, trajectory = [], [], 0.0, 0.0, 0.0
     for x, p_x in visitation.items():
-        distribution = policy.get_distribution(one_hot(x))
+        distribution = policy.get_distribution(states[x])
         cv = getattr(model, "_pg_control_variate_terms", None)
         conditional, weights = [], []
         for a in range(2):
-            action = th.tensor([a])
+            action = th.tensor([a], device=device)
             log_prob = distribution.log_prob(action)[0]
             score = flatten_gradients(th.autograd.grad(log_prob, params, retain_graph=True, allow_unused=True), params).double()
             baseline, analytic = 0.0, th.zeros_like(score)
-            terms = None if cv is None else cv(one_hot(x), action, policy.get_distribution(one_hot(x)), th.tensor([values[x]]))
+            terms = None if cv is None else cv(states[x], action, policy.get_distribution(states[x]), value_tensors[x])
             if true_value:
                 baseline = true_values[x]
             elif terms is None:
@@ -259,9 +261,11 @@ def test_the_time_limit_travels_when_rl_zoo3_has_patched_it():
 
 def exact_eta(model) -> float:
     """Q-Prop's η* = Cov(Â, Ā) / Var(Ā) over the toy MDP's visitation and π, Â = E[R̂ | s, a] − V(s), by enumeration."""
-    policy, gamma, lam = model.policy, model.gamma, model.gae_lambda
-    probs = {x: policy.get_distribution(one_hot(x)).distribution.probs[0].detach().double().numpy() for x in range(4)}
-    values = {x: policy.predict_values(one_hot(x)).item() for x in range(4)}
+    policy, gamma, lam, device = model.policy, model.gamma, model.gae_lambda, model.device
+    states = {x: one_hot(x, device) for x in range(4)}
+    probs = {x: policy.get_distribution(states[x]).distribution.probs[0].detach().double().cpu().numpy() for x in range(4)}
+    values = {x: policy.predict_values(states[x]).item() for x in range(4)}
+    value_tensors = {x: th.tensor([values[x]], device=device) for x in range(4)}
     p_first_action = (probs[0] + probs[1]) / 2
     visitation = {0: 0.25, 1: 0.25, 2: 0.5 * p_first_action[0], 3: 0.5 * p_first_action[1]}
     weights, advantages, control_variates = [], [], []
@@ -272,8 +276,8 @@ def exact_eta(model) -> float:
             else:
                 nxt = 2 + a
                 mean_return = R0[x, a] + gamma * values[nxt] + gamma * lam * (sum(probs[nxt][b] * R1[a, b] for b in range(2)) - values[nxt])
-            action = th.tensor([a])
-            terms = model._pg_control_variate_terms(one_hot(x), action, policy.get_distribution(one_hot(x)), th.tensor([values[x]]))
+            action = th.tensor([a], device=device)
+            terms = model._pg_control_variate_terms(states[x], action, policy.get_distribution(states[x]), value_tensors[x])
             weights.append(p_x * probs[x][a])
             advantages.append(mean_return - values[x])
             control_variates.append(float(terms[0][0]))

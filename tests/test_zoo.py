@@ -199,6 +199,7 @@ def test_push_to_hub_then_load_from_hub_and_enjoy_offline(tmp_path, monkeypatch)
     a local hub cache, then load_from_hub and enjoy from that cache with HF_HUB_OFFLINE=1. Acrobot's
     entry normalises observations: vec_normalize.pkl travels too.
     """
+    register()  # as `python -m sb3_pgext.zoo` does first: it fixes the zoo's hub scripts, imported below
     import rl_zoo3.push_to_hub as zoo_push
 
     logs = tmp_path / "logs"
