@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch as th
 
@@ -37,3 +41,27 @@ def tiny(model_class, **overrides):
 @pytest.fixture(params=MODEL_LIST, ids=lambda cls: cls.__name__)
 def model_class(request):
     return request.param
+
+
+#: another runner, as a run's lock sees it: a process that takes the lock and keeps it until killed
+HOLD_LOCK = (
+    "import sys, time; from filelock import FileLock; "
+    "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)"
+)
+
+
+@pytest.fixture
+def hold_lock():
+    """``hold_lock(path)`` starts a process holding the file lock ``path`` (killed at the end of the test) and returns it."""
+    holders = []
+
+    def hold(path: Path) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

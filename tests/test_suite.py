@@ -145,14 +145,7 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     assert "![CartPole-v1](curves_CartPole-v1.png)" in text
 
 
-#: another runner, as the lock sees it: a process that takes a run's lock and keeps it until killed
-HOLD_LOCK = (
-    "import sys, time; from filelock import FileLock; "
-    "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); time.sleep(600)"
-)
-
-
-def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys):
+def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys, hold_lock):
     """
     A run another runner is training (its lock held by another process) is skipped, not failed, and left alone;
     the lock is freed when that process dies, and the next runner trains it; a run another runner finished
@@ -177,20 +170,14 @@ def test_two_runners_of_one_folder_share_the_runs(tmp_path, monkeypatch, capsys)
     busy = jobs[0]
     busy.root(out).mkdir(parents=True)
     (busy.root(out) / "progress.csv").write_text("the other runner's run, in progress")
-    lock = busy.root(out).with_name(f"{busy.root(out).name}.lock")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline() == "held\n"
-        assert run_suite(suite, out, workers=2) == []  # skipped is not failed
-        printed = capsys.readouterr()
-        assert "seed 0: skipped, another runner is training it" in printed.out + printed.err
-        assert sorted(trained, key=jobs.index) == jobs[1:]
-        assert (busy.root(out) / "progress.csv").read_text() == "the other runner's run, in progress"
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = hold_lock(busy.root(out).with_name(f"{busy.root(out).name}.lock"))
+    assert run_suite(suite, out, workers=2) == []  # skipped is not failed
+    printed = capsys.readouterr()
+    assert "seed 0: skipped, another runner is training it" in printed.out + printed.err
+    assert sorted(trained, key=jobs.index) == jobs[1:]
+    assert (busy.root(out) / "progress.csv").read_text() == "the other runner's run, in progress"
+    holder.kill()
+    holder.wait()
     trained.clear()
     assert run_suite(suite, out, workers=2) == [] and trained == [busy]  # the dead runner's lock is free
     # finished by another runner meanwhile: its result, untouched

@@ -119,3 +119,31 @@ def test_an_interrupted_driver_trains_only_what_is_missing(tiny_suite, tmp_path)
 def test_an_address_without_the_ray_backend_is_refused(tiny_suite, tmp_path):
     with pytest.raises(ValueError, match="pass backend='ray'"):
         run_suite(tiny_suite, tmp_path, address="auto")
+
+
+def test_the_driver_leaves_a_run_another_runner_is_training_to_it(tiny_suite, tmp_path, hold_lock, capsys):
+    """
+    The driver takes each run's lock before submitting its task, as the local runner does: a run whose lock
+    another runner holds is skipped and left untouched; once that runner is gone, the next driver trains it;
+    a run another runner finished after this one listed its work is returned as it is.
+    """
+    from sb3_pgext.suite import runner
+
+    out = tmp_path / "out"
+    busy, free = jobs_of(tiny_suite, algos=["ppo"])
+    busy.root(out).mkdir(parents=True)
+    (busy.root(out) / "progress.csv").write_text("the other runner's run, in progress")
+    holder = hold_lock(busy.root(out).with_name(f"{busy.root(out).name}.lock"))
+    assert run_suite(tiny_suite, out, workers=2, algos=["ppo"], backend="ray") == []  # skipped is not failed
+    printed = capsys.readouterr()
+    assert "ppo on CartPole-v1, seed 0: skipped, another runner is training it" in printed.out + printed.err
+    assert (busy.root(out) / "progress.csv").read_text() == "the other runner's run, in progress"
+    assert not (busy.root(out) / "result.json").exists() and (free.root(out) / "result.json").is_file()
+    holder.kill()
+    holder.wait()
+    assert run_suite(tiny_suite, out, workers=2, algos=["ppo"], backend="ray") == []  # the dead runner's lock is free
+    assert (busy.root(out) / "result.json").is_file()
+    # listed as to do, finished by another runner before the driver claimed it: its result, not a new run
+    result = json.loads((free.root(out) / "result.json").read_text())
+    outcomes = list(runner._ray_outcomes(tiny_suite, [free], out, "cpu", {"ppo": None}, 1, None))
+    assert outcomes == [(free, result)] and json.loads((free.root(out) / "result.json").read_text()) == result

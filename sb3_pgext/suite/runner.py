@@ -1,8 +1,9 @@
 """
 Runs a suite through the RL Zoo: one ``python -m sb3_pgext.zoo train`` per (env, algorithm, seed),
 resumable (a run with its ``result.json`` is skipped; an unfinished one is started again), with a progress
-bar. Locally, each run is locked while it trains, so that two runners of one folder (say, with other
-``--envs``, or started twice) share the work instead of training, or deleting, the same run. Two backends:
+bar. Each run is locked while it trains (on Ray, by the driver while its task runs), so that two runners of
+one folder (say, with other ``--envs``, or started twice, or one local and one on Ray) share the work instead
+of training, or deleting, the same run. Two backends:
 ``"local"``, parallel worker processes on this machine, and ``"ray"``, one Ray task per run on a Ray cluster
 (https://docs.ray.io), each training in a temporary folder of its node and sending its run folder back to the
 driver, so that the nodes need no shared filesystem; Ray retries a run whose worker died.
@@ -338,7 +339,9 @@ def _ray_outcomes(
 ) -> Iterator[Outcome]:
     """
     Each job's result (or error) as it finishes, trained by one Ray task per job; the driver unpacks the run
-    folder each task sends back under ``out``.
+    folder each task sends back under ``out``. The driver holds each run's :func:`run_lock` from before its task
+    is submitted until its folder is unpacked: a run another runner is training is skipped, one it finished
+    meanwhile is returned as it is.
     """
     try:
         import ray
@@ -352,8 +355,23 @@ def _ray_outcomes(
         num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_retries=RAY_MAX_RETRIES
     )
     conf_texts = {algo: None if conf is None else conf.read_text() for algo, conf in confs.items()}
+    claims: dict[Job, contextlib.ExitStack] = {}
     try:
-        pending = {train.remote(suite, job, device, conf_texts[job.trained]): job for job in todo}
+        pending = {}
+        for job in todo:
+            claim = contextlib.ExitStack()
+            try:
+                claim.enter_context(run_lock(job, out))
+            except RunBusy as busy:
+                yield job, busy
+                continue
+            finished = read_result(job, out)
+            if finished is not None:
+                claim.close()
+                yield job, finished
+                continue
+            claims[job] = claim
+            pending[train.remote(suite, job, device, conf_texts[job.trained])] = job
         while pending:
             [ready], _ = ray.wait(list(pending), num_returns=1)
             job = pending.pop(ready)
@@ -365,14 +383,18 @@ def _ray_outcomes(
             with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
                 tar.extractall(root, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             if exit_code is not None:
+                claims.pop(job).close()
                 yield job, RunFailed(job, exit_code, root / "train.log")
                 continue
             # the command as it reads on the driver (the task ran it in a temporary folder of its node)
             result = json.loads((root / "result.json").read_text())
             result.update(command=recorded_command(train_command(suite, job, out, device, confs[job.trained])), backend="ray")
             (root / "result.json").write_text(json.dumps(result, indent=1))
+            claims.pop(job).close()
             yield job, result
     finally:
+        for claim in claims.values():
+            claim.close()
         if started_here:
             ray.shutdown()
 
