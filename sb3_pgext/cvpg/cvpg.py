@@ -209,7 +209,9 @@ class CVPG(PPOBase):
     :param horizon_aware_value: Use Tucker et al.'s horizon-aware value function (2018, section 6,
         https://arxiv.org/abs/1802.10031): V(s_t) = (Σ_{i=t}^{T−1} γ^{i−t}) r̂(s_t) + V'(s_t), with T the env's
         ``TimeLimit`` and t the episode's step, read during collection; the value network gets a second
-        output r̂ (initialised to zero). Needs envs with a time limit (see :mod:`sb3_pgext.common.horizon`)
+        output r̂ (initialised to zero). Needs envs with a time limit (see :mod:`sb3_pgext.common.horizon`).
+        The time left assumes the episode runs to T: on envs that end early (Hopper-v5) it overstates the
+        rest of the episode, and it measured worse than the plain value function there (docs: gradient variance)
     :param stats_window_size: Window size for the rollout logging, specifying the number of episodes to average
         the reported success rate, mean episode length, and mean reward over
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
