@@ -147,3 +147,13 @@ def test_the_driver_leaves_a_run_another_runner_is_training_to_it(tiny_suite, tm
     result = json.loads((free.root(out) / "result.json").read_text())
     outcomes = list(runner._ray_outcomes(tiny_suite, [free], out, "cpu", {"ppo": None}, 1, None))
     assert outcomes == [(free, result)] and json.loads((free.root(out) / "result.json").read_text()) == result
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_cuda_runs_on_a_ray_instance_without_a_gpu_are_refused(tiny_suite, tmp_path):
+    """A task that asks for a GPU no node has would wait forever: refused before any run (on an H100, Ray found it)."""
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="device='cuda' asks a GPU for each run, but the Ray cluster has none"):
+        run_suite(tiny_suite, out, workers=2, backend="ray", device="cuda")
+    assert not any(job.root(out).exists() for job in jobs_of(tiny_suite))
+    assert not ray.is_initialized()

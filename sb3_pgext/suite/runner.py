@@ -21,6 +21,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -258,7 +259,8 @@ def run_suite(
     :param out: the results folder
     :param workers: local: runs trained side by side; Ray: the CPUs of the local Ray instance started when
         ``address`` is None (a cluster's own resources decide how many of its runs go side by side)
-    :param device: the torch device of every run (on Ray, a "cuda" run asks for one GPU)
+    :param device: the torch device of every run (on Ray, a "cuda" run asks for one GPU; a local Ray instance
+        without one is refused with a ValueError before any run, a cluster without one gets a warning)
     :param envs: only these envs of the suite
     :param algos: only these algorithms of the suite
     :param backend: "local" (worker processes on this machine) or "ray" (one Ray task per run)
@@ -351,6 +353,13 @@ def _ray_outcomes(
     if started_here:
         local = {"num_cpus": workers} if address is None else {}
         ray.init(address=address, include_dashboard=False, log_to_driver=False, **local)
+    if device.startswith("cuda") and not ray.cluster_resources().get("GPU", 0):
+        # a task that asks for a GPU no node has waits for one forever
+        message = f"device={device!r} asks a GPU for each run, but the Ray cluster has none"
+        if started_here:
+            ray.shutdown()
+            raise ValueError(f"{message} (a local instance of this machine): train on a machine with a GPU, or on the CPU")
+        warnings.warn(f"{message} now: the runs wait until a node with a GPU joins it", stacklevel=2)
     train = ray.remote(_train_in_temporary_folder).options(
         num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0, max_retries=RAY_MAX_RETRIES
     )
