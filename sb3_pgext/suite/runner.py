@@ -202,6 +202,18 @@ def run_lock(job: Job, out: Path) -> Iterator[None]:
         lock.release()
 
 
+@contextlib.contextmanager
+def claim_run(job: Job, out: Path) -> Iterator[dict[str, Any] | None]:
+    """
+    Hold the run's :func:`run_lock` and give its result when another runner finished it meanwhile (None when it
+    is still to train): what every runner does before it trains a run.
+
+    :raises RunBusy: when another runner is training it
+    """
+    with run_lock(job, out):
+        yield read_result(job, out)
+
+
 def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = None) -> dict[str, Any]:
     """
     Train one run through the zoo, holding its :func:`run_lock`; write and return its ``result.json`` (steps/s,
@@ -210,8 +222,7 @@ def run_job(suite: Suite, job: Job, out: Path, device: str, conf: Path | None = 
     :raises RunBusy: when another runner is training it
     :raises RunFailed: when its training exits with an error
     """
-    with run_lock(job, out):
-        finished = read_result(job, out)
+    with claim_run(job, out) as finished:
         return finished if finished is not None else _train(suite, job, out, device, conf)
 
 
@@ -341,7 +352,7 @@ def _ray_outcomes(
 ) -> Iterator[Outcome]:
     """
     Each job's result (or error) as it finishes, trained by one Ray task per job; the driver unpacks the run
-    folder each task sends back under ``out``. The driver holds each run's :func:`run_lock` from before its task
+    folder each task sends back under ``out``. The driver holds each run's :func:`claim_run` from before its task
     is submitted until its folder is unpacked: a run another runner is training is skipped, one it finished
     meanwhile is returned as it is.
     """
@@ -370,11 +381,10 @@ def _ray_outcomes(
         for job in todo:
             claim = contextlib.ExitStack()
             try:
-                claim.enter_context(run_lock(job, out))
+                finished = claim.enter_context(claim_run(job, out))
             except RunBusy as busy:
                 yield job, busy
                 continue
-            finished = read_result(job, out)
             if finished is not None:
                 claim.close()
                 yield job, finished
