@@ -801,6 +801,9 @@ def test_a_run_records_its_versions_and_the_report_prints_them():
     new = [{"versions": {"SB3": "2.9.2", "torch": torch}, "cpu": "CPU A"} for torch in ("2.13.0", "2.11.0")]
     assert provenance([old]) == "The runs did not record their versions (they predate that field of `result.json`)."
     assert provenance([*new, old]) == "Trained with SB3 2.9.2, torch 2.11.0/2.13.0 on CPU A (1 older runs recorded none)."
+    on_ray = {**new[0], "backend": "ray"}
+    assert provenance([on_ray, new[1]]).endswith("on CPU A. 1 of the 2 runs trained as Ray tasks (`--backend ray`).")
+    assert provenance([on_ray]).endswith("on CPU A. All 1 runs trained as Ray tasks (`--backend ray`).")
 
 
 #: shrinks a packaged variant's model to a few cheap steps, on top of its own overrides

@@ -495,8 +495,8 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
 
 def provenance(results: list[dict[str, Any]]) -> str:
     """
-    The versions and CPUs the runs recorded in their ``result.json`` (every distinct value), so that the report
-    depends on the raw results alone, not on the environment that writes it.
+    The versions and CPUs the runs recorded in their ``result.json`` (every distinct value), and how many trained
+    on Ray, so that the report depends on the raw results alone, not on the environment that writes it.
     """
     recorded = [result for result in results if "versions" in result]
     if not recorded:
@@ -505,9 +505,11 @@ def provenance(results: list[dict[str, Any]]) -> str:
     parts = [f"{name} {'/'.join(sorted({result['versions'][name] for result in recorded if name in result['versions']}))}" for name in names]
     cpus = sorted({result["cpu"] for result in recorded if result.get("cpu")})
     missing = len(results) - len(recorded)
+    on_ray = sum(result.get("backend") == "ray" for result in results)
     return (
         "Trained with " + ", ".join(parts) + (f" on {' / '.join(cpus)}" if cpus else "")
         + (f" ({missing} older runs recorded none)" if missing else "") + "."
+        + (f" {f'All {on_ray}' if on_ray == len(results) else f'{on_ray} of the {len(results)}'} runs trained as Ray tasks (`--backend ray`)." if on_ray else "")
     )  # fmt: skip
 
 
