@@ -676,12 +676,22 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
     lines = trailing(suite, cells)
     text = "\n".join(lines)
     assert "**PPOKL trails PPO on CartPole-v1**: final 427" in text
-    assert "**PPOKL reaches CartPole-v1's threshold 475 later than PPO**: 2/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
+    assert "**PPOKL reaches CartPole-v1's threshold 475 on fewer seeds than PPO**: 2/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
     assert "**PPOKL is slower than PPO on CartPole-v1**: 1000 vs 2000 env steps/s (0.50×)" in text
     assert "CVPG trails" not in text and "CVPG is slower" not in text
     assert "**CVPG reaches CartPole-v1's threshold 475 later than PPO**: 3/3 seeds, median 2,000 steps vs 3/3 seeds, median 1,000 steps" in text
     assert "**OffPAC and SAC on Pendulum-v1 are the same runs**" in text and "OffPAC trails" not in text
     assert len(lines) == 5
+
+    # Fewer seeds reach the threshold, the one that does reaches it earlier: "on fewer seeds", not "later"
+    early = {
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[100, 500], [100, 500], [100, 500]], [2000.0]),
+        ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[500, 500], [100, 100], [100, 100]], [2000.0]),
+    }
+    assert "\n".join(trailing(suite, early)).endswith(
+        "**PPOKL reaches CartPole-v1's threshold 475 on fewer seeds than PPO**: "
+        "1/3 seeds, median 1,000 steps vs 3/3 seeds, median 2,000 steps."
+    )
 
 
 SHARED_LABEL_SUITE = """

@@ -256,12 +256,16 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
                     f"vs {_estimate(peer_mean, peer_low, peer_high, len(theirs.seeds))} ({overlap})."
                 )
             ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
-            if len(ours_steps) < len(peer_steps) or (
-                ours_steps and peer_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps)
-            ):
+            # Fewer seeds reaching it is the finding (the median of those that did may even be earlier).
+            if len(ours_steps) < len(peer_steps):
+                reach = f"reaches {env.env_id}'s threshold {env.threshold:g} on fewer seeds than {peer_name}"
+            elif ours_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps):
+                reach = f"reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}"
+            else:
+                reach = ""
+            if reach:
                 lines.append(
-                    f"- **{name} reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}**: "
-                    f"{_reach(ours_steps, len(ours.seeds))} vs {_reach(peer_steps, len(theirs.seeds))}."
+                    f"- **{name} {reach}**: {_reach(ours_steps, len(ours.seeds))} vs {_reach(peer_steps, len(theirs.seeds))}."
                 )
             ours_fps, peer_fps = _median_fps(ours), _median_fps(theirs)
             if ours_fps and peer_fps and ours_fps / peer_fps < SLOWER_RATIO:
