@@ -415,6 +415,30 @@ def test_report_counts_missing_runs(tmp_path):
     assert "0/4 runs finished" in text and "not run yet" in text
 
 
+def test_the_reproduce_command_selects_the_part_of_the_suite_that_has_run(tmp_path):
+    from sb3_pgext.suite.report import selection_options
+
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_SUITE)
+    suite, out = load_suite(path), tmp_path / "out"
+    jobs = {(job.algo, job.seed): job for job in jobs_of(suite)}
+
+    def finish(*runs):  # type: ignore[no-untyped-def]
+        for job in jobs.values():
+            (job.root(out) / "result.json").unlink(missing_ok=True)
+        for run in runs:
+            jobs[run].root(out).mkdir(parents=True, exist_ok=True)
+            (jobs[run].root(out) / "result.json").write_text("{}")
+        return selection_options(suite, out)
+
+    assert finish() == ""
+    assert finish(("ppo", 0), ("ppo", 1)) == " --algos ppo"
+    assert finish(("ppo", 1)) == " --algos ppo --seeds 1"
+    assert finish(("ppokl", 0), ("ppo", 0)) == " --seeds 0"
+    assert finish(("ppokl", 0), ("ppo", 1)) == ""  # no options select these two alone: the whole suite's command
+    assert finish(*jobs) == ""
+
+
 def test_zoo_entry_aliases_give_sb3_peers_the_zoo_entry(tmp_path):
     """HalfCheetah-v5 has no rl_zoo3 entry: SB3's algorithms get the v4 entry under the v5 id; ours keep their yml."""
     import rl_zoo3

@@ -517,6 +517,29 @@ def provenance(results: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
+def selection_options(suite: Suite, out: Path) -> str:
+    """
+    The ``--envs`` / ``--algos`` / ``--seeds`` options that select exactly the finished runs, where they are a
+    part of the suite that those options select (each of their envs with each of their algorithms and seeds);
+    otherwise (none, all, or a part no options select) an empty string.
+    """
+    finished = [(job.env.env_id, job.algo, job.seed) for job in jobs_of(suite) if read_result(job, out) is not None]
+    envs = list(dict.fromkeys(env for env, _, _ in finished))
+    algos = list(dict.fromkeys(algo for _, algo, _ in finished))
+    seeds = sorted({seed for _, _, seed in finished})
+    selected = {(job.env.env_id, job.algo, job.seed) for job in jobs_of(suite, envs, algos, seeds)}
+    if not finished or selected != set(finished) or len(finished) == len(jobs_of(suite)):
+        return ""
+    options = ""
+    if set(envs) != {env.env_id for env in suite.envs}:
+        options += " --envs " + " ".join(envs)
+    if set(algos) != {algo for env in suite.envs for algo in env.algos}:
+        options += " --algos " + " ".join(algos)
+    if seeds != sorted(suite.seeds):
+        options += " --seeds " + " ".join(map(str, seeds))
+    return options
+
+
 def write_report(suite: Suite, out: Path, command: str) -> Path:
     """Write ``out/benchmark.md`` and its plots from the finished runs; return the report's path."""
     import matplotlib
@@ -541,7 +564,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         "Reproduce:",
         "",
         "```bash",
-        command,
+        command + selection_options(suite, out),  # the part of the suite that has run, where it is one
         "```",
         "",
         f"{provenance(finished_results(suite, out))} {fps_note}",
