@@ -754,6 +754,14 @@ def test_variants_sharing_a_label_are_one_row_over_envs_and_only_the_suites_algo
     assert "\n| PPOKL, tuned | 0." in text and "\n| PPO | 0." in text
     # ahead on both envs, every seed: P(ours > peer) is 1
     assert "\n| PPOKL, tuned | PPO | 1.00 [1.00, 1.00] |" in text
+    assert "none yet" not in text
+    # a suite run in part is aggregated over the envs that have runs, and says so
+    cartpole = {key: cell for key, cell in cells.items() if key[0] == "CartPole-v1"}
+    text = "\n".join(aggregates(suite, cartpole, tmp_path))
+    assert "Over the envs that have finished runs (CartPole-v1) alone: Pendulum-v1 has none yet." in text
+    assert "CartPole-v1 [23.7, 500]" in text and "Pendulum-v1 [" not in text
+    assert "\n| PPOKL, tuned | PPO | 1.00 [1.00, 1.00] |" in text
+    assert aggregates(suite, {}, tmp_path) == ["Aggregates appear once runs have finished.", ""]
     # two rows of one env that the report would name alike are refused when the suite is read
     path.write_text(SHARED_LABEL_SUITE.replace("algos: [ppokl-a, ppo]", "algos: [ppokl-a, ppokl-b]"))
     with pytest.raises(ValueError, match="env CartPole-v1 lists ppokl-a and ppokl-b, which the report names alike \\('PPOKL, tuned'\\)"):

@@ -325,10 +325,10 @@ def speed_section(out: Path, suite_name: str) -> list[str]:
     return lines + [""]
 
 
-def _normalized(suite: Suite, cells: dict[tuple[str, str], Cell], per_env_algo: dict[str, str]) -> np.ndarray | None:
-    """(seeds, envs) normalised final scores of the algorithm ``per_env_algo[env]`` on every env; None if any is missing."""
+def _normalized(envs: list[EnvSpec], cells: dict[tuple[str, str], Cell], per_env_algo: dict[str, str]) -> np.ndarray | None:
+    """(seeds, envs) normalised final scores of the algorithm ``per_env_algo[env]`` on each of ``envs``; None if any is missing."""
     columns = []
-    for env in suite.envs:
+    for env in envs:
         cell = cells.get((env.env_id, per_env_algo.get(env.env_id, "")))
         if cell is None or env.env_id not in SCORE_RANGES:
             return None
@@ -342,9 +342,13 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     from rliable import metrics, plot_utils
 
     by_name = suite.rows()
+    # a suite run in part (``--envs``) is aggregated over the envs that have runs, and says so
+    envs = [env for env in suite.envs if any(env_id == env.env_id for env_id, _ in cells)]
+    if not envs:
+        return ["Aggregates appear once runs have finished.", ""]
     scores: dict[str, np.ndarray] = {}
     for name, per_env in by_name.items():
-        matrix = _normalized(suite, cells, per_env)
+        matrix = _normalized(envs, cells, per_env)
         if matrix is not None:
             scores[name] = matrix
     pairs = {}
@@ -352,22 +356,27 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         if not (peers := row_peers(suite, per_env)):
             continue
         peer_name = peers_name(suite, peers)
-        ours, theirs = scores.get(name), _normalized(suite, cells, peers)  # None where a peer is missing on an env
+        ours, theirs = scores.get(name), _normalized(envs, cells, peers)  # None where a peer is missing on an env
         if ours is not None and theirs is not None:
             scores.setdefault(peer_name, theirs)
             pairs[f"{name}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
     if not scores:
-        return ["Aggregates appear once every algorithm has finished runs on every env of the suite.", ""]
+        return ["Aggregates appear once an algorithm has finished runs on every env that has runs.", ""]
 
     def estimates(x: np.ndarray) -> np.ndarray:
         return np.array([metrics.aggregate_iqm(x), metrics.aggregate_mean(x), metrics.aggregate_optimality_gap(x)])
 
     points, intervals = bootstrap(scores, estimates)
-    ranges = ", ".join(f"{env} [{r.random:g}, {r.reference:g}]" for env, r in SCORE_RANGES.items() if env in {e.env_id for e in suite.envs})
+    ranges = ", ".join(f"{env} [{r.random:g}, {r.reference:g}]" for env, r in SCORE_RANGES.items() if env in {e.env_id for e in envs})
+    unrun = [env.env_id for env in suite.envs if env not in envs]
+    part = (
+        f"Over the envs that have finished runs ({', '.join(env.env_id for env in envs)}) alone: "
+        f"{', '.join(unrun)} {'has' if len(unrun) == 1 else 'have'} none yet. " if unrun else ""
+    )
     lines = [
         "## Aggregate over envs",
         "",
-        f"Final scores normalised per env from a random agent (0) to the RL Zoo's reference (1): {ranges} "
+        f"{part}Final scores normalised per env from a random agent (0) to the RL Zoo's reference (1): {ranges} "
         "(sources: `sb3_pgext/suite/scores.py`). 95% stratified-bootstrap CIs over seeds (rliable, "
         f"{BOOTSTRAP_REPS} resamples). Optimality gap: mean shortfall below 1 (lower is better).",
         "",
