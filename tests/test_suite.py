@@ -420,16 +420,15 @@ def test_the_reproduce_command_selects_the_part_of_the_suite_that_has_run(tmp_pa
 
     path = tmp_path / "tiny.yml"
     path.write_text(TINY_SUITE)
-    suite, out = load_suite(path), tmp_path / "out"
-    jobs = {(job.algo, job.seed): job for job in jobs_of(suite)}
+    suite = load_suite(path)
+    env, jobs = suite.envs[0], [(job.algo, job.seed) for job in jobs_of(suite)]
 
     def finish(*runs):  # type: ignore[no-untyped-def]
-        for job in jobs.values():
-            (job.root(out) / "result.json").unlink(missing_ok=True)
-        for run in runs:
-            jobs[run].root(out).mkdir(parents=True, exist_ok=True)
-            (jobs[run].root(out) / "result.json").write_text("{}")
-        return selection_options(suite, out)
+        seeds: dict[str, list[int]] = {}
+        for algo, seed in runs:
+            seeds.setdefault(algo, []).append(seed)
+        cells = {(env.env_id, algo): Cell(env, algo, s, np.array([256]), np.zeros((len(s), 1)), []) for algo, s in seeds.items()}
+        return selection_options(suite, cells)
 
     assert finish() == ""
     assert finish(("ppo", 0), ("ppo", 1)) == " --algos ppo"

@@ -526,18 +526,20 @@ def provenance(results: list[dict[str, Any]]) -> str:
     )  # fmt: skip
 
 
-def selection_options(suite: Suite, out: Path) -> str:
+def selection_options(suite: Suite, cells: dict[tuple[str, str], Cell]) -> str:
     """
-    The ``--envs`` / ``--algos`` / ``--seeds`` options that select exactly the finished runs, where they are a
-    part of the suite that those options select (each of their envs with each of their algorithms and seeds);
-    otherwise (none, all, or a part no options select) an empty string.
+    The ``--envs`` / ``--algos`` / ``--seeds`` options that select exactly the finished runs (``cells``, from
+    :func:`collect`), where they are a part of the suite that those options select (each of their envs with each
+    of their algorithms and seeds); otherwise (none, all, or a part no options select) an empty string.
     """
-    finished = [(job.env.env_id, job.algo, job.seed) for job in jobs_of(suite) if read_result(job, out) is not None]
-    envs = list(dict.fromkeys(env for env, _, _ in finished))
-    algos = list(dict.fromkeys(algo for _, algo, _ in finished))
-    seeds = sorted({seed for _, _, seed in finished})
+    finished = {(env_id, algo, seed) for (env_id, algo), cell in cells.items() for seed in cell.seeds}
+    runs = [(job.env.env_id, job.algo, job.seed) for job in jobs_of(suite)]
+    done = [run for run in runs if run in finished]  # in the suite's order
+    envs = list(dict.fromkeys(env for env, _, _ in done))
+    algos = list(dict.fromkeys(algo for _, algo, _ in done))
+    seeds = sorted({seed for _, _, seed in done})
     selected = {(job.env.env_id, job.algo, job.seed) for job in jobs_of(suite, envs, algos, seeds)}
-    if not finished or selected != set(finished) or len(finished) == len(jobs_of(suite)):
+    if not done or selected != finished or len(done) == len(runs):
         return ""
     options = ""
     if set(envs) != {env.env_id for env in suite.envs}:
@@ -573,7 +575,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         "Reproduce:",
         "",
         "```bash",
-        command + selection_options(suite, out),  # the part of the suite that has run, where it is one
+        command + selection_options(suite, cells),  # the part of the suite that has run, where it is one
         "```",
         "",
         f"{provenance(finished_results(suite, out))} {fps_note}",
