@@ -16,6 +16,8 @@ extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.viewcode"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build"]
 myst_heading_anchors = 3
+# Equations as $$ ... $$ blocks, rendered by MathJax (Sphinx's default for HTML), as SB3's docs render theirs
+myst_enable_extensions = ["dollarmath", "amsmath"]
 # The included benchmark reports are generated Markdown pages of their own, with their own heading levels
 suppress_warnings = ["myst.header"]
 

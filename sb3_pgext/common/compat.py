@@ -101,6 +101,38 @@ def saved_data(path: str | Path | io.BufferedIOBase) -> dict[str, Any]:
         return {}
 
 
+def check_model_file(path: str | Path | io.BufferedIOBase, algo_name: str) -> None:
+    """
+    A ValueError naming ``path`` when it is not a whole model zip: not a zip archive, an archive without SB3's
+    ``data`` entry (a truncated file: the nested ``policy.pth`` archive is then all that ``zipfile`` finds), or
+    one whose entries fail their CRC check. Paths that do not exist, and file objects, are left to SB3.
+
+    :param path: the model file, as ``load`` takes it (``.zip`` may be left out)
+    :param algo_name: the class that loads it, for the message
+    """
+    if not isinstance(path, (str, Path)):
+        return
+    path = Path(path)
+    if not path.is_file() and path.with_suffix(".zip").is_file():
+        path = path.with_suffix(".zip")
+    if not path.is_file():
+        return
+    problem = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "data" not in archive.namelist():
+                problem = "it has no 'data' entry"
+            elif (damaged := archive.testzip()) is not None:
+                problem = f"its entry {damaged!r} fails its CRC check"
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        problem = str(error)
+    if problem is not None:
+        raise ValueError(
+            f"{path} is not a model file (not a zip archive, or a truncated one): {problem}. "
+            f"{algo_name}.load reads the .zip that save() writes"
+        )
+
+
 def _deserialize(data: dict[str, Any], key: str) -> Any:
     """One serialized object of ``data`` (gym's classes read as gymnasium's); None if absent or unreadable."""
     try:
@@ -246,6 +278,12 @@ class LegacyLoadMixin:
         force_reset: bool = True,
         **kwargs: Any,
     ):
+        if isinstance(env, str):
+            raise TypeError(
+                f"env must be an environment (a gymnasium.Env or a VecEnv), got the string {env!r}: unlike the "
+                f"constructor, {cls.__name__}.load does not make envs from their ids; pass env=gymnasium.make({env!r})"
+            )
+        check_model_file(path, cls.__name__)
         data = saved_data(path)  # read once: the legacy objects and the policy check both look at it
         objects = cls._check_saved_policy(path, data, _with_legacy_objects(data, env, custom_objects))
         try:
@@ -260,10 +298,5 @@ class LegacyLoadMixin:
                 raise ValueError(
                     f"{path} holds {unknown.group(1)!r}, which {cls.__name__} does not have: it was saved by another "
                     f"algorithm. {cls.__name__}.load reads {cls.loadable_files}"
-                ) from error
-            if "wasn't a zip-file" in str(error):
-                raise ValueError(
-                    f"{path} is not a model file (not a zip archive, or a truncated one): {cls.__name__}.load reads "
-                    "the .zip that save() writes"
                 ) from error
             raise

@@ -175,13 +175,15 @@ class BatchedCriticMixin:
     def stacked_optimizer_state(self, state_dict: dict[str, Any], parameters: list[th.Tensor]) -> dict[str, Any]:
         """
         The inverse of :meth:`per_network_optimizer_state`: a state dict saved for the separate networks,
-        rewritten for ``parameters``; returned unchanged when it already has one entry per parameter.
+        rewritten for ``parameters``; returned unchanged when it is already in their layout. The layout is told
+        by the saved tensors' shapes (with one critic, both layouts have as many entries as ``parameters``); a
+        ValueError when they fit neither, so that a mismatched state never reaches an optimizer's kernel.
 
         :param state_dict: an optimizer state dict over the separate critics' parameters
         :param parameters: this optimizer's parameters, in order
         """
         n_saved = sum(len(group["params"]) for group in state_dict["param_groups"])
-        if n_saved == len(parameters):
+        if n_saved == len(parameters) and optimizer_state_fits(state_dict, parameters):
             return state_dict
         slots = self._optimizer_slots(parameters)
         if n_saved != len(slots):
@@ -190,16 +192,21 @@ class BatchedCriticMixin:
         for saved_index, (index, _) in enumerate(slots):
             if saved_index in state_dict["state"]:
                 gathered.setdefault(index, []).append(state_dict["state"][saved_index])
+        heads = {index for index, net in slots if net is None}
         state = {}
         for index, parts in gathered.items():
-            if len(parts) == 1:
+            if index in heads:  # a features extractor's parameter: its state as it is
                 state[index] = parts[0]
                 continue
+            # the networks' per-parameter tensors stacked (one network: a leading axis of 1); scalars (step) as they are
+            network_shape = parameters[index].shape[1:]
             state[index] = {
-                key: th.stack([part[key] for part in parts]) if parts[0][key].shape == parameters[index].shape[1:] else value
+                key: th.stack([part[key] for part in parts]) if _is_tensor_of_shape(value, network_shape) else value
                 for key, value in parts[0].items()
             }
-        return _with_params(state_dict, state, len(parameters))
+        stacked = _with_params(state_dict, state, len(parameters))
+        check_optimizer_state("critic.optimizer", stacked, parameters)
+        return stacked
 
     def _optimizer_slots(self, parameters: list[th.Tensor]) -> list[tuple[int, int | None]]:
         """For each parameter of the separate networks' optimizer, in order: (index in ``parameters``, network or None)."""
@@ -220,7 +227,52 @@ class BatchedCriticMixin:
 
 
 def _is_stacked(value: Any, parameter: th.Tensor) -> bool:
-    return isinstance(value, th.Tensor) and value.shape == parameter.shape
+    return _is_tensor_of_shape(value, parameter.shape)
+
+
+def _is_tensor_of_shape(value: Any, shape: th.Size) -> bool:
+    return isinstance(value, th.Tensor) and value.dim() > 0 and value.shape == shape
+
+
+def _shape_mismatches(state_dict: dict[str, Any], parameters: list[th.Tensor]) -> list[str]:
+    """The per-parameter tensors of an optimizer state dict whose shape is not their parameter's, in words."""
+    mismatches = []
+    for index, state in state_dict["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(parameters):
+            mismatches.append(f"state of parameter {index!r}, which the optimizer does not have")
+            continue
+        for key, value in state.items():
+            if isinstance(value, th.Tensor) and value.dim() > 0 and value.shape != parameters[index].shape:
+                mismatches.append(f"{key} of parameter {index}: {tuple(value.shape)} for {tuple(parameters[index].shape)}")
+    return mismatches
+
+
+def optimizer_state_fits(state_dict: dict[str, Any], parameters: list[th.Tensor]) -> bool:
+    """
+    Whether every per-parameter tensor (``exp_avg`` ...) of an optimizer state dict has the shape of its parameter.
+
+    :param state_dict: an optimizer's state dict
+    :param parameters: the optimizer's parameters, in order
+    """
+    return not _shape_mismatches(state_dict, parameters)
+
+
+def check_optimizer_state(name: str, state_dict: dict[str, Any], parameters: list[th.Tensor]) -> None:
+    """
+    A ValueError naming the optimizer and the tensors when a state dict does not fit ``parameters``: torch's
+    ``load_state_dict`` does not compare shapes, and a fused optimizer step on a mismatched state crashes the
+    process (a segmentation fault) instead of raising.
+
+    :param name: the optimizer's name in the model's parameters (e.g. ``critic.optimizer``)
+    :param state_dict: the state dict to load
+    :param parameters: the optimizer's parameters, in order
+    """
+    mismatches = _shape_mismatches(state_dict, parameters)
+    if mismatches:
+        raise ValueError(
+            f"the saved state of {name} does not fit this model's parameters ({'; '.join(mismatches[:3])}"
+            f"{'; ...' if len(mismatches) > 3 else ''}): it was saved for networks of other sizes"
+        )
 
 
 def _with_params(state_dict: dict[str, Any], state: dict[int, Any], n_params: int) -> dict[str, Any]:

@@ -62,7 +62,22 @@ def minibatch_gradient_statistics(gradients: th.Tensor) -> dict[str, float]:
     )
 
 
-def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> dict[str, Any]:
+class GradientVariance(dict):
+    """
+    What :func:`gradient_variance` measures: a dict (``result["variance"]`` ...) that prints as one line of the
+    numbers a user compares, without the mean gradient's values.
+    """
+
+    def __repr__(self) -> str:
+        mean = self.get("mean")
+        shape = f", mean=<{mean.numel()} values>" if isinstance(mean, th.Tensor) else ""
+        return (
+            f"GradientVariance(variance={self['variance']:.6g}, mean_sq_norm={self['mean_sq_norm']:.6g}, "
+            f"n_minibatches={self['n_minibatches']}, minibatch_size={self['minibatch_size']}{shape})"
+        )
+
+
+def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> GradientVariance:
     """
     Variance of the model's policy-gradient estimator, measured on one batch split into minibatches.
 
@@ -78,8 +93,8 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     :param model: a model of the package (PPOKL, CVPG, OffPAC)
     :param n_minibatches: K, the number of minibatches (>= 2)
     :param control_variate: whether the estimator keeps its baseline / control variate
-    :return: ``variance`` (trace of the covariance of the K minibatch gradients), ``mean_sq_norm``
-        (squared norm of their mean), ``n_minibatches``, ``minibatch_size`` and ``mean`` (the mean
+    :return: a :class:`GradientVariance` dict: ``variance`` (trace of the covariance of the K minibatch gradients),
+        ``mean_sq_norm`` (squared norm of their mean), ``n_minibatches``, ``minibatch_size`` and ``mean`` (the mean
         gradient of ascent, a float64 tensor over ``_pg_parameters()`` flattened in order)
     """
     if not isinstance(n_minibatches, (int, np.integer)) or n_minibatches < 2:
@@ -94,4 +109,4 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
             minibatch_size = len(batch.actions)
     gradients = th.stack(rows).double().cpu()
     statistics = minibatch_gradient_statistics(gradients)
-    return dict(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size, mean=gradients.mean(dim=0))
+    return GradientVariance(**statistics, n_minibatches=len(rows), minibatch_size=minibatch_size, mean=gradients.mean(dim=0))

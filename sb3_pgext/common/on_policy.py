@@ -11,7 +11,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, BasePolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import explained_variance, obs_as_tensor
@@ -40,7 +40,9 @@ from sb3_pgext.common.kl import (
     sampled_kl,
     validate_kl_penalty_args,
 )
-from sb3_pgext.common.utils import index_observations
+from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
+from sb3_pgext.common.save_util import AtomicSaveMixin
+from sb3_pgext.common.utils import index_observations, with_callbacks
 
 # States per forward pass when the whole rollout goes through the policy at once (KL bookkeeping)
 _FULL_ROLLOUT_CHUNK = 2048
@@ -68,7 +70,7 @@ class _TimeLeftCallback(BaseCallback):
         return True
 
 
-class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
+class PPOBase(AtomicSaveMixin, LegacyLoadMixin, GradientVarianceMixin, PPO):
     """
     Base of the PPO family (PPOKL, CVPG): SB3's :class:`~stable_baselines3.PPO` whose ``train()`` owns
     the epoch / minibatch loop, the gradient clipping, SB3's ``target_kl`` early stop and the logging,
@@ -219,23 +221,15 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
             self._time_limits = _time_limits(self.env)  # type: ignore[arg-type]
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
-        """SB3's callback, plus the family's own for the rollout (:meth:`_rollout_callbacks`) when there are any."""
-        own = self._rollout_callbacks()
-        if own:
-            if callback is None:
-                callbacks: list[BaseCallback] = []
-            elif isinstance(callback, list):
-                callbacks = list(callback)
-            elif isinstance(callback, BaseCallback):
-                callbacks = [callback]
-            else:
-                callbacks = [ConvertCallback(callback)]
-            callback = [*callbacks, *own]
-        return super()._init_callback(callback, progress_bar)
+        """SB3's callback, after the family's own for the rollout (:meth:`_rollout_callbacks`)."""
+        return super()._init_callback(with_callbacks(self._rollout_callbacks(), callback), progress_bar)
 
     def _rollout_callbacks(self) -> list[BaseCallback]:
-        """Callbacks the algorithm needs during collection: the time left in the episode for a horizon-aware value."""
-        return [_TimeLeftCallback()] if self.horizon_aware_value else []
+        """
+        Callbacks the algorithm needs during collection: the check that what enters the rollout buffer is finite,
+        and the time left in the episode for a horizon-aware value.
+        """
+        return [FiniteTransitionCheck(), *([_TimeLeftCallback()] if self.horizon_aware_value else [])]
 
     @property
     def penalty_active(self) -> bool:
@@ -270,6 +264,8 @@ class PPOBase(LegacyLoadMixin, GradientVarianceMixin, PPO):
             approx_kl_divs = []
             for rollout_data in self.rollout_buffer.get(self.batch_size):
                 loss, log_prob = self._minibatch_loss(rollout_data, clip_range, clip_range_vf)
+                where = f"in epoch {epoch + 1} of the update at step {self.num_timesteps}, before its step"
+                check_finite_loss(type(self).__name__, "loss", loss, where)
 
                 # SB3's early stop: k3 estimate of KL(π_old ‖ π_θ) on the minibatch, see SB3 issue #417
                 with th.no_grad():

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.type_aliases import PyTorchObs
+from stable_baselines3.common.callbacks import BaseCallback, ConvertCallback
+from stable_baselines3.common.type_aliases import MaybeCallback, PyTorchObs
 
 
 def repeat_observations(obs: PyTorchObs, n_times: int) -> PyTorchObs:
@@ -65,3 +66,24 @@ def isolated_random_streams(seed: int | None = None) -> Iterator[None]:
         th.random.set_rng_state(torch_state)
         if cuda_states is not None:
             th.cuda.set_rng_state_all(cuda_states)
+
+
+def with_callbacks(own: list[BaseCallback], callback: MaybeCallback) -> MaybeCallback:
+    """
+    The user's ``callback`` (None, a callback, a list of them or a function, as ``learn`` takes it) run after an
+    algorithm's ``own`` callbacks, as one list for SB3's ``_init_callback``; the user's alone when there are none.
+
+    :param own: the algorithm's callbacks
+    :param callback: the user's
+    """
+    if not own:
+        return callback
+    if callback is None:
+        callbacks: list[BaseCallback] = []
+    elif isinstance(callback, list):
+        callbacks = list(callback)
+    elif isinstance(callback, BaseCallback):
+        callbacks = [callback]
+    else:
+        callbacks = [ConvertCallback(callback)]
+    return [*own, *callbacks]

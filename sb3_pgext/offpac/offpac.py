@@ -8,6 +8,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
@@ -18,10 +19,12 @@ from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
 
 from sb3_pgext.common.compat import LegacyLoadMixin
-from sb3_pgext.common.critics import BatchedCriticMixin
-from sb3_pgext.common.utils import repeat_observations
-from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
+from sb3_pgext.common.critics import BatchedCriticMixin, check_optimizer_state
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
+from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
+from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
+from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
+from sb3_pgext.common.utils import repeat_observations, with_callbacks
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
 
 SelfOffPAC = TypeVar("SelfOffPAC", bound="OffPAC")
@@ -49,7 +52,7 @@ class PolicySample(NamedTuple):
     probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
 
 
-class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
+class OffPAC(AtomicSaveMixin, LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 
@@ -359,7 +362,8 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         # would be discarded) and moves the targets with one foreach operation
         actor_parameters = [param for group in self.actor.optimizer.param_groups for param in group["params"]]
         critic_parameters, target_parameters = list(self.critic.parameters()), list(self.critic_target.parameters())
-        # Logged values stay on the device and are read once, after the loop: no synchronisation per step
+        # Logged values stay on the device and are read once, after the loop: no synchronisation per step (so the
+        # losses are checked for NaN / inf there too)
         logs: dict[str, list[th.Tensor]] = defaultdict(list)
         for gradient_step in range(gradient_steps):
             replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
@@ -418,6 +422,9 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
         keys = [key for key in ("ent_coef", "entropy", "actor_loss", "critic_loss", "q_mean", "ent_coef_loss") if logs[key]]
         table = th.stack([th.stack(logs[key]).reshape(-1) for key in keys]).cpu().numpy().astype(np.float64)
         for key, values in zip(keys, table):
+            if key.endswith("loss"):
+                where = f"in gradient steps {self._n_updates - gradient_steps + 1}-{self._n_updates} (this train() call)"
+                check_finite_loss("OffPAC", key, th.as_tensor(values), where)
             self.logger.record(f"train/{key}", np.mean(values))
 
     # --- measured gradient variance (sb3_pgext.gradient_variance) ---------------------------------
@@ -435,6 +442,10 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
     def _pg_surrogate(self, replay_data: ReplayBufferSamples, control_variate: bool) -> th.Tensor:
         obs = replay_data.observations
         return self._actor_loss(obs, self._sample_policy(obs), self._current_ent_coef(), baseline=control_variate)
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callback, after the check that what enters the replay buffer is finite."""
+        return super()._init_callback(with_callbacks([FiniteTransitionCheck()], callback), progress_bar)
 
     def learn(
         self: SelfOffPAC,
@@ -456,6 +467,20 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "actor", "critic", "critic_target"]
+
+    def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
+        """
+        Save the replay buffer as a pickle file (SB3's ``save_replay_buffer``), written beside ``path`` and renamed
+        into place (:func:`~sb3_pgext.common.save_util.atomic_path`): a failed or killed save leaves the previous file.
+
+        :param path: path to the file where the replay buffer should be saved (``.pkl`` is added if it has no
+            suffix), or a file-like object
+        """
+        if not isinstance(path, (str, pathlib.Path)):
+            super().save_replay_buffer(path)
+            return
+        with atomic_path(path, suffix="pkl") as temporary:
+            super().save_replay_buffer(temporary)
 
     def get_parameters(self) -> dict[str, dict]:
         """
@@ -488,11 +513,17 @@ class OffPAC(LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
             params = dict(load_path_or_dict)
         else:
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
-        if isinstance(self.critic, BatchedCriticMixin) and "critic.optimizer" in params:
-            params["critic.optimizer"] = self.critic.stacked_optimizer_state(
-                params["critic.optimizer"], _optimizer_parameters(self.critic.optimizer)
-            )
-        optimizers = [optimizer for optimizer in (self.actor.optimizer, self.critic.optimizer, self.ent_coef_optimizer) if optimizer]
+        named_optimizers = {"actor.optimizer": self.actor.optimizer, "critic.optimizer": self.critic.optimizer}
+        if self.ent_coef_optimizer is not None:
+            named_optimizers["ent_coef_optimizer"] = self.ent_coef_optimizer
+        for name, optimizer in named_optimizers.items():
+            saved = params.get(name)
+            if not (isinstance(saved, dict) and {"state", "param_groups"} <= saved.keys()):
+                continue  # absent or incomplete: SB3 (torch) reports it as for its own algorithms
+            if name == "critic.optimizer" and isinstance(self.critic, BatchedCriticMixin):
+                params[name] = self.critic.stacked_optimizer_state(saved, _optimizer_parameters(optimizer))
+            check_optimizer_state(name, params[name], _optimizer_parameters(optimizer))
+        optimizers = list(named_optimizers.values())
         implementations = [[(group.get("fused"), group.get("foreach")) for group in opt.param_groups] for opt in optimizers]
         super().set_parameters(params, exact_match=exact_match, device=device)
         for optimizer, settings in zip(optimizers, implementations):

@@ -21,23 +21,36 @@ from sb3_pgext.suite.runner import BACKENDS, finished_results
 from sb3_pgext.suite.speed import measure_speed, pin_to_cores
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: ``run``, ``speed`` and ``report``, each with its own options and ``--help``."""
     parser = argparse.ArgumentParser(prog="python -m sb3_pgext.suite", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["run", "speed", "report"])
-    parser.add_argument("suite", help='a suite file, or the name of one in zoo_configs/ ("quick", "standard")')
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmark/<suite>)")
-    parser.add_argument("--workers", type=int, default=2, help="runs trained side by side (one torch thread each)")
-    parser.add_argument("--backend", choices=BACKENDS, default="local", help="run: local worker processes or one Ray task per run")
-    parser.add_argument("--address", help='run --backend ray: the Ray cluster\'s address ("auto", "ray://<head>:10001"); none: a local instance')
-    parser.add_argument("--device", default="cpu", help='torch device of every run, or the one speed compares with the CPU ("cuda")')
-    parser.add_argument("--threads", type=int, default=1, help="speed: torch threads on the CPU (the runs use 1), the process pinned to as many cores")
-    parser.add_argument("--repeats", type=int, default=3, help="speed: timed train() calls per algorithm and device")
-    parser.add_argument("--envs", nargs="+", help="only these envs of the suite")
-    parser.add_argument("--algos", nargs="+", help="only these algorithms of the suite")
-    parser.add_argument("--seeds", nargs="+", type=int, help="run: only these seeds of the suite")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("suite", help='a suite file, or the name of one in zoo_configs/ ("quick", "standard")')
+    shared.add_argument("--out", type=Path, help="results folder (default: benchmark/<suite>)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,speed,report}")
+    run = commands.add_parser("run", parents=[shared], help="train the suite's unfinished runs, then write the report")
+    run.add_argument("--workers", type=int, default=2, help="runs trained side by side (one torch thread each)")
+    run.add_argument("--backend", choices=BACKENDS, default="local", help="local worker processes or one Ray task per run")
+    run.add_argument("--address", help='with --backend ray: the Ray cluster\'s address ("auto", "ray://<head>:10001"); none: a local instance')
+    run.add_argument("--device", default="cpu", help='torch device of every run ("cpu", "cuda")')
+    run.add_argument("--envs", nargs="+", help="only these envs of the suite")
+    run.add_argument("--algos", nargs="+", help="only these algorithms of the suite")
+    run.add_argument("--seeds", nargs="+", type=int, help="only these seeds of the suite")
+    speed = commands.add_parser("speed", parents=[shared], help="time OffPAC's, CVPG's and SAC's updates, then rewrite the report")
+    speed.add_argument("--device", default="cpu", help='the device compared with the CPU ("cuda")')
+    speed.add_argument("--threads", type=int, default=1, help="torch threads on the CPU (the runs use 1), the process pinned to as many cores")
+    speed.add_argument("--repeats", type=int, default=3, help="timed train() calls per algorithm and device")
+    speed.add_argument("--envs", nargs="+", help="only these envs of the suite")
+    report = commands.add_parser("report", parents=[shared], help="rewrite the report from the finished runs")
+    report.add_argument("--workers", type=int, default=2, help="the --workers of the report's Reproduce command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     for name in ("workers", "threads", "repeats"):
-        if getattr(args, name) < 1:
+        if getattr(args, name, 1) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     suite = load_suite(args.suite)
     out = args.out or Path("benchmark") / suite.name
@@ -62,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"speed: {measure_speed(suite, out, device=args.device, repeats=args.repeats, envs=args.envs)}")
         except ValueError as error:
             parser.error(str(error))
-    command = f"python -m sb3_pgext.suite run {shlex.quote(args.suite)} --workers {args.workers}"
+    command = f"python -m sb3_pgext.suite run {shlex.quote(args.suite)} --workers {getattr(args, 'workers', 2)}"
     if args.out is not None:
         command += f" --out {shlex.quote(str(args.out))}"
     # the runs' device: this command's for run, else the one their result.json files record

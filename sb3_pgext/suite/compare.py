@@ -60,6 +60,7 @@ from typing import Any
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.suite.config import load_suite
 from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
 from sb3_pgext.suite.speed import (
@@ -427,8 +428,8 @@ def compare(
 
 
 def _write(out: Path, data: dict[str, Any]) -> None:
-    (out / COMPARE_JSON).write_text(json.dumps(data, indent=1))
-    (out / COMPARE_MD).write_text("\n".join(compare_markdown(data)) + "\n")
+    write_text_atomically(out / COMPARE_JSON, json.dumps(data, indent=1))
+    write_text_atomically(out / COMPARE_MD, "\n".join(compare_markdown(data)) + "\n")
 
 
 def _has_cores(data: dict[str, Any]) -> bool:

@@ -13,6 +13,7 @@ so the same runs always give the same report.
 """
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,11 +23,14 @@ import numpy as np
 
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Logged, Suite, display
-from sb3_pgext.suite.runner import finished_results, jobs_of, read_result
+from sb3_pgext.common.save_util import write_text_atomically
+from sb3_pgext.suite.runner import Job, damaged_result, finished_results, jobs_of, read_result
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 from sb3_pgext.suite.speed import SPEED_FILE, pinned_note
 
 BOOTSTRAP_REPS = 2000
+#: inches per algorithm of the aggregate plot (rliable's default)
+AGGREGATE_ROW_HEIGHT = 0.37
 #: joins "ours" and "peer" in the keys of the probability-of-improvement pairs (rliable splits them there): a
 #: character no label has, where labels may hold commas (e.g. "CVPG (critic on the returns, default)")
 PAIR_SEPARATOR = "\t"
@@ -102,15 +106,43 @@ class Cell:
         return [step for step in self.steps_to_threshold() if step is not None]
 
 
+def read_evaluations(job: Job, out: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The run's evaluation steps and mean returns (the zoo's ``evaluations.npz``); None when missing or damaged."""
+    try:
+        with np.load(job.log_dir(out) / "evaluations.npz") as data:
+            return data["timesteps"], data["results"].mean(axis=1)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def damaged_runs(suite: Suite, out: Path) -> list[str]:
+    """
+    The runs the report cannot read, each as its file and what to do: a damaged ``result.json`` (the next ``run``
+    trains the run again), or a finished run whose ``evaluations.npz`` is missing or damaged (left out).
+    """
+    damaged = []
+    for job in jobs_of(suite):
+        result_path = damaged_result(job, out)
+        if result_path is not None:
+            damaged.append(f"`{result_path.relative_to(out)}` (unreadable: the next `run` trains it again)")
+        elif read_result(job, out) is not None and read_evaluations(job, out) is None:
+            path = (job.log_dir(out) / "evaluations.npz").relative_to(out)
+            damaged.append(f"`{path}` (missing or unreadable: left out; delete the run's folder to train it again)")
+    return damaged
+
+
 def collect(suite: Suite, out: Path) -> dict[tuple[str, str], Cell]:
-    """The finished runs of every cell (runs still missing are left out and counted in the report)."""
+    """
+    The finished runs of every cell (runs still missing are left out and counted in the report, damaged ones are
+    left out and named: see :func:`damaged_runs`).
+    """
     runs: dict[tuple[str, str], list[tuple[int, np.ndarray, np.ndarray, dict[str, Any]]]] = {}
     for job in jobs_of(suite):
         result = read_result(job, out)
-        if result is None:
+        evaluations = None if result is None else read_evaluations(job, out)
+        if result is None or evaluations is None:
             continue
-        with np.load(job.log_dir(out) / "evaluations.npz") as data:
-            timesteps, returns = data["timesteps"], data["results"].mean(axis=1)
+        timesteps, returns = evaluations
         runs.setdefault((job.env.env_id, job.algo), []).append((job.seed, timesteps, returns, result))
     cells = {}
     envs = {env.env_id: env for env in suite.envs}
@@ -386,7 +418,13 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     for name in scores:
         p, ci = points[name], intervals[name]
         lines.append(" | ".join([f"| {name}"] + [f"{p[i]:.2f} [{ci[0, i]:.2f}, {ci[1, i]:.2f}]" for i in range(3)]) + " |")
-    plot_utils.plot_interval_estimates(points, intervals, metric_names=["IQM", "Mean", "Optimality gap"], algorithms=list(scores))
+    # rliable puts its x label at a fixed fraction of the figure's height (one row per algorithm): below the axes'
+    # bottom (matplotlib's 0.11) by half an inch, clear of the tick labels however many rows there are
+    label_y = 0.11 - 0.5 / (AGGREGATE_ROW_HEIGHT * len(scores))
+    plot_utils.plot_interval_estimates(
+        points, intervals, metric_names=["IQM", "Mean", "Optimality gap"], algorithms=list(scores),
+        row_height=AGGREGATE_ROW_HEIGHT, xlabel_y_coordinate=label_y, xlabel="normalised score",
+    )  # fmt: skip
     _save(out / "aggregate.png")
     lines += ["", "![aggregate](aggregate.png)", ""]
     if pairs:
@@ -572,6 +610,7 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
         f"steps, {suite.eval_episodes} deterministic episodes. {done}/{len(jobs)} runs finished, "
         f"{sum(sum(cell.wall_seconds) for cell in cells.values()) / 3600:.1f} run-hours of training in all.",
         "",
+        *([f"Damaged runs, not in this report: {', '.join(damaged)}.", ""] if (damaged := damaged_runs(suite, out)) else []),
         "Reproduce:",
         "",
         "```bash",
@@ -603,5 +642,5 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
     lines += ["## Learning curves", "", "Mean over seeds with a 95% t-interval; ours solid, SB3's dashed; the dotted line is the threshold.", ""]
     lines += curves + [""]
     path = out / "benchmark.md"
-    path.write_text("\n".join(lines))
+    write_text_atomically(path, "\n".join(lines))
     return path

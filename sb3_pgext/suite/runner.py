@@ -32,8 +32,10 @@ import yaml
 from filelock import FileLock, Timeout
 from tqdm import tqdm
 
-from sb3_pgext.suite.config import EnvSpec, Suite
+from sb3_pgext.common.processes import PARENT_PID_VARIABLE
+from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
+from sb3_pgext.suite.config import EnvSpec, Suite
 
 _FPS = re.compile(r"\|\s*fps\s*\|\s*([0-9.]+)\s*\|")
 BACKENDS = ("local", "ray")
@@ -84,8 +86,22 @@ def jobs_of(suite: Suite, envs: list[str] | None = None, algos: list[str] | None
 
 
 def read_result(job: Job, out: Path) -> dict[str, Any] | None:
+    """
+    The run's ``result.json``; None when it has none or a damaged one (empty, truncated, not a JSON object:
+    :func:`damaged_result` says which), so that the run counts as unfinished and is trained again.
+    """
     path = job.root(out) / "result.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        result = json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def damaged_result(job: Job, out: Path) -> Path | None:
+    """The run's ``result.json`` when it exists but cannot be read as a result (see :func:`read_result`), else None."""
+    path = job.root(out) / "result.json"
+    return path if path.exists() and read_result(job, out) is None else None
 
 
 def finished_results(suite: Suite, out: Path) -> list[dict[str, Any]]:
@@ -108,8 +124,7 @@ def zoo_conf_file(suite: Suite, algo: str, out: Path) -> Path | None:
     if not aliased:
         return None
     path = out / "zoo_hyperparams" / f"{algo}.yml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({**entries, **aliased}))
+    write_text_atomically(path, yaml.safe_dump({**entries, **aliased}))
     return path
 
 
@@ -234,8 +249,10 @@ def _train(suite: Suite, job: Job, out: Path, device: str, conf: Path | None) ->
     root.mkdir(parents=True)
     command = train_command(suite, job, out, device, conf)
     start = time.perf_counter()
+    # the training ends with this process, even when it is killed (see sb3_pgext.common.processes)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", PARENT_PID_VARIABLE: str(os.getpid())}
     with open(root / "train.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}).returncode
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=environment).returncode
     wall = time.perf_counter() - start
     if code != 0:
         raise RunFailed(job, code, root / "train.log")
@@ -247,7 +264,7 @@ def _train(suite: Suite, job: Job, out: Path, device: str, conf: Path | None) ->
     }  # fmt: skip
     if job.zoo_algo:  # a variant: what it trains, and with which overrides
         result.update(variant_of=job.zoo_algo, hyperparams=suite.overrides(job.algo))
-    (root / "result.json").write_text(json.dumps(result, indent=1))
+    write_text_atomically(root / "result.json", json.dumps(result, indent=1))
     return result
 
 
@@ -310,6 +327,10 @@ def run_suite(
             raise ValueError(f"{suite.path}: {name} {unknown} are not in the suite; its {name}: {allowed}")
     jobs = jobs_of(suite, envs, algos, seeds)
     todo = [job for job in jobs if read_result(job, out) is None]
+    for job in todo:
+        damaged = damaged_result(job, out)
+        if damaged is not None:
+            print(f"{damaged}: damaged (not a readable result), so {job.algo} on {job.env.env_id}, seed {job.seed} is trained again")
     failed: list[Job] = []
     confs = {algo: zoo_conf_file(suite, algo, out) for algo in {job.trained for job in todo}}  # written once, before any run
     where = f"on {workers} workers" if backend == "local" else f"on Ray ({address or f'a local instance of {workers} CPUs'})"
@@ -408,7 +429,7 @@ def _ray_outcomes(
             # the command as it reads on the driver (the task ran it in a temporary folder of its node)
             result = json.loads((root / "result.json").read_text())
             result.update(command=recorded_command(train_command(suite, job, out, device, confs[job.trained])), backend="ray")
-            (root / "result.json").write_text(json.dumps(result, indent=1))
+            write_text_atomically(root / "result.json", json.dumps(result, indent=1))
             claims.pop(job).close()
             yield job, result
     finally:

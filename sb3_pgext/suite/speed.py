@@ -34,6 +34,7 @@ import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.suite.config import Suite
 from sb3_pgext.suite.runner import zoo_conf_file
 
@@ -237,5 +238,5 @@ def measure_speed(
         "rows": rows,
     }
     path = out / SPEED_FILE
-    path.write_text(json.dumps(result, indent=1))
+    write_text_atomically(path, json.dumps(result, indent=1))
     return path
