@@ -37,8 +37,9 @@ SHRINK = [
     (re.compile(r"\.learn\([\d_]+"), ".learn(512"),
 ]
 COMMAND = re.compile(r"(sb3-pgext-zoo|python -m sb3_pgext\.(zoo|suite))\b")
-#: a zoo train command up to the end of its line or its "&&": one without -n trains the yml's budget, so gets a tiny one
-TRAIN = re.compile(r"(?:sb3-pgext-zoo|python -m sb3_pgext\.zoo) train\b[^&\n]*?(?=\s*(?:&&|$))", flags=re.M)
+#: a zoo train command up to the end of its line, its "&&" or its comment: one without -n trains the yml's budget, so
+#: gets a tiny one
+TRAIN = re.compile(r"(?:sb3-pgext-zoo|python -m sb3_pgext\.zoo) train\b[^&#\n]*?(?=\s*(?:&&|#|$))", flags=re.M)
 TINY_TRAIN = " -n 1024"
 
 

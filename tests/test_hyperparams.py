@@ -12,6 +12,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from sb3_pgext import CVPG, PPOKL, OffPAC
 from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.zoo import register
+from sb3_pgext.zoo.derived import NOT_COVERED, NOT_ENVS, RENAMED, SOURCES, regenerate, split, unknown_envs, written_envs, zoo_hyperparams
 
 
 def entries(algo: str) -> list[str]:
@@ -19,9 +20,16 @@ def entries(algo: str) -> list[str]:
         return sorted(yaml.safe_load(file))
 
 
-PPOKL_ENTRIES = entries("ppokl")
-OFFPAC_ENTRIES = entries("offpac")
-CVPG_ENTRIES = entries("cvpg")
+def written(algo: str) -> set[str]:
+    """The env ids of the entries written for the algorithm (above the derived part)."""
+    return written_envs(split(hyperparams_path(algo).read_text())[0])
+
+
+# The entries written for each algorithm, built on stand-in envs below; every entry, derived ones included, is
+# built on its own env by tests/test_zoo_envs.py
+PPOKL_ENTRIES = sorted(written("ppokl"))
+OFFPAC_ENTRIES = sorted(written("offpac"))
+CVPG_ENTRIES = sorted(written("cvpg"))
 
 # Envs whose simulators (box2d, mujoco) are not dependencies: their entries are built on a stand-in
 # env with the same kind of action space, which checks every constructor argument
@@ -53,16 +61,34 @@ def zoo_entry(algo: str, env_id: str, tmp_path) -> tuple[int, int, dict[str, Any
     return manager.n_envs, manager.n_timesteps, hyperparams
 
 
-def test_ppokl_yml_has_the_required_entries():
-    assert set(PPOKL_ENTRIES) == set(ACTION_SPACE) - {"MountainCarContinuous-v0"}
+def test_the_written_entries_are_the_ones_measured():
+    assert written("ppokl") == set(ACTION_SPACE) - {"MountainCarContinuous-v0"}
+    assert written("offpac") == set(ACTION_SPACE)
+    assert written("cvpg") == written("ppokl")
 
 
-def test_offpac_yml_has_the_required_entries():
-    assert set(OFFPAC_ENTRIES) == set(ACTION_SPACE)
+@pytest.mark.parametrize("algo", sorted(SOURCES))
+def test_the_derived_entries_are_what_the_installed_zoo_gives(algo):
+    """No drift: the part below the marker is what `python -m sb3_pgext.zoo.derived` writes from rl_zoo3's files."""
+    path = hyperparams_path(algo)
+    assert regenerate(path, algo) == path.read_text(), f"run python -m sb3_pgext.zoo.derived: {path.name} differs from rl_zoo3's files"
 
 
-def test_cvpg_yml_has_the_envs_of_ppokl_yml():
-    assert CVPG_ENTRIES == PPOKL_ENTRIES
+@pytest.mark.parametrize("algo, peers", [("ppokl", ("ppo",)), ("cvpg", ("ppo",)), ("offpac", ("sac", "dqn"))])
+def test_every_env_of_the_peers_zoo_files_has_an_entry_or_a_reason(algo, peers):
+    ours = set(entries(algo))
+    for peer in peers:
+        for zoo_id in zoo_hyperparams(peer):
+            if zoo_id in NOT_ENVS or (peer, zoo_id) in NOT_COVERED:
+                continue
+            assert RENAMED.get(zoo_id, zoo_id) in ours, f"{algo}.yml has no entry for {peer}.yml's {zoo_id}"
+    assert unknown_envs(algo) == []
+
+
+def test_an_entry_for_an_env_the_zoo_does_not_know_is_reported_by_name(tmp_path):
+    path = tmp_path / "ppokl.yml"
+    path.write_text(hyperparams_path("ppokl").read_text().replace("CartPole-v1:", "CartPol-v1:", 1))
+    assert unknown_envs("ppokl", path) == ["CartPol-v1"]
 
 
 @pytest.mark.parametrize("env_id", CVPG_ENTRIES)
@@ -92,5 +118,5 @@ def test_every_offpac_entry_builds_a_model(env_id, tmp_path):
 
 
 def test_unknown_env_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="MountainCar-v0"):
-        zoo_entry("ppokl", "MountainCar-v0", tmp_path)
+    with pytest.raises(ValueError, match="Hyperparameters not found for ppokl-CartPole-v0"):
+        zoo_entry("ppokl", "CartPole-v0", tmp_path)

@@ -126,7 +126,9 @@ def test_old_saved_models_load(name, fast_update, tmp_path):
             assert len(values) == len(expected[key]) == model.policy.critic_kwargs["n_critics"]
             for value, reference in zip(values, expected[key]):
                 assert th.allclose(value, th.tensor(reference, device=model.device), atol=1e-6), key
-    np.testing.assert_array_equal(model.predict(np.array(expected["obs"]), deterministic=True)[0], expected["predict"])
+    # to the tolerance of the critics' values: the matrix products of one CPU and another may differ in the last bit
+    predicted = model.predict(np.array(expected["obs"]), deterministic=True)[0]
+    np.testing.assert_allclose(predicted, expected["predict"], rtol=0, atol=1e-6)
     assert model.log_ent_coef.item() == expected["log_ent_coef"]
     assert model.critic.optimizer.state, "the critic optimizer's moments were restored"
     # the moments of the separate critics, stacked or not, are those saved

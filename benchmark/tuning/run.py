@@ -1,0 +1,281 @@
+"""
+Resumable hyperparameter searches behind the yml files' tuned entries, through the RL Zoo's ``-optimize``
+with the package's Optuna samplers (``sb3_pgext.zoo.hyperparams_opt``)::
+
+    python benchmark/tuning/run.py run ppokl-CartPole-v1       # runs the study's remaining trials
+    python benchmark/tuning/run.py report                      # writes benchmark/tuning/results.md
+    python benchmark/tuning/run.py list
+
+Every trial is one zoo process::
+
+    python -m sb3_pgext.zoo train --algo ALGO --env ENV -optimize --n-trials 1 --seed TRIAL_NUMBER
+        -n BUDGET --n-evaluations 5 --eval-episodes 10 --sampler tpe --pruner median --n-startup-trials 10
+        --storage benchmark/tuning/work/STUDY.log --study-name STUDY -f benchmark/tuning/work/logs --no-optim-plots
+
+on an Optuna journal in ``benchmark/tuning/work/`` (not committed). The seed is the trial's number, so the
+sampler's random start-up draws differ from trial to trial and a search repeated from scratch draws the same
+first points; the trial's model is unseeded, as in the zoo. After each trial the study is exported to
+``benchmark/tuning/STUDY.json`` (committed): every finished trial's state, value, raw parameters, intermediate
+evaluations and duration, without the worker's host name. A clone without the journal rebuilds it from that
+export, so a search goes on where the last session stopped; a trial cut off by a killed session is marked
+failed when the search resumes (the zoo's ``--max-total-trials`` would count it as running for ever), and its
+number is not reused.
+
+A study's best value is one unseeded run's final evaluation, the largest of many noisy draws: it overstates what
+the hyperparameters reach. The yml takes the best trial's values; the standard suite (5 seeds) is what measures them.
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import distribution_to_json, json_to_distribution
+from optuna.trial import TrialState
+
+from sb3_pgext.common.processes import PARENT_PID_VARIABLE
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+WORK = HERE / "work"
+
+
+@dataclass(frozen=True)
+class Study:
+    """
+    One search.
+
+    :param algo: the zoo name of the algorithm
+    :param env: the Gymnasium id
+    :param n_timesteps: each trial's budget (the standard suite's, the budget the entry is for)
+    :param n_trials: the trials it runs (complete and pruned; failed ones are not counted)
+    """
+
+    algo: str
+    env: str
+    n_timesteps: int
+    n_trials: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo}-{self.env}"
+
+
+STUDIES = {
+    study.name: study
+    for study in (
+        Study("ppokl", "CartPole-v1", 100_000, 50),
+        Study("ppokl", "Pendulum-v1", 100_000, 50),
+        Study("ppokl", "Acrobot-v1", 200_000, 40),
+        Study("ppokl", "LunarLanderContinuous-v3", 300_000, 30),
+        Study("ppokl", "LunarLander-v3", 500_000, 30),
+        Study("offpac", "Acrobot-v1", 200_000, 20),
+        Study("offpac", "LunarLander-v3", 500_000, 15),
+    )
+}
+#: the zoo flags every study shares
+SEARCH_FLAGS = [
+    "--n-evaluations", "5", "--eval-episodes", "10", "--sampler", "tpe", "--pruner", "median",
+    "--n-startup-trials", "10", "--no-optim-plots", "--num-threads", "1",
+]  # fmt: skip
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def journal_path(study: Study) -> Path:
+    return WORK / f"{study.name}.log"
+
+
+def export_path(study: Study) -> Path:
+    return HERE / f"{study.name}.json"
+
+
+def zoo_command(study: Study, seed: int | str = "TRIAL_NUMBER") -> list[str]:
+    """The zoo command of one trial, with paths relative to the repository's root (where it runs)."""
+    return [
+        "python", "-m", "sb3_pgext.zoo", "train", "--algo", study.algo, "--env", study.env, "-optimize",
+        "--n-trials", "1", "--seed", str(seed), "-n", str(study.n_timesteps), *SEARCH_FLAGS,
+        "--storage", str(journal_path(study).relative_to(ROOT)), "--study-name", study.name,
+        "-f", str((WORK / "logs").relative_to(ROOT)),
+    ]  # fmt: skip
+
+
+def open_study(study: Study) -> optuna.Study:
+    """The study on its journal; rebuilt from the committed export where the journal is missing."""
+    WORK.mkdir(exist_ok=True)
+    journal = journal_path(study)
+    rebuild = not journal.exists() and export_path(study).exists()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna_study = optuna.create_study(storage=storage, study_name=study.name, direction="maximize", load_if_exists=True)
+    if rebuild:
+        exported = json.loads(export_path(study).read_text(encoding="utf-8"))
+        for key, value in exported["study_user_attrs"].items():
+            optuna_study.set_user_attr(key, value)
+        for trial in exported["trials"]:
+            optuna_study.add_trial(
+                optuna.trial.create_trial(
+                    state=TrialState[trial["state"]],
+                    value=trial["value"] if trial["state"] == "COMPLETE" else None,
+                    params=trial["params"],
+                    distributions={key: json_to_distribution(value) for key, value in trial["distributions"].items()},
+                    intermediate_values={int(step): value for step, value in trial["intermediate_values"].items()},
+                    user_attrs={**trial["user_attrs"], "duration_s": trial["duration_s"]},
+                )
+            )
+    return optuna_study
+
+
+def fail_cut_off_trials(optuna_study: optuna.Study) -> None:
+    """Mark the trials a killed session left running as failed (the runner's lock says no other worker is on it)."""
+    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna_study.tell(trial.number, state=TrialState.FAIL)
+
+
+def export(study: Study, optuna_study: optuna.Study) -> None:
+    """Write the finished trials to ``STUDY.json`` (renamed into place), without the worker's host name."""
+    trials = []
+    for trial in optuna_study.get_trials(deepcopy=False, states=FINISHED):
+        user_attrs = {key: value for key, value in trial.user_attrs.items() if key not in ("worker", "duration_s")}
+        duration = trial.user_attrs.get("duration_s")
+        if duration is None and trial.datetime_start is not None and trial.datetime_complete is not None:
+            duration = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 1)
+        trials.append(
+            {
+                "number": trial.number,
+                "state": trial.state.name,
+                "value": trial.value,
+                "params": trial.params,
+                "distributions": {key: distribution_to_json(value) for key, value in trial.distributions.items()},
+                "intermediate_values": {str(step): value for step, value in sorted(trial.intermediate_values.items())},
+                "duration_s": duration,
+                "user_attrs": user_attrs,
+            }
+        )
+    exported = {
+        "study": study.name,
+        "algo": study.algo,
+        "env": study.env,
+        "n_timesteps": study.n_timesteps,
+        "n_trials": study.n_trials,
+        "command": " ".join(zoo_command(study)),
+        "study_user_attrs": {key: value for key, value in optuna_study.user_attrs.items() if key != "command"},
+        "trials": trials,
+    }
+    path = export_path(study)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(exported, indent=1) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def counted(optuna_study: optuna.Study) -> int:
+    return len(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run(study: Study, n_trials: int | None) -> None:
+    target = study.n_trials if n_trials is None else n_trials
+    WORK.mkdir(exist_ok=True)
+    with open(WORK / f"{study.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"another runner is on {study.name} (lock {WORK / study.name}.lock)") from None
+        optuna_study = open_study(study)
+        fail_cut_off_trials(optuna_study)
+        export(study, optuna_study)
+        # "python" found first in the runner's own environment; the zoo process dies with the runner (a killed session)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        env = {**os.environ, "PATH": path, PARENT_PID_VARIABLE: str(os.getpid())}
+        while counted(optuna_study) < target:
+            number = len(optuna_study.trials)
+            print(f"{study.name}: trial {number} ({counted(optuna_study)} of {target} done)", flush=True)
+            started = time.monotonic()
+            with open(WORK / f"{study.name}.trial.log", "w") as log:
+                code = subprocess.call(zoo_command(study, seed=number), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            optuna_study = open_study(study)
+            fail_cut_off_trials(optuna_study)
+            export(study, optuna_study)
+            trial = optuna_study.trials[number] if len(optuna_study.trials) > number else None
+            state = trial.state.name if trial is not None else "not started"
+            print(f"  exit {code}, {state}, value {trial.value if trial else None}, {time.monotonic() - started:.0f} s", flush=True)
+            if trial is None or code != 0 and trial.state == TrialState.FAIL:
+                raise SystemExit(f"trial {number} of {study.name} failed: see {WORK / study.name}.trial.log")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report() -> None:
+    """``results.md``: per study, its trials, the best five and the best trial's hyperparameters as the zoo converts them."""
+    from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
+
+    lines = [
+        "# Hyperparameter searches",
+        "",
+        "Generated by `python benchmark/tuning/run.py report` from the exports beside it. Each trial: one unseeded",
+        "run of the study's budget, valued by its last evaluation (10 episodes, deterministic); TPE (10 random",
+        "start-up trials, seeded by the trial's number) and the median pruner, 5 evaluations per run. The best",
+        "value overstates what its hyperparameters reach: the standard suite measures the entries at 5 seeds.",
+        "",
+    ]
+    for name, study in STUDIES.items():
+        path = export_path(study)
+        if not path.exists():
+            lines += [f"## {name}", "", f"not run ({study.n_trials} trials of {study.n_timesteps:,} steps planned)", ""]
+            continue
+        exported = json.loads(path.read_text(encoding="utf-8"))
+        trials = exported["trials"]
+        states = {state: sum(trial["state"] == state for trial in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+        hours = sum(trial["duration_s"] or 0 for trial in trials) / 3600
+        lines += [
+            f"## {name}",
+            "",
+            f"{states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed of {study.n_trials} planned; "
+            f"{study.n_timesteps:,} steps per trial; {hours:.1f} trial-hours.",
+            "",
+            f"`python benchmark/tuning/run.py run {name}`: each trial `{exported['command']}`",
+            "",
+        ]
+        complete = sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=lambda trial: -trial["value"])
+        if not complete:
+            continue
+        lines += ["| trial | value | " + " | ".join(complete[0]["params"]) + " |"]
+        lines += ["| --- " * (len(complete[0]["params"]) + 2) + "|"]
+        for trial in complete[:5]:
+            values = [_fmt(trial["params"].get(key, "")) for key in complete[0]["params"]]
+            lines += [f"| {trial['number']} | {trial['value']:.1f} | " + " | ".join(values) + " |"]
+        best = complete[0]
+        converted = CONVERTERS[study.algo](dict(best["params"]))
+        lines += ["", f"Trial {best['number']}'s hyperparameters (as `--trial-id {best['number']}` builds them):", "", "```yaml"]
+        lines += [f"{key}: {_fmt(value)}" for key, value in converted.items()]
+        lines += ["```", ""]
+    (HERE / "results.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="run a study's remaining trials")
+    run_parser.add_argument("study", choices=sorted(STUDIES))
+    run_parser.add_argument("--trials", type=int, help="stop at this many complete and pruned trials (default: the study's)")
+    commands.add_parser("report", help="write benchmark/tuning/results.md")
+    commands.add_parser("list", help="the studies and how far each is")
+    args = parser.parse_args()
+    if args.command == "run":
+        run(STUDIES[args.study], args.trials)
+    elif args.command == "report":
+        report()
+    else:
+        for name, study in STUDIES.items():
+            done = len(json.loads(export_path(study).read_text())["trials"]) if export_path(study).exists() else 0
+            print(f"{name}: {done} finished of {study.n_trials}, {study.n_timesteps:,} steps each")
+
+
+if __name__ == "__main__":
+    main()
