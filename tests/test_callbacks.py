@@ -11,7 +11,7 @@ from stable_baselines3.common.logger import configure
 
 from sb3_pgext import CVPG, CriticPredictabilityCallback
 from sb3_pgext.cvpg.callbacks import crossfit_r2
-from sb3_pgext.suite.report import read_progress
+from sb3_pgext.suite.results import read_progress
 from tests.test_cvpg import GaussianBandit
 
 

@@ -5,7 +5,6 @@ the replay buffer, float64 actions, MultiDiscrete / MultiBinary).
 """
 
 import math
-from collections import defaultdict
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +26,9 @@ from sb3_pgext.common.estimators import (
     rollout_folds,
     taylor_analytic_term,
     taylor_control_variate,
+    weighted_analytic_term,
 )
+from sb3_pgext.common.buffers import flat_array
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
 from sb3_pgext.cvpg.critic import joint_action_index, joint_action_probs
@@ -44,8 +45,7 @@ def collect(model: CVPG) -> None:
     """One rollout with the current policy and its control variate, as train() prepares it, without an update."""
     _, callback = model._setup_learn(model.n_steps * model.n_envs, None, reset_num_timesteps=False)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
-    model._train_logs = defaultdict(list)
-    model._begin_update()
+    model.prepare_advantages()
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -192,7 +192,7 @@ class TrueFiniteQ(th.nn.Module):
 
 def exact_gradient(model) -> th.Tensor:
     """∇_θ J of the bandit in closed form, over the policy parameters gradient_variance uses."""
-    params = model._pg_parameters()
+    params = [param for param in model.policy.parameters() if param.requires_grad]
     distribution = model.policy.get_distribution(th.zeros(1, 1, device=model.device))
     if isinstance(model.action_space, spaces.Box):  # E[−(a − 2)²] = −(μ − 2)² − σ²
         normal = distribution.distribution
@@ -257,7 +257,7 @@ def test_control_variate_with_the_true_q_is_unbiased_and_cuts_variance(make_env,
     # with the true Q as critic the control variate leaves (almost) only the analytic term's noise; η* ≈ 1 finds it
     assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
     if eta == "adaptive":
-        assert abs(model.logger.name_to_value.get("train/eta_mean", model._train_logs["eta_mean"][0]) - 1) < 0.2
+        assert abs(model.logger.name_to_value["train/eta_mean"] - 1) < 0.2
 
 
 class WrongValueGaussianQ(th.nn.Module):
@@ -309,7 +309,8 @@ def test_state_part_subtracts_the_reward_to_go_baseline(baseline):
     model.q_critic.q_net = TrueGaussianQ()
     collect(model)
     buffer = model.rollout_buffer
-    assert abs(buffer.advantages.mean()) < 0.5  # Â − ηĀ: the curvature's −σ² = −0.09 is left, not a constant ≈ 4
+    corrected = flat_array(buffer, "advantages") - buffer.eta * buffer.control_variate
+    assert abs(corrected.mean()) < 0.5  # Â − ηĀ: the curvature's −σ² = −0.09 is left, not a constant ≈ 4
     with_cv = gradient_variance(model, n_minibatches=n_minibatches)
     plain = gradient_variance(model, n_minibatches=n_minibatches, control_variate=False)
     exact = exact_gradient(model)
@@ -329,14 +330,14 @@ def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts):
                  learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
                  policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.5)))
     estimates, critics = [], []
-    original_begin_update = model._begin_update
+    original_prepare = model.prepare_advantages
 
-    def begin_update():  # after Ā and η are prepared: this rollout's estimate and the critic that made it
-        original_begin_update()
+    def prepare_advantages():  # after Ā and η are prepared: this rollout's estimate and the critic that made it
+        original_prepare()
         estimates.append(gradient_variance(model, n_minibatches=4)["mean"])
         critics.append(th.cat([p.detach().flatten() for p in model.q_critic.q_net.parameters()]))
 
-    model._begin_update = begin_update
+    model.prepare_advantages = prepare_advantages
     model.learn(40 * 256)
     estimates_ = th.stack(estimates[8:])  # once the critic has seen a few rollouts
     policy_coordinates = estimates_.std(dim=0) > 0  # the value network's are 0 in every estimate
@@ -351,17 +352,17 @@ def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts):
 def test_critic_that_builds_a_rollouts_control_variate_never_saw_it():
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, **TINY)
     seen = []
-    original_prepare, original_fit = model._prepare_control_variate, model._fit_q_critic
+    original_prepare, original_fit = model.prepare_control_variate, model.q_critic.fit_rollout
 
     def prepare():
         seen.append(("prepare", th.cat([p.detach().flatten().clone() for p in model.q_critic.parameters()])))
         original_prepare()
 
-    def fit():
+    def fit(*args):
         seen.append(("fit", None))
-        return original_fit()
+        return original_fit(*args)
 
-    model._prepare_control_variate, model._fit_q_critic = prepare, fit
+    model.prepare_control_variate, model.q_critic.fit_rollout = prepare, fit
     model.learn(96)
     assert [event for event, _ in seen] == ["prepare", "fit"] * 3, "per rollout: Ā first, the critic's fit after the update"
 
@@ -418,11 +419,13 @@ def test_eta_and_correlation_are_logged_and_applied():
     assert logs["train/eta_mean"] in (-1.0, 0.0, 1.0)
     assert -1.0 <= logs["train/cv_corr"] <= 1.0 and np.isfinite(logs["train/qf_loss"])
     buffer = model.rollout_buffer
-    # the buffer holds Â − ηĀ, and keeps Â and η as named fields of its samples
+    # the buffer keeps Â, and Ā and η travel as named fields of its samples
+    advantages = flat_array(buffer, "advantages").copy()
     sample = next(buffer.get(32))
     assert isinstance(sample, CVPGRolloutBufferSamples)
-    assert set(sample.eta.tolist()) <= {-1.0, 1.0} and sample.q_constants.shape == (32, 1)
-    assert not th.equal(sample.advantages, sample.plain_advantages)
+    assert set(sample.eta.tolist()) <= {-1.0, 1.0} and sample.analytic_term_constants.shape == (32, 1)
+    assert sample.control_variate.abs().sum() > 0
+    np.testing.assert_array_equal(sample.advantages.cpu().numpy(), advantages[buffer.batch_inds])
 
 
 def test_taylor_term_is_autograd_of_q_at_the_executed_mean():
@@ -430,9 +433,9 @@ def test_taylor_term_is_autograd_of_q_at_the_executed_mean():
     model.learn(64)  # the critic has been fitted once
     collect(model)
     data = next(model.rollout_buffer.get(32))
-    params = model._pg_parameters()
+    params = [param for param in model.policy.parameters() if param.requires_grad]
     distribution = model.policy.get_distribution(data.observations)
-    ours = th.autograd.grad(model._analytic_term(data.observations, data.q_constants, distribution).mean(), params, allow_unused=True)
+    ours = th.autograd.grad(model.analytic_term(data.observations, data.analytic_term_constants, distribution).mean(), params, allow_unused=True)
     # reference: ∇_θ mean_s Q_w(s, m_θ(s)) with Q_w fixed, m_θ(s) = E_π[clip(a)]
     normal = model.policy.get_distribution(data.observations).distribution
     low, high = th.tensor([-2.0], device=model.device), th.tensor([2.0], device=model.device)
@@ -473,20 +476,21 @@ def test_critic_sees_the_executed_action():
 @pytest.mark.parametrize("control_variate", ["taylor", "reparameterization"])
 def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
     """
-    With PPO's clip, a sample's analytic term counts only while its ratio is within [1 − ε, 1 + ε]. The ratio is
-    passed as a constant here, so the clipped surrogate has no gradient and what remains is the analytic term's.
+    With PPO's clip, a sample's analytic term counts only while its ratio is within [1 − ε, 1 + ε]: the term CVPG's
+    loss adds, −(1/σ) mean[η c(r) S], on a rollout's minibatch, with the ratio r given as a constant.
     """
     model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, control_variate=control_variate, eta="ones", use_sde=False, **TINY)
     model.learn(32)
     collect(model)
     data = next(model.rollout_buffer.get(32))
-    params = model._pg_parameters()
+    params = [param for param in model.policy.parameters() if param.requires_grad]
+    scale = 1.0 / ((data.advantages - data.eta * data.control_variate).std() + 1e-8)  # the normalized Â − ηĀ's
 
     def gradient(ratio: th.Tensor, clip_range: float | None) -> th.Tensor:
         th.manual_seed(0)  # the same reparameterization noise in every call
         distribution = model.policy.get_distribution(data.observations)
-        log_prob = distribution.log_prob(data.actions)
-        loss = model._policy_loss(data, data.advantages, ratio, log_prob, distribution, clip_range)
+        analytic = model.analytic_term(data.observations, data.analytic_term_constants, distribution)
+        loss = -scale * weighted_analytic_term(data.eta, analytic, ratio, clip_range)
         return flatten_gradients(th.autograd.grad(loss, params, allow_unused=True), params)
 
     inside, outside = th.ones(32, device=model.device), th.full((32,), 1.5, device=model.device)
@@ -497,8 +501,7 @@ def test_analytic_term_is_clipped_with_the_surrogate(control_variate):
     # half the samples inside: the gradient of those samples' terms alone
     th.manual_seed(0)
     distribution = model.policy.get_distribution(data.observations)
-    terms = model._analytic_term(data.observations, data.q_constants, distribution)
-    scale = 1.0 / (data.advantages.std() + 1e-8)
+    terms = model.analytic_term(data.observations, data.analytic_term_constants, distribution)
     reference = th.autograd.grad(-scale * (data.eta * terms * (half == 1)).mean(), params, allow_unused=True)
     assert th.allclose(gradient(half, 0.2), flatten_gradients(reference, params), atol=1e-7)
 
@@ -511,7 +514,7 @@ def test_reward_to_go_baselines():
         model.learn(64)
         advantages[baseline] = model.rollout_buffer.advantages.reshape(-1).copy()
         if baseline == "none":
-            buffer, (last_values, dones) = model.rollout_buffer, model._rollout_end
+            buffer, (last_values, dones) = model.rollout_buffer, model._rollout_bootstrap
             rewards, starts = buffer.rewards.reshape(-1), buffer.episode_starts.reshape(-1)
             # discounted reward-to-go, cut at episode starts, bootstrapped with V after the rollout's last step
             expected, running = np.zeros(64), float(last_values.flatten()[0])

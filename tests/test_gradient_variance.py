@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3 import DQN, PPO
 from stable_baselines3.common.envs import IdentityEnvBox
 
 from sb3_pgext import PPOKL, OffPAC, gradient_variance
@@ -137,3 +138,15 @@ def test_offpac_expected_has_no_action_noise():
     model.learn(256)
     stats = [gradient_variance(model, n_minibatches=8, control_variate=flag) for flag in (True, False)]
     assert stats[0]["variance"] == stats[1]["variance"] and th.equal(stats[0]["mean"], stats[1]["mean"])
+
+
+def test_sb3_models_are_measured_by_their_family_and_others_refused():
+    """SB3's PPO is measured as the on-policy family is: the same as PPOKL with the penalty off, trained the same."""
+    kwargs = dict(n_steps=64, batch_size=32, n_epochs=2, seed=0, policy_kwargs=dict(net_arch=[16]))
+    ppo = PPO("MlpPolicy", "CartPole-v1", **kwargs).learn(64)
+    ppokl = PPOKL("MlpPolicy", "CartPole-v1", clip_range=0.2, kl_coef=0.0, adaptive_kl=False, **kwargs).learn(64)
+    for control_variate in (True, False):
+        ours, theirs = gradient_variance(ppokl, 4, control_variate), gradient_variance(ppo, 4, control_variate)
+        assert ours["variance"] == theirs["variance"] > 0 and th.equal(ours["mean"], theirs["mean"])
+    with pytest.raises(TypeError, match="not DQN"):
+        gradient_variance(DQN("MlpPolicy", "CartPole-v1", learning_starts=0).learn(64))

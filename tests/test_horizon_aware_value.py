@@ -80,7 +80,7 @@ def test_the_value_is_fitted_with_the_time_left_and_the_reward_rate_learns(model
 def test_the_rollouts_mean_reward_rate_and_horizon_part_are_logged(model_class):
     model = make(model_class, "Pendulum-v1", horizon_aware_value=True)
     model.learn(256)
-    model._horizon_aware_returns()  # as train() does with the last rollout, at the trained parameters
+    model.recompute_horizon_aware_returns()  # as train() does with the last rollout, at the trained parameters
     logged = model.logger.name_to_value
     buffer = model.rollout_buffer
     obs = th.as_tensor(buffer.observations.reshape(-1, 3), device=model.device)

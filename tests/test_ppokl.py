@@ -17,10 +17,10 @@ from stable_baselines3.common.distributions import (
     StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.type_aliases import RolloutBufferSamples
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_pgext import PPOKL
+from sb3_pgext.ppokl.ppokl import kl_penalty
 from sb3_pgext.common import kl as kl_module
 from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, mean_kl_from_fixed, sampled_kl
 
@@ -244,22 +244,23 @@ def test_fallback_to_sampled_estimator(monkeypatch):
     assert model.logger.name_to_value["train/kl"] >= 0
 
 
-def test_policy_loss_penalty_and_hinge():
-    """−Ê[r Â] + β KL + hinge · max(0, KL − 2 d_targ)², with KL from k1 on the taken actions."""
-    model = one_rollout_model(kl_estimator="k1", kl_coef=0.5, adaptive_kl=False, kl_target=0.01)
-    old_log_prob = th.tensor([-1.0, -0.5, -2.0, -0.7])
-    log_prob = th.tensor([-1.3, -0.6, -2.4, -0.9])
-    advantages = th.tensor([1.0, -0.5, 2.0, 0.3])
-    data = RolloutBufferSamples(None, None, None, old_log_prob, advantages, None)
-    ratio = th.exp(log_prob - old_log_prob)
-    kl = (old_log_prob - log_prob).mean()
-    surrogate = -(advantages * ratio).mean()
-    loss = model._policy_loss(data, advantages, ratio, log_prob, None, clip_range=None)
-    th.testing.assert_close(loss, surrogate + 0.5 * kl)
-    model.kl_hinge_coef = 100.0
-    loss_hinge = model._policy_loss(data, advantages, ratio, log_prob, None, clip_range=None)
-    assert kl > 2 * 0.01
-    th.testing.assert_close(loss_hinge, surrogate + 0.5 * kl + 100.0 * (kl - 0.02) ** 2)
+def test_kl_penalty_and_hinge():
+    """β · KL, plus hinge · max(0, KL − 2 d_targ)² beyond twice the target; the hinge is off at 0 and below 2 d_targ."""
+    kl = th.tensor(0.05, requires_grad=True)
+    th.testing.assert_close(kl_penalty(kl, kl_coef=0.5, kl_hinge_coef=0.0, kl_target=0.01), 0.5 * kl)
+    th.testing.assert_close(kl_penalty(kl, kl_coef=0.5, kl_hinge_coef=100.0, kl_target=0.01), 0.5 * kl + 100.0 * (kl - 0.02) ** 2)
+    th.testing.assert_close(kl_penalty(kl, kl_coef=0.5, kl_hinge_coef=100.0, kl_target=0.03), 0.5 * kl)
+    (gradient,) = th.autograd.grad(kl_penalty(kl, 0.5, 100.0, 0.01), kl)
+    th.testing.assert_close(gradient, th.tensor(0.5 + 200.0 * (0.05 - 0.02)))
+
+
+def test_penalty_enters_the_loss():
+    """With a fixed β and the sampled k1 estimator, the logged loss changes with β (the penalty takes part in it)."""
+    losses = []
+    for kl_coef in (0.0, 5.0):
+        model = one_rollout_model(kl_estimator="k1", kl_coef=kl_coef, adaptive_kl=False, clip_range=0.2).learn(64)
+        losses.append(model.logger.name_to_value["train/loss"])
+    assert losses[0] != losses[1]
 
 
 # ---------------------------------------------------------------- bit-identity with SB3 PPO

@@ -14,7 +14,8 @@ import pytest
 from sb3_pgext.suite import load_suite, run_suite, write_report
 from sb3_pgext.suite.__main__ import main
 from sb3_pgext.suite.config import EnvSpec
-from sb3_pgext.suite.report import Cell, _estimate
+from sb3_pgext.suite.formatting import estimate
+from sb3_pgext.suite.results import Cell
 from sb3_pgext.suite.runner import jobs_of
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 
@@ -251,7 +252,7 @@ envs:
 
 def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_values(tmp_path):
     """Every run writes SB3's progress.csv (full precision); the report's logged section is computed from those files."""
-    from sb3_pgext.suite.report import read_progress
+    from sb3_pgext.suite.results import read_progress
 
     path = tmp_path / "logged.yml"
     path.write_text(LOGGED_SUITE)
@@ -351,7 +352,7 @@ def test_a_decomposition_callback_variant_gets_the_reports_decomposition_section
     assert summary is not None, text
     final, trajectory, total = summary.groups()
     last = float(np.load(jobs_of(suite)[0].log_dir(out) / "evaluations.npz")["results"][-1].mean())
-    assert final == _estimate(last, last, last, 1)
+    assert final == estimate(last, last, last, 1)
     assert len(trajectory.split(" / ")) == len(total.split(" / ")) == 3
     assert re.search(r"\| cvpg-decomposed \| -?[0-9.e-]+ \(seeds .*; 1 runs, [34] updates\) \|", text), text
     # no run with decompositions: no section
@@ -416,7 +417,7 @@ def test_report_counts_missing_runs(tmp_path):
 
 
 def test_the_reproduce_command_selects_the_part_of_the_suite_that_has_run(tmp_path):
-    from sb3_pgext.suite.report import selection_options
+    from sb3_pgext.suite.formatting import selection_options
 
     path = tmp_path / "tiny.yml"
     path.write_text(TINY_SUITE)
@@ -658,7 +659,7 @@ def test_speed_on_cuda(tmp_path):
 
 def test_bootstrap_cis_do_not_depend_on_numpy_global_rng():
     """rliable resamples with numpy's global RNG: the report's CIs must not change with its state, which is restored."""
-    from sb3_pgext.suite.report import _interval
+    from sb3_pgext.suite.results import _interval
 
     scores = np.array([[1.0], [5.0], [2.0], [9.0], [4.0]])
     np.random.seed(1)
@@ -682,7 +683,7 @@ def _cell(env_id: str, algo: str, returns, fps):  # type: ignore[no-untyped-def]
 
 
 def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
-    from sb3_pgext.suite.report import trailing
+    from sb3_pgext.suite.formatting import trailing
 
     suite = load_suite("quick")
     sac = [[-900, -150], [-800, -180], [-700, -190]]
@@ -732,7 +733,8 @@ envs:
 
 
 def test_variants_sharing_a_label_are_one_row_over_envs_and_only_the_suites_algorithms_are_compared(tmp_path):
-    from sb3_pgext.suite.report import aggregates, comparisons
+    from sb3_pgext.suite.formatting import comparisons
+    from sb3_pgext.suite.report import aggregates
 
     path = tmp_path / "shared.yml"
     path.write_text(SHARED_LABEL_SUITE)
@@ -769,7 +771,7 @@ def test_variants_sharing_a_label_are_one_row_over_envs_and_only_the_suites_algo
 
 def test_too_few_seeds_get_no_confidence_interval():
     """One seed each: no "[x, x]" CI and no claim that CIs (of one value) do not overlap; three seeds: CIs again."""
-    from sb3_pgext.suite.report import MIN_SEEDS_FOR_CI, env_table, trailing
+    from sb3_pgext.suite.formatting import MIN_SEEDS_FOR_CI, env_table, trailing
 
     assert MIN_SEEDS_FOR_CI == 3
     suite = load_suite("quick")
@@ -834,7 +836,7 @@ def test_the_speed_comparisons_regenerate_byte_for_byte_from_their_json(folder):
 
 
 def test_a_run_records_its_versions_and_the_report_prints_them():
-    from sb3_pgext.suite.report import provenance
+    from sb3_pgext.suite.formatting import provenance
     from sb3_pgext.suite.runner import versions
 
     assert set(versions()) == {"sb3_pgext", "SB3", "torch", "Python"}
@@ -892,3 +894,26 @@ def test_every_packaged_variant_builds_through_the_zoo_and_trains(tmp_path, suit
     model.learn(steps)
     assert model.num_timesteps >= steps and model._n_updates > 0
     model.get_env().close()
+
+
+def test_suite_modules_import_only_downward_and_no_private_names():
+    """The suite's modules form no import cycle (function-level imports included), and none imports another's `_name`."""
+    import ast
+    from graphlib import TopologicalSorter
+
+    folder = REPOSITORY / "sb3_pgext" / "suite"
+    modules = {f"sb3_pgext.suite.{path.stem}": path for path in folder.glob("*.py") if path.stem != "__init__"}
+    graph, private = {}, []
+    for name, path in modules.items():
+        imported = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)]
+        graph[name] = {node.module for node in imported if node.module in modules and node.module != name}
+        private += [
+            f"{name}: {node.module}.{alias.name}"
+            for node in imported
+            if node.module in modules
+            for alias in node.names
+            if alias.name.startswith("_")
+        ]
+    order = [name.removeprefix("sb3_pgext.suite.") for name in TopologicalSorter(graph).static_order()]  # CycleError: a cycle
+    assert order.index("results") < order.index("formatting") < order.index("decomposition") < order.index("report")
+    assert private == []

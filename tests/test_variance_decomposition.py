@@ -85,7 +85,7 @@ def exact_terms(model, control_variate, true_value=False):
     state_means, state_probs, total_second_moment, action_terms, trajectory = [], [], 0.0, 0.0, 0.0
     for x, p_x in visitation.items():
         distribution = policy.get_distribution(states[x])
-        cv = getattr(model, "_pg_control_variate_terms", None)
+        cv = getattr(model, "control_variate_terms", None)
         conditional, weights = [], []
         for a in range(2):
             action = th.tensor([a], device=device)
@@ -277,7 +277,7 @@ def exact_eta(model) -> float:
                 nxt = 2 + a
                 mean_return = R0[x, a] + gamma * values[nxt] + gamma * lam * (sum(probs[nxt][b] * R1[a, b] for b in range(2)) - values[nxt])
             action = th.tensor([a], device=device)
-            terms = model._pg_control_variate_terms(states[x], action, policy.get_distribution(states[x]), value_tensors[x])
+            terms = model.control_variate_terms(states[x], action, policy.get_distribution(states[x]), value_tensors[x])
             weights.append(p_x * probs[x][a])
             advantages.append(mean_return - values[x])
             control_variates.append(float(terms[0][0]))
@@ -314,7 +314,7 @@ def test_decomposition_callback_logs_three_checkpoints_and_changes_no_training(m
 
     from sb3_pgext import VarianceDecompositionCallback
     from sb3_pgext.suite.decomposition import read_decompositions
-    from sb3_pgext.suite.report import read_progress
+    from sb3_pgext.suite.results import read_progress
 
     kwargs = dict(n_steps=64, batch_size=64, n_epochs=1, seed=0, policy_kwargs=dict(net_arch=[8]))
     if model_class is CVPG:

@@ -5,7 +5,6 @@ dependencies. A few hundred steps of training for one env per family in the defa
 ``-m slow``.
 """
 
-import argparse
 import importlib
 
 import gymnasium as gym

@@ -27,7 +27,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from sb3_pgext.common import on_policy
+from sb3_pgext.ppokl import ppokl
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.offpac import offpac
 from sb3_pgext.suite.runner import cpu_name
@@ -37,15 +37,15 @@ from sb3_pgext.suite.speed import pin_to_cores, zoo_model
 @contextlib.contextmanager
 def checks_off() -> Iterator[None]:
     """The checks replaced by no-ops within the block."""
-    saved = FiniteTransitionCheck._on_step, FiniteTransitionCheck._on_rollout_start, on_policy.check_finite_loss, offpac.check_finite_loss
+    saved = FiniteTransitionCheck._on_step, FiniteTransitionCheck._on_rollout_start, ppokl.check_finite_loss, offpac.check_finite_loss
     FiniteTransitionCheck._on_step = lambda self: True  # type: ignore[method-assign]
     FiniteTransitionCheck._on_rollout_start = lambda self: None  # type: ignore[method-assign]
-    on_policy.check_finite_loss = offpac.check_finite_loss = lambda *args, **kwargs: None  # type: ignore[assignment]
+    ppokl.check_finite_loss = offpac.check_finite_loss = lambda *args, **kwargs: None  # type: ignore[assignment]
     try:
         yield
     finally:
         FiniteTransitionCheck._on_step, FiniteTransitionCheck._on_rollout_start = saved[:2]  # type: ignore[method-assign]
-        on_policy.check_finite_loss, offpac.check_finite_loss = saved[2:]  # type: ignore[assignment]
+        ppokl.check_finite_loss, offpac.check_finite_loss = saved[2:]  # type: ignore[assignment]
 
 
 def side_by_side(step: Callable[[], None], count: int, repeats: int) -> dict[str, Any]:

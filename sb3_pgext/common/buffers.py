@@ -6,15 +6,19 @@ parameters for an analytic KL, a control-variate weight, ...) is indexed with
 :attr:`BatchIndicesMixin.batch_inds`. Sampling, shuffling and the random stream are SB3's own.
 """
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
-from stable_baselines3.common.type_aliases import TensorDict
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.type_aliases import PyTorchObs, TensorDict
+from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecNormalize
+
+from sb3_pgext.common.utils import index_observations
 
 
 class BatchIndicesMixin:
@@ -146,3 +150,29 @@ def set_flat(buffer: RolloutBuffer, name: str, values: np.ndarray) -> None:
         getattr(buffer, name)[...] = values.reshape(getattr(buffer, name).shape)
     else:  # flat index = env * buffer_size + step
         setattr(buffer, name, values.reshape(buffer.n_envs, buffer.buffer_size).T.astype(np.float32).copy())
+
+
+#: states per forward pass when a whole rollout goes through the policy at once
+ROLLOUT_CHUNK = 2048
+
+
+def rollout_chunks(buffer: RolloutBuffer, policy: BasePolicy, device: th.device) -> Iterator[tuple[PyTorchObs, slice]]:
+    """
+    Yield (observations, slice) over the whole rollout in the flattened order ``get()`` indexes, in chunks of
+    :data:`ROLLOUT_CHUNK`, with the policy in evaluation mode (as when the rollout's log-probabilities were
+    computed); the policy's mode is restored afterwards.
+
+    :param buffer: a full rollout buffer
+    :param policy: the policy the observations are for
+    :param device: the device of the tensors
+    """
+    observations = flat_observations(buffer)
+    n_samples = buffer.buffer_size * buffer.n_envs
+    training = policy.training
+    policy.set_training_mode(False)
+    try:
+        for start in range(0, n_samples, ROLLOUT_CHUNK):
+            chunk = slice(start, start + ROLLOUT_CHUNK)
+            yield obs_as_tensor(index_observations(observations, chunk), device), chunk  # type: ignore[arg-type]
+    finally:
+        policy.set_training_mode(training)

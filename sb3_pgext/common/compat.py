@@ -13,11 +13,11 @@ import base64
 import importlib.util
 import io
 import json
-import re
 import sys
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -27,9 +27,13 @@ import gymnasium.spaces  # noqa: F401  (imports every spaces submodule, the name
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.type_aliases import GymEnv
 
 AlgorithmType = TypeVar("AlgorithmType", bound=BaseAlgorithm)
+
+#: The file that :meth:`LegacyLoadMixin.load` is loading (None outside a load), for the messages of its checks
+_LOADING: ContextVar[str | Path | io.BufferedIOBase | None] = ContextVar("_LOADING", default=None)
 
 
 def gym_installed() -> bool:
@@ -227,7 +231,8 @@ class LegacyLoadMixin:
     ``load`` for this package's algorithms: it reads agents saved with ``gym`` and by SB3 < 1.0 (see
     :func:`load_model`), warm-starts from the files of the algorithm's SB3 peer (``PPOKL.load("ppo.zip")``,
     ``OffPAC.load("sac.zip")``), and refuses any other file with an error that says what the file holds
-    and what the algorithm reads, before anything is built.
+    and what the algorithm reads: by the file's policy class before anything is built, and by the file's state
+    dicts (one the model does not have, such as CVPG's ``q_critic`` in a PPOKL) before any parameter is loaded.
     """
 
     #: the policy classes whose files the algorithm reads (its own, and its SB3 peer's)
@@ -286,17 +291,43 @@ class LegacyLoadMixin:
         check_model_file(path, cls.__name__)
         data = saved_data(path)  # read once: the legacy objects and the policy check both look at it
         objects = cls._check_saved_policy(path, data, _with_legacy_objects(data, env, custom_objects))
+        token = _LOADING.set(path)
         try:
             with gym_as_gymnasium():
                 return super().load(  # type: ignore[misc]
                     path, env=env, device=device, custom_objects=objects,
                     print_system_info=print_system_info, force_reset=force_reset, **kwargs,
                 )
-        except ValueError as error:
-            unknown = re.fullmatch(r"Key (\S+) is an invalid object name\.", str(error))
-            if unknown is not None:  # SB3's set_parameters: a state dict the model does not have
-                raise ValueError(
-                    f"{path} holds {unknown.group(1)!r}, which {cls.__name__} does not have: it was saved by another "
-                    f"algorithm. {cls.__name__}.load reads {cls.loadable_files}"
-                ) from error
-            raise
+        finally:
+            _LOADING.reset(token)
+
+    def set_parameters(  # type: ignore[no-untyped-def]
+        self,
+        load_path_or_dict: str | Path | io.BufferedIOBase | dict[str, Any],
+        exact_match: bool = True,
+        device: Any = "auto",
+    ):
+        """
+        SB3's ``set_parameters``. Within :meth:`load`, the saved objects (the file's state dicts: ``policy``,
+        ``q_critic``, ...) are first checked against the model's: one it does not have means the file was saved by
+        another algorithm whose policy class this one also uses (a CVPG file, with its Q critic, into PPOKL), and
+        gives a ValueError that says so, before anything is loaded.
+        """
+        path = _LOADING.get()
+        if path is not None and isinstance(load_path_or_dict, dict):
+            for name in load_path_or_dict:
+                if not _has_object(self, name):
+                    raise ValueError(
+                        f"{path} holds {name!r}, which {type(self).__name__} does not have: it was saved by another "
+                        f"algorithm. {type(self).__name__}.load reads {self.loadable_files}"
+                    )
+        return super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)  # type: ignore[misc]
+
+
+def _has_object(model: Any, name: str) -> bool:
+    """Whether ``model`` has the object a saved state dict ``name`` (``"policy.optimizer"``) loads into, as SB3 finds it."""
+    try:
+        recursive_getattr(model, name)
+    except Exception:  # what SB3's set_parameters catches there too (AttributeError, or anything a property raises)
+        return False
+    return True

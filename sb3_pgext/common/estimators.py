@@ -167,6 +167,23 @@ def expected_analytic_term(probs: th.Tensor, q_table: th.Tensor) -> th.Tensor:
 ETA_RULES = ("adaptive", "ones", "conservative", "aggressive")
 
 
+def weighted_analytic_term(eta: th.Tensor, analytic_term: th.Tensor, ratio: th.Tensor, clip_range: float | None) -> th.Tensor:
+    """
+    mean_i[ η_i c_i S_i ]: Q-Prop's analytic term (Gu et al. 2017, eq. 8) weighted by each sample's η, with
+    c_i = 1 while the sample's ratio r_i = π_θ(a_i|s_i) / π_old(a_i|s_i) is inside PPO's [1 − ε, 1 + ε], else 0: past
+    the clipped trust region the surrogate stops following Â − ηĀ, and the analytic term stops with it (always 1
+    without clipping).
+
+    :param eta: η per sample
+    :param analytic_term: S_i(θ) per sample, whose gradient in θ is ∇_θ E_{a∼π_θ(s_i)}[Q_w(s_i, a)]
+    :param ratio: r_i(θ) per sample
+    :param clip_range: ε, or None without clipping
+    """
+    if clip_range is not None:
+        analytic_term = analytic_term * ((ratio - 1).abs() <= clip_range).detach()
+    return (eta * analytic_term).mean()
+
+
 def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str, folds: th.Tensor | None = None) -> th.Tensor:
     """
     Q-Prop's weight η of the control variate, per sample (Gu et al. 2017, sec. 3.3 and 3.4):

@@ -10,37 +10,114 @@ One batch is split into K minibatches; the estimator's gradient ĝ_k is computed
     variance     = tr Cov_k(ĝ_k) = Σ_j 1/(K − 1) Σ_k (ĝ_kj − ḡ_j)²   (per-minibatch estimator variance)
     mean_sq_norm = ‖ḡ‖²,  ḡ = (1/K) Σ_k ĝ_k
 
-An algorithm takes part by providing three methods (see :class:`GradientVarianceMixin`).
+The estimator of each family of algorithms is an adapter beside this function: :class:`RolloutEstimator` (on-policy
+actor-critics) and :class:`ReplayEstimator` (OffPAC).
 """
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch as th
 
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
 from sb3_pgext.common.utils import isolated_random_streams
 
 
-class GradientVarianceMixin:
+class RolloutEstimator:
     """
-    The hooks :func:`gradient_variance` calls. An algorithm implements:
+    The policy-gradient estimator of an on-policy actor-critic (SB3's PPO and A2C, PPOKL, CVPG) on the rollout it last
+    collected: ∇_θ mean[log π_θ(a|s) Â] with the raw (not normalized) advantages; ``control_variate=False`` drops the
+    value baseline (the returns Â + V(s) instead of Â). CVPG's samples carry its control variate: its estimator is
+    ∇_θ mean[log π_θ(a|s) (Â − ηĀ)] + ∇_θ mean[η S(θ)] (its analytic term S), and ``control_variate=False`` keeps Â.
 
-    - ``_pg_parameters()``: the parameters the policy gradient is taken with respect to;
-    - ``_pg_minibatches(n_minibatches)``: ``n_minibatches`` equal, disjoint minibatches of one batch
-      of data (the data the model last trained on, or freshly collected);
-    - ``_pg_surrogate(batch, control_variate)``: a loss whose gradient is minus the estimator on
-      ``batch``; ``control_variate=False`` gives the same estimator without its baseline / control variate.
+    :param model: the on-policy model
     """
 
-    def _pg_parameters(self) -> list[th.nn.Parameter]:
-        raise NotImplementedError
+    def __init__(self, model: OnPolicyAlgorithm):
+        self.model = model
 
-    def _pg_minibatches(self, n_minibatches: int) -> Iterator[Any]:
-        raise NotImplementedError
+    def parameters(self) -> list[th.nn.Parameter]:
+        return [param for param in self.model.policy.parameters() if param.requires_grad]
 
-    def _pg_surrogate(self, batch: Any, control_variate: bool) -> th.Tensor:
-        raise NotImplementedError
+    def minibatches(self, n_minibatches: int) -> Iterator[Any]:
+        """
+        ``n_minibatches`` disjoint minibatches of the rollout the model last trained on, drawn from a shallow copy of
+        the buffer, so that the buffer's layout and recorded indices stay as they were.
+        """
+        buffer = self.model.rollout_buffer
+        if not buffer.full:
+            raise ValueError(
+                "gradient_variance measures the policy gradient on the rollout the model last collected, and this "
+                "model has none (it is new or was just loaded): train it first, or pass log_grad_var=True to the "
+                "constructor to measure it at every update, the first one included"
+            )
+        n_samples = buffer.buffer_size * buffer.n_envs
+        minibatch_size = n_samples // n_minibatches
+        if minibatch_size < 1:
+            raise ValueError(f"n_minibatches={n_minibatches} exceeds the rollout's {n_samples} samples")
+        for index, rollout_data in enumerate(copy.copy(buffer).get(minibatch_size)):
+            if index == n_minibatches:
+                break  # the remainder, when the rollout does not split evenly
+            yield rollout_data
+
+    def surrogate(self, rollout_data: Any, control_variate: bool) -> th.Tensor:
+        """A loss whose gradient is minus the estimator on the minibatch."""
+        policy = self.model.policy
+        actions = rollout_data.actions
+        if isinstance(self.model.action_space, spaces.Discrete):  # the buffer stores actions as float
+            actions = actions.long().flatten()
+        _, log_prob, _ = policy.evaluate_actions(rollout_data.observations, actions)
+        if not hasattr(rollout_data, "eta"):  # no control variate: the value baseline, or the returns without it
+            return -(log_prob * (rollout_data.advantages if control_variate else rollout_data.returns)).mean()
+        if not control_variate:
+            return -(log_prob * rollout_data.advantages).mean()
+        analytic = self.model.analytic_term(rollout_data.observations, rollout_data.analytic_term_constants, policy.action_dist)  # type: ignore[attr-defined]
+        corrected = rollout_data.advantages - rollout_data.eta * rollout_data.control_variate
+        return -(log_prob * corrected).mean() - (rollout_data.eta * analytic).mean()
+
+
+class ReplayEstimator:
+    """
+    The actor-gradient estimator of an off-policy actor-critic with an ``actor_loss(observations, baseline)`` (OffPAC)
+    on fresh replay samples of its ``batch_size``; ``control_variate=False`` drops its baseline (the leave-one-out
+    baseline of OffPAC's "likelihood" estimator).
+
+    :param model: the off-policy model
+    """
+
+    def __init__(self, model: OffPolicyAlgorithm):
+        self.model = model
+
+    def parameters(self) -> list[th.nn.Parameter]:
+        return list(self.model.actor.parameters())  # type: ignore[attr-defined]
+
+    def minibatches(self, n_minibatches: int) -> Iterator[Any]:
+        """``n_minibatches`` fresh replay samples of ``batch_size`` transitions."""
+        model = self.model
+        if model.replay_buffer is None or model.replay_buffer.size() == 0:
+            raise ValueError(f"the replay buffer is empty: gradient_variance needs {type(model).__name__} to have collected data (call learn)")
+        for _ in range(n_minibatches):
+            yield model.replay_buffer.sample(model.batch_size, env=model._vec_normalize_env)
+
+    def surrogate(self, replay_data: Any, control_variate: bool) -> th.Tensor:
+        return self.model.actor_loss(replay_data.observations, baseline=control_variate)  # type: ignore[attr-defined]
+
+
+def estimator_of(model: BaseAlgorithm) -> RolloutEstimator | ReplayEstimator:
+    """The estimator :func:`gradient_variance` measures for ``model``: by its family (on- or off-policy)."""
+    if isinstance(model, OnPolicyAlgorithm):
+        return RolloutEstimator(model)
+    if isinstance(model, OffPolicyAlgorithm) and hasattr(model, "actor_loss"):
+        return ReplayEstimator(model)
+    raise TypeError(
+        f"gradient_variance measures on-policy actor-critics (PPO, A2C, PPOKL, CVPG) and OffPAC, not {type(model).__name__}"
+    )
 
 
 def flatten_gradients(gradients: tuple[th.Tensor | None, ...], parameters: list[th.nn.Parameter]) -> th.Tensor:
@@ -77,7 +154,7 @@ class GradientVariance(dict):
         )
 
 
-def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, control_variate: bool = True) -> GradientVariance:
+def gradient_variance(model: BaseAlgorithm, n_minibatches: int = 16, control_variate: bool = True) -> GradientVariance:
     """
     Variance of the model's policy-gradient estimator, measured on one batch split into minibatches.
 
@@ -90,20 +167,21 @@ def gradient_variance(model: GradientVarianceMixin, n_minibatches: int = 16, con
     collected: the model, its buffers and counters, and the global random streams (numpy's, torch's CPU
     and CUDA ones) are left as they were.
 
-    :param model: a model of the package (PPOKL, CVPG, OffPAC)
+    :param model: an on-policy actor-critic (PPOKL, CVPG, SB3's PPO or A2C) or OffPAC
     :param n_minibatches: K, the number of minibatches (>= 2)
     :param control_variate: whether the estimator keeps its baseline / control variate
     :return: a :class:`GradientVariance` dict: ``variance`` (trace of the covariance of the K minibatch gradients),
         ``mean_sq_norm`` (squared norm of their mean), ``n_minibatches``, ``minibatch_size`` and ``mean`` (the mean
-        gradient of ascent, a float64 tensor over ``_pg_parameters()`` flattened in order)
+        gradient of ascent, a float64 tensor over the estimator's parameters flattened in order: the policy's, or OffPAC's actor's)
     """
     if not isinstance(n_minibatches, (int, np.integer)) or n_minibatches < 2:
         raise ValueError(f"n_minibatches must be an integer >= 2, got {n_minibatches!r}")
-    parameters = model._pg_parameters()
+    estimator = estimator_of(model)
+    parameters = estimator.parameters()
     rows, minibatch_size = [], 0
     with isolated_random_streams():
-        for batch in model._pg_minibatches(n_minibatches):
-            loss = model._pg_surrogate(batch, control_variate)
+        for batch in estimator.minibatches(n_minibatches):
+            loss = estimator.surrogate(batch, control_variate)
             grads = th.autograd.grad(loss, parameters, allow_unused=True)
             rows.append(-flatten_gradients(grads, parameters))  # the loss descends: its negative is the estimate
             minibatch_size = len(batch.actions)

@@ -314,7 +314,7 @@ class _Measurement:
         distribution = self.policy.get_distribution(obs_batch)
         log_prob = distribution.log_prob(actions)
         # computed with or without the control variate, so that both draw the same random numbers (paired)
-        cv_terms = getattr(self.model, "_pg_control_variate_terms", None)
+        cv_terms = getattr(self.model, "control_variate_terms", None)
         values = th.full((n_actions,), state_value, dtype=th.float32, device=actions.device)
         cv_terms = None if cv_terms is None else cv_terms(obs_batch, actions, distribution, values)
         # without its control variate, a model that has one keeps its value baseline; the PPO family drops it

@@ -3,7 +3,7 @@ CVPG's rollout buffers: SB3's ``RolloutBuffer`` / ``DictRolloutBuffer`` whose sa
 control variate's per-sample data, as named fields (as sb3-contrib's ``MaskableRolloutBuffer`` carries
 ``action_masks``).
 
-The control variate is computed once per rollout, after collection, by :meth:`CVPGBufferMixin.set_control_variate`;
+The control variate is computed once per rollout, after collection, and stored by :meth:`CVPGBufferMixin.set_control_variate`;
 collection, GAE, shuffling and the random stream are SB3's own.
 """
 
@@ -15,7 +15,7 @@ from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.type_aliases import TensorDict
 from stable_baselines3.common.vec_env import VecNormalize
 
-from sb3_pgext.common.buffers import TimeLeftMixin, set_flat
+from sb3_pgext.common.buffers import TimeLeftMixin
 
 
 class CVPGRolloutBufferSamples(NamedTuple):
@@ -23,18 +23,18 @@ class CVPGRolloutBufferSamples(NamedTuple):
     actions: th.Tensor
     old_values: th.Tensor
     old_log_prob: th.Tensor
-    #: Â − ηĀ: the advantages corrected by the control variate, what the surrogate sees
+    #: Â: the rollout's advantages (the surrogate weighs Â − ηĀ)
     advantages: th.Tensor
     returns: th.Tensor
     #: T − t, the steps left in the episode (used by a horizon-aware value function)
     time_left: th.Tensor
-    #: Â: the advantages without the control variate
-    plain_advantages: th.Tensor
+    #: Ā: the control variate, the critic's prediction of Â
+    control_variate: th.Tensor
     #: η of each sample (cross-fitted: from the other fold of the rollout)
     eta: th.Tensor
     #: the analytic term's constants: ∇_a Q_w at the rollout policy's executed mean ("taylor", (batch, action_dim)), Q_w(s, ·)
     #: ("expected", (batch, n_actions)), or nothing ("reparameterization" evaluates Q_w itself, (batch, 0))
-    q_constants: th.Tensor
+    analytic_term_constants: th.Tensor
 
 
 class CVPGDictRolloutBufferSamples(NamedTuple):
@@ -45,52 +45,48 @@ class CVPGDictRolloutBufferSamples(NamedTuple):
     advantages: th.Tensor
     returns: th.Tensor
     time_left: th.Tensor
-    plain_advantages: th.Tensor
+    control_variate: th.Tensor
     eta: th.Tensor
-    q_constants: th.Tensor
+    analytic_term_constants: th.Tensor
 
 
 class CVPGBufferMixin(TimeLeftMixin):
     """The control variate's per-sample arrays, stored in the flattened order that ``get()`` indexes."""
 
-    plain_advantages: np.ndarray
+    control_variate: np.ndarray
     eta: np.ndarray
-    q_constants: np.ndarray
+    analytic_term_constants: np.ndarray
     buffer_size: int
     n_envs: int
 
     def reset(self) -> None:
         super().reset()  # type: ignore[misc]
         n_samples = self.buffer_size * self.n_envs
-        self.plain_advantages = np.zeros(n_samples, dtype=np.float32)
+        self.control_variate = np.zeros(n_samples, dtype=np.float32)
         self.eta = np.zeros(n_samples, dtype=np.float32)
-        self.q_constants = np.zeros((n_samples, 0), dtype=np.float32)
+        self.analytic_term_constants = np.zeros((n_samples, 0), dtype=np.float32)
 
-    def set_control_variate(
-        self, advantages: np.ndarray, control_variate: np.ndarray, eta: np.ndarray, q_constants: np.ndarray | None = None
-    ) -> None:
+    def set_control_variate(self, control_variate: np.ndarray, eta: np.ndarray, analytic_term_constants: np.ndarray | None = None) -> None:
         """
-        Apply the control variate to the full buffer: its advantages become Â − ηĀ; Â and η are kept.
+        Store the control variate's per-sample data; the advantages Â are left as they are.
 
-        :param advantages: Â per sample, in the flattened order, shape (buffer_size · n_envs,)
-        :param control_variate: Ā per sample, same shape
+        :param control_variate: Ā per sample, in the flattened order, shape (buffer_size · n_envs,)
         :param eta: η per sample, same shape
-        :param q_constants: the analytic term's constants per sample, shape (buffer_size · n_envs, k), or None
+        :param analytic_term_constants: the analytic term's constants per sample, shape (buffer_size · n_envs, k), or None
         """
-        self.plain_advantages = advantages.astype(np.float32)
+        self.control_variate = control_variate.astype(np.float32)
         self.eta = eta.astype(np.float32)
-        if q_constants is not None:
-            self.q_constants = q_constants.astype(np.float32)
-        set_flat(self, "advantages", self.plain_advantages - self.eta * control_variate.astype(np.float32))  # type: ignore[arg-type]
+        if analytic_term_constants is not None:
+            self.analytic_term_constants = analytic_term_constants.astype(np.float32)
 
     def _get_samples(self, batch_inds: np.ndarray, env: VecNormalize | None = None):  # type: ignore[no-untyped-def]
         samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
         samples_class = CVPGDictRolloutBufferSamples if isinstance(samples.observations, dict) else CVPGRolloutBufferSamples
         return samples_class(
             *samples,  # SB3's fields and time_left
-            plain_advantages=self.to_torch(self.plain_advantages[batch_inds]),  # type: ignore[attr-defined]
+            control_variate=self.to_torch(self.control_variate[batch_inds]),  # type: ignore[attr-defined]
             eta=self.to_torch(self.eta[batch_inds]),  # type: ignore[attr-defined]
-            q_constants=self.to_torch(self.q_constants[batch_inds]),  # type: ignore[attr-defined]
+            analytic_term_constants=self.to_torch(self.analytic_term_constants[batch_inds]),  # type: ignore[attr-defined]
         )
 
 

@@ -1,4 +1,5 @@
 """
+CVPG's callbacks. :class:`CVPGCollectionCallback`: what CVPG records during collection, beside the rollout buffer.
 :class:`CriticPredictabilityCallback`: how much of each rollout's advantages a Q critic of CVPG's design can
 predict, measured beside any PPO-family run (usable from the RL Zoo's hyperparameter files as
 ``callback: sb3_pgext.CriticPredictabilityCallback``).
@@ -135,3 +136,45 @@ class CriticPredictabilityCallback(BaseCallback):
                 shares[f"{source}/{part}"] = crossfit_r2(advantages, features[part], folds)
                 self.logger.record(f"predictability/{source}/{part}", shares[f"{source}/{part}"])
         self.history.append(shares)
+
+
+class CVPGCollectionCallback(BaseCallback):
+    """
+    Feeds each env step of the rollout into the TD critic's replay buffer (the env's original observations
+    and rewards, as SB3's off-policy algorithms store them) and keeps the rollout's last values.
+    """
+
+    model: "CVPG"  # noqa: F821 (not imported here: cvpg.py imports this module)
+
+    def _on_step(self) -> bool:
+        model = self.model
+        replay_buffer = None if model.q_critic is None else model.q_critic.replay_buffer
+        if replay_buffer is None:
+            return True
+        new_obs, rewards, dones, infos = (self.locals[key] for key in ("new_obs", "rewards", "dones", "infos"))
+        vec_normalize = model.get_vec_normalize_env()
+        if vec_normalize is not None:  # the originals; the buffer normalises them with the statistics of when it is sampled
+            obs, new_obs, rewards = model._last_original_obs, vec_normalize.get_original_obs(), vec_normalize.get_original_reward()
+        else:
+            obs = model._last_obs
+        next_obs = {k: v.copy() for k, v in new_obs.items()} if isinstance(new_obs, dict) else new_obs.copy()
+        for idx, done in enumerate(dones):
+            terminal = infos[idx].get("terminal_observation") if done else None
+            if terminal is None:
+                continue
+            if vec_normalize is not None:  # VecNormalize normalised it in the info
+                terminal = vec_normalize.unnormalize_obs(terminal)
+            if isinstance(next_obs, dict):
+                for key in next_obs:
+                    next_obs[key][idx] = terminal[key]
+            else:
+                next_obs[idx] = terminal
+        # the raw rewards (SB3 adds the truncation bootstrap only after this callback) and the
+        # policy's own (unclipped) actions, the ones log π and the critic's Taylor expansion refer to
+        replay_buffer.add(obs, next_obs, self.locals["actions"], rewards, dones, infos)  # type: ignore[arg-type]
+        if vec_normalize is not None:
+            model._last_original_obs = new_obs
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.model._rollout_bootstrap = (self.locals["values"], self.locals["dones"])

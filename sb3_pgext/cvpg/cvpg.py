@@ -14,8 +14,9 @@ from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, RolloutBufferSamples, Schedule
 from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
+from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations, rollout_chunks
 from sb3_pgext.common.estimators import (
     ETA_RULES,
     centered_control_variate,
@@ -25,17 +26,16 @@ from sb3_pgext.common.estimators import (
     rollout_folds,
     taylor_analytic_term,
     taylor_control_variate,
+    weighted_analytic_term,
 )
 from sb3_pgext.common.gradient_variance import gradient_variance
-from sb3_pgext.common.on_policy import PPOBase
 from sb3_pgext.common.utils import repeat_observations, value_net_layers
 from sb3_pgext.cvpg.buffers import (
     CVPGBufferMixin,
     CVPGDictRolloutBuffer,
-    CVPGDictRolloutBufferSamples,
     CVPGRolloutBuffer,
-    CVPGRolloutBufferSamples,
 )
+from sb3_pgext.cvpg.callbacks import CVPGCollectionCallback
 from sb3_pgext.cvpg.critic import (
     FINITE_ACTION_SPACES,
     MAX_JOINT_ACTIONS,
@@ -46,6 +46,7 @@ from sb3_pgext.cvpg.critic import (
     joint_action_probs,
 )
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_pgext.ppokl.ppokl import PPOKL
 
 SelfCVPG = TypeVar("SelfCVPG", bound="CVPG")
 
@@ -56,51 +57,10 @@ BASELINES = ("value", "mean", "none")
 DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 100, 100
 
 
-class _RolloutCallback(BaseCallback):
+class CVPG(PPOKL):
     """
-    Feeds each env step of the rollout into the TD critic's replay buffer (the env's original observations
-    and rewards, as SB3's off-policy algorithms store them) and keeps the rollout's last values.
-    """
-
-    model: "CVPG"
-
-    def _on_step(self) -> bool:
-        model = self.model
-        replay_buffer = None if model.q_critic is None else model.q_critic.replay_buffer
-        if replay_buffer is None:
-            return True
-        new_obs, rewards, dones, infos = (self.locals[key] for key in ("new_obs", "rewards", "dones", "infos"))
-        vec_normalize = model.get_vec_normalize_env()
-        if vec_normalize is not None:  # the originals; the buffer normalises them with the statistics of when it is sampled
-            obs, new_obs, rewards = model._last_original_obs, vec_normalize.get_original_obs(), vec_normalize.get_original_reward()
-        else:
-            obs = model._last_obs
-        next_obs = {k: v.copy() for k, v in new_obs.items()} if isinstance(new_obs, dict) else new_obs.copy()
-        for idx, done in enumerate(dones):
-            terminal = infos[idx].get("terminal_observation") if done else None
-            if terminal is None:
-                continue
-            if vec_normalize is not None:  # VecNormalize normalised it in the info
-                terminal = vec_normalize.unnormalize_obs(terminal)
-            if isinstance(next_obs, dict):
-                for key in next_obs:
-                    next_obs[key][idx] = terminal[key]
-            else:
-                next_obs[idx] = terminal
-        # the raw rewards (SB3 adds the truncation bootstrap only after this callback) and the
-        # policy's own (unclipped) actions, the ones log π and the critic's Taylor expansion refer to
-        replay_buffer.add(obs, next_obs, self.locals["actions"], rewards, dones, infos)  # type: ignore[arg-type]
-        if vec_normalize is not None:
-            model._last_original_obs = new_obs
-        return True
-
-    def _on_rollout_end(self) -> None:
-        self.model._rollout_end = (self.locals["values"], self.locals["dones"])
-
-
-class CVPG(PPOBase):
-    """
-    Policy gradient with a Q-critic control variate (Q-Prop / Stein), on the PPO-family base.
+    Policy gradient with a Q-critic control variate (Q-Prop / Stein), on PPO's clipped surrogate, PPOKL's KL
+    penalty or a vanilla policy-gradient step (PPOKL's update, which it subclasses).
 
     Gu et al. 2017, "Q-Prop: Sample-Efficient Policy Gradient with An Off-Policy Critic"
     (https://arxiv.org/abs/1611.02247); Liu et al. 2018, "Action-dependent Control Variates for Policy
@@ -114,9 +74,9 @@ class CVPG(PPOBase):
     corrects the value baseline where the critic has learnt what V misses: a function of s alone, it adds no
     bias and no analytic term) and η Q-Prop's weight. Per rollout:
 
-    1. Ā, η and the analytic term's constants are computed for every sample (:meth:`_prepare_control_variate`)
+    1. Ā, η and the analytic term's constants are computed for every sample (:meth:`prepare_control_variate`)
        and travel as named fields of the rollout buffer's samples (:class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBufferSamples`);
-    2. the policy is updated on the chosen surrogate of Â − ηĀ minus η times the analytic term (:meth:`_policy_loss`);
+    2. the policy is updated on the chosen surrogate of Â − ηĀ minus η times the analytic term (see :meth:`train`);
     3. the critic is fitted (:class:`~sb3_pgext.cvpg.critic.QCritic`): by regression onto the rollout's
        advantages (``qf_target="advantages"``) or λ-returns ("returns", default), or by Q-Prop's off-policy TD
        on a replay buffer ("td").
@@ -301,6 +261,8 @@ class CVPG(PPOBase):
                         f'surrogate="vanilla" takes one gradient step on the whole rollout: leave {name} unset (got {value!r})'
                     )
         penalty = surrogate == "kl"
+        if surrogate == "vanilla":  # one gradient step on the whole rollout
+            n_epochs, batch_size = 1, n_steps * (env.num_envs if isinstance(env, VecEnv) else 1)
         super().__init__(
             policy,
             env,
@@ -416,7 +378,7 @@ class CVPG(PPOBase):
             self.rollout_buffer_class = buffer_class
         super()._setup_model()
         self.rollout_buffer_class = user_buffer_class  # the user's setting is what is saved
-        self._rollout_end: tuple[th.Tensor, np.ndarray] | None = None
+        self._rollout_bootstrap: tuple[th.Tensor, np.ndarray] | None = None
         self._reward_to_go_mean = 0.0  # baseline="mean": the batch mean Â subtracts, set with the advantages
         self.q_critic = None
         if self.control_variate == "none":
@@ -449,36 +411,86 @@ class CVPG(PPOBase):
             return self.qf_net_arch
         return value_net_layers(self.policy.net_arch)
 
-    def _rollout_callbacks(self) -> list[BaseCallback]:
-        """The family's, plus the TD critic's replay feed and the rollout's last values (reward-to-go baselines)."""
-        callbacks = super()._rollout_callbacks()
+    def _collection_callbacks(self) -> list[BaseCallback]:
+        """PPOKL's, plus the TD critic's replay feed and the rollout's last values (reward-to-go baselines)."""
+        callbacks = super()._collection_callbacks()
         if self.qf_target == "td" or self.baseline != "value":
-            callbacks.append(_RolloutCallback())
+            callbacks.append(CVPGCollectionCallback())
         return callbacks
 
-    # ------------------------------------------------------------------ per rollout
+    @property
+    def measures_kl(self) -> bool:
+        """Whether d = Ê[KL] between π_old and π_θ is measured and logged after each update: with the KL penalty only."""
+        return self.penalty_active
 
-    def _begin_update(self) -> None:
-        super()._begin_update()
+    # ------------------------------------------------------------------ the update
+
+    def train(self) -> None:
+        """
+        CVPG's update, in order: the rollout's advantages Â; the control variate Ā, η and the analytic term's
+        constants of every sample, into the buffer's named fields; PPOKL's epochs of minibatch steps, whose surrogate
+        weighs Â − ηĀ (:meth:`_surrogate_advantages`) and whose loss adds minus η times the analytic term
+        (:meth:`_control_variate_loss`); then the critic's fit, after the update, so that the next rollout's Ā comes
+        from a critic that never saw that rollout.
+        """
+        # 1. Â, and Ā, η and the analytic term's constants of every sample
+        self.prepare_advantages()
+        if self.q_critic is not None and self.log_grad_var:  # the same estimator without its control variate, on the same data
+            self.logger.record("train/grad_var_no_cv", gradient_variance(self, control_variate=False)["variance"])
+        # 2. the policy update (PPOKL's), per minibatch on Â − ηĀ, normalized, minus η times the analytic term
+        self.update_policy()
+        # 3. the critic's fit on this rollout (or on the replay buffer, for "td")
+        if self.q_critic is not None:
+            self.logger.record("train/qf_loss", self._fit_q_critic())
+
+    def prepare_advantages(self) -> None:
+        """
+        What :meth:`train` does before the policy update: the rollout's Â (GAE with V(s), recomputed with the time
+        left for a horizon-aware V, or the reward-to-go for the other baselines) and, with a critic, Ā, η and the
+        analytic term's constants of every sample (:meth:`prepare_control_variate`).
+        """
+        if self.horizon_aware_value:
+            self.recompute_horizon_aware_returns()
         if self.baseline != "value":
             self._reward_to_go_advantages()
         if self.q_critic is not None:
-            self._prepare_control_variate()
-            if self.log_grad_var:  # the same estimator without its control variate, on the same data
-                self._train_logs["grad_var_no_cv"] = [gradient_variance(self, control_variate=False)["variance"]]
+            self.prepare_control_variate()
 
-    def _end_update(self) -> None:
-        super()._end_update()
-        if self.q_critic is not None:  # after the policy update: the next rollout's Ā comes from a critic that never saw it
-            self._train_logs["qf_loss"] = [self._fit_q_critic()]
+    def _surrogate_advantages(self, rollout_data: RolloutBufferSamples) -> th.Tensor:
+        """Â − ηĀ: the advantages corrected by the control variate (Â without a critic)."""
+        if self.q_critic is None:
+            return rollout_data.advantages
+        return rollout_data.advantages - rollout_data.eta * rollout_data.control_variate  # type: ignore[attr-defined]
+
+    def _control_variate_loss(
+        self, rollout_data: RolloutBufferSamples, ratio: th.Tensor, distribution: Any, clip_range: float | None
+    ) -> th.Tensor | None:
+        """
+        Minus η times the analytic term, to add to the surrogate loss:
+
+            L(θ) = L_surrogate(r(θ), (Â − ηĀ − m) / σ)  −  (1/σ) mean_i[ η_i c_i(θ) S_i(θ) ]
+
+        L_surrogate is PPOKL's surrogate (PPO's clip, or the importance-weighted advantage, plus the KL penalty when
+        active) on Â − ηĀ, normalized per minibatch (mean m, standard deviation σ) when ``normalize_advantage``; S_i
+        is :meth:`analytic_term`, scaled by the same 1/σ; c_i = 1 while the ratio r_i is inside [1 − ε, 1 + ε] with
+        PPO's clip, else 0 (always 1 without). At θ = θ_old the gradient of L is minus the estimator of the class
+        docstring (up to the normalization).
+        """
+        if self.q_critic is None:
+            return None
+        scale = 1.0
+        if self.normalize_advantage and len(rollout_data.advantages) > 1:  # the scale of the normalized Â − ηĀ
+            scale = 1.0 / (self._surrogate_advantages(rollout_data).std() + 1e-8)
+        analytic = self.analytic_term(rollout_data.observations, rollout_data.analytic_term_constants, distribution)  # type: ignore[attr-defined]
+        return -scale * weighted_analytic_term(rollout_data.eta, analytic, ratio, clip_range)  # type: ignore[attr-defined]
 
     def _reward_to_go_advantages(self) -> None:
         """Â = reward-to-go ("none") or reward-to-go minus its batch mean ("mean"); V's targets are kept."""
-        assert self._rollout_end is not None, "the rollout's last values are recorded during collection"
+        assert self._rollout_bootstrap is not None, "the rollout's last values are recorded during collection"
         buffer = self.rollout_buffer
         returns, gae_lambda = buffer.returns.copy(), buffer.gae_lambda
         buffer.gae_lambda = 1.0  # λ = 1: discounted reward-to-go, bootstrapped where the rollout cuts an episode
-        buffer.compute_returns_and_advantage(*self._rollout_end)
+        buffer.compute_returns_and_advantage(*self._rollout_bootstrap)
         reward_to_go = buffer.returns
         buffer.gae_lambda, buffer.returns = gae_lambda, returns
         self._reward_to_go_mean = float(reward_to_go.mean())
@@ -495,22 +507,26 @@ class CVPG(PPOBase):
             observations = obs_as_tensor(flat_observations(buffer), self.device)  # type: ignore[arg-type]
             actions = th.as_tensor(flat_actions(buffer), device=self.device)
             if self.qf_target == "advantages":
-                targets = th.as_tensor(buffer.plain_advantages, device=self.device)
+                targets = th.as_tensor(flat_array(buffer, "advantages"), device=self.device)
             else:
                 targets = th.as_tensor(flat_array(buffer, "returns"), device=self.device)
             return self.q_critic.fit_rollout(observations, actions, targets)
         finally:
             self.q_critic.requires_grad_(False)  # between fits Q_w is a fixed function of the actions
 
-    def _prepare_control_variate(self) -> None:
-        """Ā, the cross-fitted η and the analytic term's constants for every sample; the buffer's Â becomes Â − ηĀ."""
+    def prepare_control_variate(self) -> None:
+        """
+        Ā, the cross-fitted η and the analytic term's constants of every sample of the rollout buffer, stored as its
+        named fields, as :meth:`train` does before the policy update; logs η's mean (``train/eta_mean``) and the
+        correlation of Â and Ā (``train/cv_corr``).
+        """
         assert self.q_critic is not None
         buffer = self.rollout_buffer
         assert isinstance(buffer, CVPGBufferMixin)
         actions = th.as_tensor(flat_actions(buffer), device=self.device)
         baselines = self._advantage_baseline()
         cv_parts, constant_parts = [], []
-        for obs, chunk in self._rollout_chunks():
+        for obs, chunk in rollout_chunks(buffer, self.policy, self.device):
             with th.no_grad():
                 distribution = self.policy.get_distribution(obs)
             control_variate, constants = self._control_variate(obs, distribution, actions[chunk], baselines[chunk])
@@ -522,9 +538,9 @@ class CVPG(PPOBase):
         # leave one env out: each env's η from the others (with one env, from the other half of the rollout)
         folds = rollout_folds(buffer.buffer_size, buffer.n_envs, n_folds=max(2, buffer.n_envs)).to(self.device)
         eta = qprop_eta(advantages, control_variate, self.eta, folds)
-        buffer.set_control_variate(advantages.cpu().numpy(), control_variate.cpu().numpy(), eta.cpu().numpy(), constants)
-        self._train_logs["eta_mean"] = [eta.mean().item()]
-        self._train_logs["cv_corr"] = [_correlation(advantages, control_variate)]
+        buffer.set_control_variate(control_variate.cpu().numpy(), eta.cpu().numpy(), constants)
+        self.logger.record("train/eta_mean", eta.mean().item())
+        self.logger.record("train/cv_corr", _correlation(advantages, control_variate))
 
     def _advantage_baseline(self) -> th.Tensor:
         """
@@ -590,7 +606,7 @@ class CVPG(PPOBase):
 
     # ------------------------------------------------------------------ per minibatch
 
-    def _analytic_term(self, obs: PyTorchObs, q_constants: th.Tensor, distribution: Distribution) -> th.Tensor:
+    def analytic_term(self, obs: PyTorchObs, constants: th.Tensor, distribution: Distribution) -> th.Tensor:
         """
         Per sample, a surrogate whose gradient in θ is ∇_θ E_{a∼π_θ(s)}[Q_w(s, a)] (Q-Prop's first-order one for
         "taylor"), given the constants :meth:`_control_variate` returned for the samples' states.
@@ -598,66 +614,14 @@ class CVPG(PPOBase):
         assert self.q_critic is not None
         if self.control_variate == "expected":
             probs = joint_action_probs(distribution, self.q_critic.choices)  # type: ignore[arg-type]
-            return expected_analytic_term(probs, q_constants)
+            return expected_analytic_term(probs, constants)
         if self.control_variate == "taylor":
-            return taylor_analytic_term(q_constants, self._executed_mean(distribution))
+            return taylor_analytic_term(constants, self._executed_mean(distribution))
         return self.q_critic(obs, distribution.distribution.rsample())  # a = μ_θ + σ_θ ξ
-
-    def _policy_loss(
-        self,
-        rollout_data: RolloutBufferSamples,
-        advantages: th.Tensor,
-        ratio: th.Tensor,
-        log_prob: th.Tensor,
-        distribution: Any,
-        clip_range: float | None,
-    ) -> th.Tensor:
-        """
-        CVPG's minibatch objective, to minimise:
-
-            L(θ) = L_surrogate(r(θ), (Â − ηĀ − m) / σ)  −  (1/σ) mean_i[ η_i c_i(θ) S_i(θ) ]
-
-        L_surrogate is the family's surrogate (PPO's clip, or the importance-weighted advantage, plus the KL
-        penalty when active) on the buffer's corrected advantages Â − ηĀ, normalised per minibatch (mean m,
-        standard deviation σ) when ``normalize_advantage``; S_i is :meth:`_analytic_term`, scaled by the same
-        1/σ; c_i = 1 while the ratio r_i is inside [1 − ε, 1 + ε] with PPO's clip, else 0 (always 1 without).
-        At θ = θ_old its gradient is minus the estimator of the class docstring (up to the normalisation).
-        """
-        policy_loss = super()._policy_loss(rollout_data, advantages, ratio, log_prob, distribution, clip_range)
-        if self.q_critic is None:
-            return policy_loss
-        scale = 1.0
-        if self.normalize_advantage and len(rollout_data.advantages) > 1:
-            scale = 1.0 / (rollout_data.advantages.std() + 1e-8)  # the same scale as the normalised Â − ηĀ
-        analytic = self._analytic_term(rollout_data.observations, rollout_data.q_constants, distribution)  # type: ignore[attr-defined]
-        if clip_range is not None:
-            analytic = analytic * ((ratio - 1).abs() <= clip_range).detach()
-        return policy_loss - scale * (rollout_data.eta * analytic).mean()  # type: ignore[attr-defined]
-
-    def _record_train_logs(self, clip_range: float | None, clip_range_vf: float | None) -> None:
-        super()._record_train_logs(clip_range, clip_range_vf)
-        for key in ("eta_mean", "cv_corr", "qf_loss", "grad_var_no_cv"):
-            if self._train_logs[key]:
-                self.logger.record(f"train/{key}", self._train_logs[key][0])
 
     # ------------------------------------------------------------------ measured gradient variance
 
-    def _pg_surrogate(self, rollout_data: RolloutBufferSamples, control_variate: bool) -> th.Tensor:
-        """
-        −mean[log π_θ(a|s) (Â − ηĀ)] − mean[η · analytic term] (raw advantages); ``control_variate=False``:
-        −mean[log π_θ(a|s) Â], the same estimator without the control variate.
-        """
-        if self.q_critic is None:
-            return super()._pg_surrogate(rollout_data, control_variate)
-        assert isinstance(rollout_data, (CVPGRolloutBufferSamples, CVPGDictRolloutBufferSamples))
-        actions = self._prepare_actions(rollout_data.actions)
-        _, log_prob, _ = self.policy.evaluate_actions(rollout_data.observations, actions)
-        if not control_variate:
-            return -(log_prob * rollout_data.plain_advantages).mean()
-        analytic = self._analytic_term(rollout_data.observations, rollout_data.q_constants, self.policy.action_dist)  # type: ignore[arg-type]
-        return -(log_prob * rollout_data.advantages).mean() - (rollout_data.eta * analytic).mean()
-
-    def _pg_control_variate_terms(
+    def control_variate_terms(
         self, obs: PyTorchObs, actions: th.Tensor, distribution: Distribution, values: th.Tensor
     ) -> tuple[th.Tensor, th.Tensor] | None:
         """
@@ -676,7 +640,7 @@ class CVPG(PPOBase):
         if self.baseline != "value":
             raise ValueError(f"variance_decomposition needs CVPG's value baseline (baseline='value'), got baseline={self.baseline!r}")
         control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions), values)
-        analytic = self._analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
+        analytic = self.analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
         return control_variate.detach(), analytic
 
     # ------------------------------------------------------------------ save / load
@@ -700,7 +664,7 @@ class CVPG(PPOBase):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_critic", "_rollout_end"]
+        return [*super()._excluded_save_params(), "q_critic", "_rollout_bootstrap"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()

@@ -1,7 +1,6 @@
 import io
 import pathlib
 from collections import defaultdict
-from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -13,7 +12,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
@@ -22,7 +21,7 @@ from sb3_pgext.common.compat import LegacyLoadMixin
 from sb3_pgext.common.critics import BatchedCriticMixin, check_optimizer_state
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
-from sb3_pgext.common.gradient_variance import GradientVarianceMixin, gradient_variance
+from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
 from sb3_pgext.common.utils import repeat_observations, with_callbacks
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
@@ -52,7 +51,7 @@ class PolicySample(NamedTuple):
     probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
 
 
-class OffPAC(AtomicSaveMixin, LegacyLoadMixin, GradientVarianceMixin, OffPolicyAlgorithm):
+class OffPAC(AtomicSaveMixin, LegacyLoadMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 
@@ -427,21 +426,16 @@ class OffPAC(AtomicSaveMixin, LegacyLoadMixin, GradientVarianceMixin, OffPolicyA
                 check_finite_loss("OffPAC", key, th.as_tensor(values), where)
             self.logger.record(f"train/{key}", np.mean(values))
 
-    # --- measured gradient variance (sb3_pgext.gradient_variance) ---------------------------------
+    def actor_loss(self, obs: PyTorchObs, baseline: bool = True) -> th.Tensor:
+        """
+        The actor's loss at the batch's states with fresh actions, α and the critics as they are now: the surrogate
+        whose gradient is minus the chosen estimator (what :func:`sb3_pgext.gradient_variance` measures);
+        ``baseline=False`` drops the leave-one-out baseline of "likelihood".
 
-    def _pg_parameters(self) -> list[th.nn.Parameter]:
-        return list(self.actor.parameters())
-
-    def _pg_minibatches(self, n_minibatches: int) -> Iterator[ReplayBufferSamples]:
-        """``n_minibatches`` fresh replay samples of ``batch_size`` transitions."""
-        if self.replay_buffer is None or self.replay_buffer.size() == 0:
-            raise ValueError("the replay buffer is empty: gradient_variance needs OffPAC to have collected data (call learn)")
-        for _ in range(n_minibatches):
-            yield self.replay_buffer.sample(self.batch_size, env=self._vec_normalize_env)
-
-    def _pg_surrogate(self, replay_data: ReplayBufferSamples, control_variate: bool) -> th.Tensor:
-        obs = replay_data.observations
-        return self._actor_loss(obs, self._sample_policy(obs), self._current_ent_coef(), baseline=control_variate)
+        :param obs: the states (policy input)
+        :param baseline: whether the estimator keeps its baseline
+        """
+        return self._actor_loss(obs, self._sample_policy(obs), self._current_ent_coef(), baseline=baseline)
 
     def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
         """SB3's callback, after the check that what enters the replay buffer is finite."""

@@ -1,17 +1,60 @@
+"""
+PPOKL: PPO with an adaptive (or fixed) KL penalty, with or without clipping (Schulman et al. 2017, section 4).
+
+The PPO update is written once in this package, here: :meth:`PPOKL.update_policy` is SB3's ``PPO.train`` with the
+KL penalty added. With ``clip_range`` a float and the penalty off (``kl_coef=0``, ``adaptive_kl=False``,
+``kl_hinge_coef=0``) it trains bit for bit as SB3's PPO with the same seed: ``tests/test_ppokl.py``'s bit-identity
+tests hold it, and fail when SB3's PPO changes. CVPG subclasses PPOKL: it prepares its control variate before the
+update and changes a minibatch's loss in the two places the loop names (:meth:`PPOKL._surrogate_advantages` and
+:meth:`PPOKL._control_variate_loss`).
+"""
+
+import warnings
+from collections import defaultdict
 from typing import Any, ClassVar, TypeVar
 
+import numpy as np
 import torch as th
-from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
+from gymnasium import spaces
+from stable_baselines3 import PPO
+from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, RolloutBufferSamples, Schedule
+from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
+from torch.nn import functional as F
 
-from sb3_pgext.common.on_policy import PPOBase
+from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, rollout_chunks, with_batch_indices
+from sb3_pgext.common.compat import LegacyLoadMixin
+from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
+from sb3_pgext.common.gradient_variance import gradient_variance
+from sb3_pgext.common.horizon import HorizonAwareValueMixin, TimeLeftCallback
+from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, mean_kl_from_fixed, sampled_kl, validate_kl_penalty_args
+from sb3_pgext.common.save_util import AtomicSaveMixin
+from sb3_pgext.common.utils import with_callbacks
 from sb3_pgext.ppokl.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 
 SelfPPOKL = TypeVar("SelfPPOKL", bound="PPOKL")
 
 
-class PPOKL(PPOBase):
+def kl_penalty(kl: th.Tensor, kl_coef: float, kl_hinge_coef: float, kl_target: float) -> th.Tensor:
+    """
+    The penalty added to the surrogate loss: β · KL (Schulman et al. 2017, section 4), plus the hinge
+    kl_hinge_coef · max(0, KL − 2 d_targ)² of modular_rl and Stein-PPO, a steep extra cost beyond 2 d_targ.
+
+    :param kl: the minibatch's mean KL between π_old and π_θ, differentiable in θ
+    :param kl_coef: β
+    :param kl_hinge_coef: the hinge's coefficient (0: no hinge)
+    :param kl_target: d_targ
+    """
+    penalty = kl_coef * kl
+    if kl_hinge_coef > 0:
+        penalty = penalty + kl_hinge_coef * F.relu(kl - 2.0 * kl_target).pow(2)
+    return penalty
+
+
+class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, LegacyLoadMixin, PPO):
     """
     Proximal Policy Optimization with an adaptive (or fixed) KL penalty, with or without clipping.
 
@@ -85,6 +128,7 @@ class PPOKL(PPOBase):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
+    loadable_policies = (ActorCriticPolicy,)
     loadable_files = "files saved by PPOKL, or by SB3's PPO to warm-start from"
 
     def __init__(
@@ -126,7 +170,13 @@ class PPOKL(PPOBase):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        if clip_range is None and kl_coef == 0 and not adaptive_kl and kl_hinge_coef == 0:
+        validate_kl_penalty_args(
+            kl_coef, kl_target, adaptive_kl, kl_update, kl_coef_bounds, kl_hinge_coef, kl_estimator, kl_direction
+        )
+        # a single gradient step per rollout (CVPG's vanilla surrogate) needs no trust region
+        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
+        one_step = n_epochs == 1 and batch_size >= n_steps * n_envs
+        if clip_range is None and kl_coef == 0 and not adaptive_kl and kl_hinge_coef == 0 and not one_step:
             raise ValueError(
                 "clip_range=None with kl_coef=0 and adaptive_kl=False leaves no trust region at all: "
                 "set clip_range to a float, kl_coef > 0, adaptive_kl=True or kl_hinge_coef > 0"
@@ -140,7 +190,7 @@ class PPOKL(PPOBase):
             n_epochs=n_epochs,
             gamma=gamma,
             gae_lambda=gae_lambda,
-            clip_range=clip_range,
+            clip_range=clip_range,  # type: ignore[arg-type]
             clip_range_vf=clip_range_vf,
             normalize_advantage=normalize_advantage,
             ent_coef=ent_coef,
@@ -151,28 +201,270 @@ class PPOKL(PPOBase):
             rollout_buffer_class=rollout_buffer_class,
             rollout_buffer_kwargs=rollout_buffer_kwargs,
             target_kl=target_kl,
-            kl_coef=kl_coef,
-            kl_target=kl_target,
-            adaptive_kl=adaptive_kl,
-            kl_update=kl_update,
-            kl_coef_bounds=kl_coef_bounds,
-            kl_hinge_coef=kl_hinge_coef,
-            kl_estimator=kl_estimator,
-            kl_direction=kl_direction,
-            log_grad_var=log_grad_var,
-            horizon_aware_value=horizon_aware_value,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
             verbose=verbose,
             seed=seed,
             device=device,
-            _init_setup_model=_init_setup_model,
+            _init_setup_model=False,
         )
+        self.kl_coef = float(kl_coef)
+        self.kl_target = kl_target
+        self.adaptive_kl = adaptive_kl
+        self.kl_update = kl_update
+        self.kl_coef_bounds = (float(kl_coef_bounds[0]), float(kl_coef_bounds[1]))
+        self.kl_hinge_coef = kl_hinge_coef
+        self.kl_estimator = kl_estimator
+        self.kl_direction = kl_direction
+        self.log_grad_var = log_grad_var
+        self.horizon_aware_value = horizon_aware_value
 
-    def _tracks_kl(self) -> bool:
-        # PPOKL always measures and logs d = Ê[KL] and β, also with the penalty switched off
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        # The rollout buffer records its minibatch indices (π_old's parameters are indexed with them for the closed-form
+        # KL) and, for a horizon-aware value, each sample's time left; the user's (or SB3's default) class is what is saved.
+        buffer_class = self.rollout_buffer_class
+        if buffer_class is None:
+            buffer_class = DictRolloutBuffer if isinstance(self.observation_space, spaces.Dict) else RolloutBuffer
+        if self.horizon_aware_value:
+            buffer_class = self.time_left_buffer_class(buffer_class)
+        user_buffer_class, self.rollout_buffer_class = self.rollout_buffer_class, with_batch_indices(buffer_class)
+        # PPO wraps clip_range in a schedule; None (no clipping) is PPOKL's own setting
+        clip_range = self.clip_range
+        if clip_range is None:
+            self.clip_range = 0.0  # type: ignore[assignment]
+        super()._setup_model()
+        self.rollout_buffer_class = user_buffer_class
+        if clip_range is None:
+            self.clip_range = None  # type: ignore[assignment]
+        self._old_params: DistributionParams | None = None
+        self.setup_horizon_aware_value()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_old_params"]
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        """SB3's callback, after the algorithm's own for collection (:meth:`_collection_callbacks`)."""
+        return super()._init_callback(with_callbacks(self._collection_callbacks(), callback), progress_bar)
+
+    def _collection_callbacks(self) -> list[BaseCallback]:
+        """
+        Callbacks the algorithm needs during collection: the check that what enters the rollout buffer is finite,
+        and the time left in the episode for a horizon-aware value.
+        """
+        return [FiniteTransitionCheck(), *([TimeLeftCallback()] if self.horizon_aware_value else [])]
+
+    @property
+    def penalty_active(self) -> bool:
+        """Whether the KL penalty takes part in the loss."""
+        return self.kl_coef > 0 or self.adaptive_kl or self.kl_hinge_coef > 0
+
+    @property
+    def measures_kl(self) -> bool:
+        """
+        Whether d = Ê[KL] between π_old and π_θ is measured over the rollout after each update and logged
+        (``train/kl``, ``train/kl_coef``): always for PPOKL, also with the penalty off.
+        """
         return True
+
+    # ------------------------------------------------------------------ the update
+
+    def train(self) -> None:
+        """PPOKL's update: the rollout's values and GAE again with the horizon-aware value (when used), then :meth:`update_policy`."""
+        if self.horizon_aware_value:  # V(s) with each sample's time left, at the parameters that collected the rollout
+            self.recompute_horizon_aware_returns()
+        self.update_policy()
+
+    def update_policy(self) -> None:
+        """
+        PPO's epochs of minibatch steps on the rollout buffer (SB3's ``PPO.train``) with the KL penalty, and β's rule
+        after the update (or after each step); logs SB3 PPO's ``train/`` keys and ``train/kl``, ``train/kl_coef``.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = None if self.clip_range is None else self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_range_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)  # type: ignore[operator]
+        logs: dict[str, list[float]] = defaultdict(list)
+        # π_old's distribution parameters over the rollout, for the closed-form KL (None: the sampled estimator)
+        self._old_params = None
+        if self.measures_kl and self.kl_estimator == "analytic":
+            self._old_params = self._rollout_distribution_params()
+        if self.log_grad_var:  # on the rollout, at the parameters that collected it
+            logs["grad_var"] = [gradient_variance(self)["variance"]]
+        parameters = list(self.policy.parameters())  # listed once per update rather than walking the modules every step
+
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            approx_kl_divs = []
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                actions = self._prepare_actions(rollout_data.actions)
+                values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
+                distribution = self.policy.action_dist  # π_θ(·|s) of the minibatch, where evaluate_actions leaves it
+                values = values.flatten()
+                if self.horizon_aware_value:  # V'(s) + (Σ γ^i) r̂(s), with the samples' time left
+                    values = self.with_horizon(values, rollout_data.time_left)  # type: ignore[attr-defined]
+
+                # Â (CVPG: Â − ηĀ), normalized per minibatch (not with a minibatch of one, see SB3 issue #325)
+                advantages = self._surrogate_advantages(rollout_data)
+                if self.normalize_advantage and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+                # the surrogate: PPO's clipped ratio, or the plain importance-weighted advantage without clipping
+                ratio = th.exp(log_prob - rollout_data.old_log_prob)
+                if clip_range is None:
+                    policy_loss = -(advantages * ratio).mean()
+                else:
+                    policy_loss_1 = advantages * ratio
+                    policy_loss_2 = advantages * th.clamp(ratio, 1 - clip_range, 1 + clip_range)
+                    policy_loss = -th.min(policy_loss_1, policy_loss_2).mean()
+                    logs["clip_fraction"].append(th.mean((th.abs(ratio - 1) > clip_range).float()).item())
+                logs["policy_gradient_loss"].append(policy_loss.item())
+
+                # the KL penalty β · KL(π_old ‖ π_θ) on the minibatch (+ the hinge)
+                if self.penalty_active:
+                    kl = self._minibatch_kl(rollout_data, log_prob, distribution)
+                    policy_loss = policy_loss + kl_penalty(kl, self.kl_coef, self.kl_hinge_coef, self.kl_target)
+                # CVPG: minus η times its control variate's analytic term
+                control_variate_loss = self._control_variate_loss(rollout_data, ratio, distribution, clip_range)
+                if control_variate_loss is not None:
+                    policy_loss = policy_loss + control_variate_loss
+
+                if clip_range_vf is None:
+                    values_pred = values
+                else:  # clip the difference between old and new value (depends on the reward scaling)
+                    values_pred = rollout_data.old_values + th.clamp(values - rollout_data.old_values, -clip_range_vf, clip_range_vf)
+                value_loss = F.mse_loss(rollout_data.returns, values_pred)
+                logs["value_loss"].append(value_loss.item())
+
+                # the entropy bonus, approximated where it has no closed form
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                logs["entropy_loss"].append(entropy_loss.item())
+
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                where = f"in epoch {epoch + 1} of the update at step {self.num_timesteps}, before its step"
+                check_finite_loss(type(self).__name__, "loss", loss, where)
+
+                # SB3's early stop: k3 estimate of KL(π_old ‖ π_θ) on the minibatch, see SB3 issue #417
+                with th.no_grad():
+                    log_ratio = log_prob - rollout_data.old_log_prob
+                    approx_kl_div = th.mean((th.exp(log_ratio) - 1) - log_ratio).cpu().numpy()
+                    approx_kl_divs.append(approx_kl_div)
+                if self.target_kl is not None and approx_kl_div > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl_div:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(parameters, self.max_grad_norm)
+                self.policy.optimizer.step()
+                if self.penalty_active and self.adaptive_kl and self.kl_update == "minibatch":  # β's rule after each step
+                    self.kl_coef = adapt_kl_coef(self.kl_coef, kl.item(), self.kl_target, self.kl_coef_bounds)
+
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        # d = Ê[KL] over the rollout after the update; β's rule: d < d_targ / 1.5 halves β, d > 1.5 · d_targ doubles it
+        if self.measures_kl:
+            logs["kl"] = [self._rollout_kl()]
+            if self.adaptive_kl and self.kl_update == "rollout":
+                self.kl_coef = adapt_kl_coef(self.kl_coef, logs["kl"][0], self.kl_target, self.kl_coef_bounds)
+
+        logs["approx_kl"] = approx_kl_divs  # SB3 logs the last epoch's mean
+        logs["loss"] = [loss.item()]
+        for key in ("entropy_loss", "policy_gradient_loss", "value_loss", "approx_kl", "clip_fraction", "loss", "grad_var"):
+            if logs[key]:
+                self.logger.record(f"train/{key}", np.mean(logs[key]))
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/explained_variance", explained_var)
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        if clip_range is not None:
+            self.logger.record("train/clip_range", clip_range)
+        if clip_range_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_range_vf)
+        if self.measures_kl:
+            self.logger.record("train/kl", logs["kl"][0])
+            self.logger.record("train/kl_coef", self.kl_coef)
+
+    def _surrogate_advantages(self, rollout_data: RolloutBufferSamples) -> th.Tensor:
+        """The advantages the surrogate weighs, before their normalization: the rollout's Â (CVPG: Â − ηĀ)."""
+        return rollout_data.advantages
+
+    def _control_variate_loss(
+        self, rollout_data: RolloutBufferSamples, ratio: th.Tensor, distribution: Any, clip_range: float | None
+    ) -> th.Tensor | None:
+        """A term added to the policy loss: none for PPOKL (CVPG: minus η times its control variate's analytic term)."""
+        return None
+
+    # ------------------------------------------------------------------ the KL between π_old and π_θ
+
+    def _prepare_actions(self, actions: th.Tensor) -> th.Tensor:
+        """The buffer stores actions as float; Discrete ones are indices."""
+        if isinstance(self.action_space, spaces.Discrete):
+            return actions.long().flatten()
+        return actions
+
+    def _minibatch_kl(self, rollout_data: RolloutBufferSamples, log_prob: th.Tensor, distribution: Any) -> th.Tensor:
+        """
+        Mean KL between π_old and π_θ over a minibatch, in ``kl_direction``, differentiable in θ: the closed form
+        when π_old's parameters were kept, else the sampled ``kl_estimator`` on the taken actions.
+        """
+        if self._old_params is not None:
+            assert isinstance(self.rollout_buffer, BatchIndicesMixin) and self.rollout_buffer.batch_inds is not None
+            old_params = self._old_params[th.from_numpy(self.rollout_buffer.batch_inds).to(self.device)]
+            new_params = DistributionParams.capture(distribution, detach=False)
+            assert new_params is not None, "π_θ is of π_old's family"
+            if self.kl_direction == "forward":
+                return mean_kl_from_fixed(old_params, new_params)
+            return self._analytic_kl(old_params, new_params).mean()
+        log_ratio = log_prob - rollout_data.old_log_prob
+        return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean()  # type: ignore[arg-type]
+
+    @property
+    def _sampled_estimator(self) -> str:
+        return "k3" if self.kl_estimator == "analytic" else self.kl_estimator
+
+    def _analytic_kl(self, old: DistributionParams, new: DistributionParams) -> th.Tensor:
+        return analytic_kl(old, new) if self.kl_direction == "forward" else analytic_kl(new, old)
+
+    @th.no_grad()
+    def _rollout_distribution_params(self) -> DistributionParams | None:
+        """The current policy's distribution parameters for every state of the rollout (None, with a warning: no closed form)."""
+        parts = []
+        for obs, _ in rollout_chunks(self.rollout_buffer, self.policy, self.device):
+            params = DistributionParams.capture(self.policy.get_distribution(obs))
+            if params is None:
+                warnings.warn(
+                    f"{type(self.policy.action_dist).__name__} has no closed-form KL here: "
+                    "kl_estimator='analytic' falls back to the sampled 'k3' estimator",
+                    stacklevel=4,
+                )
+                return None
+            parts.append(params)
+        return DistributionParams.cat(parts)
+
+    @th.no_grad()
+    def _rollout_kl(self) -> float:
+        """d = Ê[KL] between the rollout policy and the current policy over the whole rollout."""
+        if self._old_params is not None:
+            new_params = self._rollout_distribution_params()
+            assert new_params is not None
+            return self._analytic_kl(self._old_params, new_params).mean().item()
+        actions = flat_actions(self.rollout_buffer)
+        old_log_prob = th.as_tensor(self.rollout_buffer.log_probs.flatten(), device=self.device)
+        log_probs = []
+        for obs, chunk in rollout_chunks(self.rollout_buffer, self.policy, self.device):
+            chunk_actions = self._prepare_actions(self.rollout_buffer.to_torch(actions[chunk].astype(np.float32)))
+            log_probs.append(self.policy.get_distribution(obs).log_prob(chunk_actions))
+        log_ratio = th.cat(log_probs) - old_log_prob
+        return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean().item()  # type: ignore[arg-type]
 
     def learn(
         self: SelfPPOKL,

@@ -64,14 +64,14 @@ from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.suite.config import load_suite
 from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
 from sb3_pgext.suite.speed import (
-    _synchronize,
-    _update_step,
     core_counts,
     pin_to_cores,
     pinned_note,
     sbx_available,
     sbx_device,
     sbx_sac_like,
+    synchronize,
+    update_step,
     zoo_model,
 )
 
@@ -138,7 +138,7 @@ def _learn_step(steps: int, warm_up_steps: int | None = None) -> Callable[[BaseA
 
 def _train_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
     """Warm-up: fill a batch and call ``train()`` once; timed: ``train()`` (64 gradient steps)."""
-    step, updates = _update_step(model)
+    step, updates = update_step(model)
     step()
     return step, updates
 
@@ -259,11 +259,11 @@ def race(entrants: list[Contender], repeats: int) -> tuple[list[list[str]], list
         orders.append([entrants[index].name for index in order])
         for index in order:
             step, count = steps[index]
-            _synchronize(models[index].device)
+            synchronize(models[index].device)
             start, start_cpu = time.perf_counter(), time.process_time()
             with contextlib.redirect_stdout(io.StringIO()):
                 step()
-            _synchronize(models[index].device)
+            synchronize(models[index].device)
             wall = time.perf_counter() - start
             entrants[index].values.append(count / wall)
             entrants[index].cores.append((time.process_time() - start_cpu) / wall)
@@ -280,10 +280,10 @@ def close_envs(models: list[BaseAlgorithm]) -> None:
 
 def _train_ms_per_step(model: BaseAlgorithm, gradient_steps: int) -> float:
     """Milliseconds per gradient step of one unprofiled ``train()`` call (waiting for a GPU to finish)."""
-    _synchronize(model.device)
+    synchronize(model.device)
     start = time.perf_counter()
     model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-    _synchronize(model.device)
+    synchronize(model.device)
     return 1e3 * (time.perf_counter() - start) / gradient_steps
 
 
@@ -321,7 +321,7 @@ def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, 
     ms_per_step = _train_ms_per_step(model, gradient_steps)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as profiler:
         model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-        _synchronize(model.device)
+        synchronize(model.device)
     kernels = [event for event in profiler.events() if event.device_type == DeviceType.CUDA]
     return {
         "ms_per_step": ms_per_step,

@@ -168,6 +168,11 @@ def display(algo: str, suite: Suite | None = None) -> str:
     return NAMES.get(algo, algo.upper())
 
 
+def is_ours(algo: str, suite: Suite) -> bool:
+    """Whether ``algo`` (a zoo name or a variant of the suite) is one of the package's algorithms."""
+    return suite.zoo_algo(algo) in ALGORITHMS
+
+
 def suite_path(name_or_path: str | Path) -> Path:
     """A suite file: a path, or the name of one of the package's suites ("quick", "standard")."""
     path = Path(name_or_path)

@@ -1,7 +1,8 @@
 """
 The report's "Where the variance comes from" section: the variance decompositions that
-:class:`sb3_pgext.VarianceDecompositionCallback` logged into the runs' ``progress.csv``, as a table and a bar
-plot in the style of Tucker et al. (2018, https://arxiv.org/abs/1802.10031), Figure 1.
+:class:`sb3_pgext.VarianceDecompositionCallback` logged into the runs' ``progress.csv``, read by stage, as tables
+(beside the final returns) and a bar plot (:func:`~sb3_pgext.suite.plots.plot_terms`) in the style of Tucker et
+al. (2018, https://arxiv.org/abs/1802.10031), Figure 1.
 """
 
 from pathlib import Path
@@ -11,8 +12,10 @@ import numpy as np
 
 from sb3_pgext.common.callbacks import ESTIMATORS, STAGES
 from sb3_pgext.common.variance_decomposition import TERMS
-from sb3_pgext.suite.config import Suite
-from sb3_pgext.suite.report import Cell, _estimate, _save, display, read_progress
+from sb3_pgext.suite.config import Suite, display
+from sb3_pgext.suite.formatting import estimate
+from sb3_pgext.suite.plots import plot_terms
+from sb3_pgext.suite.results import Cell, read_progress
 from sb3_pgext.suite.runner import jobs_of, read_result
 
 PLOT = "variance_decomposition.png"
@@ -30,7 +33,7 @@ Decompositions = dict[int, dict[str, dict[str, float]]]
 
 
 def read_decompositions(progress: dict[str, np.ndarray]) -> Decompositions:
-    """The decompositions one run logged (its :func:`~sb3_pgext.suite.report.read_progress` columns), by stage."""
+    """The decompositions one run logged (its :func:`~sb3_pgext.suite.results.read_progress` columns), by stage."""
     if "decomposition/stage" not in progress:
         return {}
     result: Decompositions = {}
@@ -84,7 +87,7 @@ def _estimator_terms(suite: Suite, env_id: str, cells: dict[tuple[str, str], lis
 def decomposition_section(suite: Suite, out: Path, returns: dict[tuple[str, str], Cell]) -> list[str]:
     """
     The section (and its plot), or nothing when no finished run logged a decomposition; ``returns``: the report's
-    cells (:func:`~sb3_pgext.suite.report.collect`), for the returns beside the variances.
+    cells (:func:`~sb3_pgext.suite.results.collect`), for the returns beside the variances.
     """
     cells = collect_decompositions(suite, out)
     if not cells:
@@ -186,7 +189,7 @@ def return_beside_variance(
         for algo in dict.fromkeys(algo for algo, _, _ in rows):
             estimator = next(estimator for estimator in (*OWN_ESTIMATORS, *ESTIMATORS) if (algo, estimator) in measured)
             per_stage, cell = measured[(algo, estimator)], returns.get((env_id, algo))
-            final = _estimate(*cell.final_estimates["mean"], len(cell.seeds)) if cell is not None else ""
+            final = estimate(*cell.final_estimates["mean"], len(cell.seeds)) if cell is not None else ""
             by_stage = {
                 term: " / ".join(f"{np.mean([t[term] for t in terms]):.3g}" if terms else "–" for terms in per_stage)
                 for term in ("trajectory", "total")
@@ -196,45 +199,3 @@ def return_beside_variance(
                 f"| {final} | {by_stage['trajectory']} | {by_stage['total']} |"
             )
     return lines + [""]
-
-
-def plot_terms(bars: dict[str, list[tuple[str, list[list[dict[str, float]]]]]], path: Path) -> None:
-    """
-    Bars of the state, action and trajectory terms (mean over runs) per estimator, env and stage, in the style of
-    Tucker et al.'s Figure 1 (log scale; a term estimated at or below zero, within its noise, or exactly zero as
-    the ceiling's action term, has no bar).
-
-    :param bars: per env (a row of panels), its estimators in order: the tick label and, per stage, the terms of
-        each run (dicts with ``state``, ``action``, ``trajectory``)
-    :param path: the figure's file
-    """
-    import matplotlib.pyplot as plt
-
-    panel_width = max(6.0, 0.75 * max(len(estimators) for estimators in bars.values()))  # room for every tick label
-    fig, axes = plt.subplots(len(bars), len(STAGES), figsize=(panel_width * len(STAGES), 3.4 * len(bars)), squeeze=False)
-    colours = {"state": "tab:blue", "action": "tab:orange", "trajectory": "tab:green"}
-    for row, (env_id, estimators) in enumerate(bars.items()):
-        for stage, stage_name in enumerate(STAGES):
-            ax, largest, labelled = axes[row][stage], 0.0, set()
-            for index, (_, per_stage) in enumerate(estimators):
-                terms = per_stage[stage]
-                for offset, term in zip((-0.27, 0.0, 0.27), ("state", "action", "trajectory")):
-                    value = float(np.mean([t[term] for t in terms])) if terms else np.nan
-                    largest = max(largest, value if np.isfinite(value) else 0.0)
-                    if value > 0:
-                        ax.bar(
-                            index + offset, value, width=0.27, color=colours[term], label=None if term in labelled else term
-                        )
-                        labelled.add(term)
-            ax.set_yscale("log")
-            if largest > 0:
-                ax.set_ylim(bottom=largest * 1e-3)
-            ax.set_xticks(range(len(estimators)), [label for label, _ in estimators], fontsize=6)
-            ax.set_title(f"{env_id}, {stage_name}", fontsize=9)
-            if row == 0 and stage == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle(
-        "Variance of the per-sample policy gradient: state, action and trajectory terms (mean over seeds)", fontsize=10
-    )
-    fig.tight_layout()
-    _save(path, fig)

@@ -13,7 +13,8 @@ stepping is left out, so the figures isolate what a GPU can speed up. The result
 ``<out>/speed.json``, which the report turns into its "Updates per second" section. When sbx-rl is
 installed (the ``[sbx]`` extra), SBX's SAC (SB3's JAX port) with the hyperparameters the zoo gave SB3's SAC
 is timed beside them on the CPU, as an outside anchor (``algo`` "sbx"). For env steps per second side by
-side, see :mod:`sb3_pgext.suite.compare`.
+side, see :mod:`sb3_pgext.suite.compare`, which builds and times its models with this module's helpers
+(:func:`zoo_model`, :func:`update_step`, :func:`synchronize`, :func:`pin_to_cores`, the SBX ones).
 """
 
 import argparse
@@ -111,7 +112,7 @@ def sbx_sac_like(model: BaseAlgorithm) -> BaseAlgorithm:
     return sbx.SAC("MlpPolicy", model.get_env(), seed=0, policy_kwargs={"net_arch": net_arch} if net_arch else None, **kwargs)
 
 
-def _update_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
+def update_step(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
     """Give ``model`` one batch of data; return one call of its ``train()`` and the updates it makes."""
     if isinstance(model, OffPolicyAlgorithm):
         model.learn(total_timesteps=max(model.learning_starts, model.batch_size) + 1)
@@ -158,7 +159,8 @@ def pinned_note(data: dict[str, Any]) -> str:
     return f", the process pinned to {allowed} of the machine's {machine} cores" if allowed and machine and allowed < machine else ""
 
 
-def _synchronize(device: th.device) -> None:
+def synchronize(device: th.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA's kernels run asynchronously), so that a timer stops after it."""
     if device.type == "cuda":
         th.cuda.synchronize(device)
 
@@ -171,14 +173,14 @@ def updates_per_second(model: BaseAlgorithm, repeats: int = 3) -> dict[str, floa
     :param model: a model built by :func:`zoo_model`
     :param repeats: timed calls
     """
-    step, updates = _update_step(model)
+    step, updates = update_step(model)
     step()
     seconds = []
     for _ in range(repeats):
-        _synchronize(model.device)
+        synchronize(model.device)
         start = time.perf_counter()
         step()
-        _synchronize(model.device)
+        synchronize(model.device)
         seconds.append(time.perf_counter() - start)
     median = statistics.median(seconds)
     return {"updates_per_call": updates, "seconds_per_call": median, "updates_per_s": updates / median}
