@@ -10,7 +10,7 @@ from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from sb3_pgext.cvpg import CVPG
-from sb3_pgext.cvpg.critic import FINITE_ACTION_SPACES
+from sb3_pgext.cvpg.q_critic import FINITE_ACTION_SPACES
 from sb3_pgext.offpac import OffPAC
 from sb3_pgext.offpac.offpac import SUPPORTED_ACTION_SPACES as OFFPAC_ACTION_SPACES
 from sb3_pgext.ppokl import PPOKL

@@ -31,7 +31,7 @@ from sb3_pgext.common.estimators import (
 from sb3_pgext.common.buffers import flat_array
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
-from sb3_pgext.cvpg.critic import joint_action_index, joint_action_probs
+from sb3_pgext.cvpg.q_critic import joint_action_index, joint_action_probs
 
 TINY = dict(n_steps=32, batch_size=32, n_epochs=2, qf_gradient_steps=2, qf_batch_size=16, qf_buffer_size=1_000,
             qf_net_arch=[16], policy_kwargs=dict(net_arch=[16]))

@@ -19,14 +19,16 @@ from sb3_pgext.suite.results import Cell
 from sb3_pgext.suite.runner import jobs_of
 from sb3_pgext.suite.scores import SCORE_RANGES, normalize
 
+# the budget is a multiple of PPOKL's CartPole-v1 rollout (n_steps 128 x 8 envs in hyperparams/ppokl.yml): the zoo
+# trains whole rollouts
 TINY_SUITE = """
 description: two tiny cells
 seeds: [0, 1]
-eval_freq: 256
+eval_freq: 1024
 eval_episodes: 2
 envs:
   CartPole-v1:
-    n_timesteps: 512
+    n_timesteps: 2048
     threshold: 15
     algos: [ppokl, ppo]
     note: A budget for tests only.
@@ -106,14 +108,14 @@ def test_run_resume_and_report(tmp_path, monkeypatch):
     jobs = jobs_of(suite)
     assert len(jobs) == 4
     results = [json.loads((job.root(out) / "result.json").read_text()) for job in jobs]
-    assert all(result["fps"] > 0 and result["n_timesteps"] == 512 for result in results)
+    assert all(result["fps"] > 0 and result["n_timesteps"] == 2048 for result in results)
     # the recorded command names no interpreter path of this machine
     assert all(result["command"][:4] == ["python", "-m", "sb3_pgext.zoo", "train"] for result in results)
     # and the versions it trained with, which the report prints (not those of the process writing it)
     assert all(result["versions"]["SB3"] == __import__("stable_baselines3").__version__ and result["cpu"] for result in results)
     for job in jobs:  # the zoo's own layout, with its evaluations
         with np.load(job.log_dir(out) / "evaluations.npz") as data:
-            assert list(data["timesteps"]) == [256, 512] and data["results"].shape == (2, 2)
+            assert list(data["timesteps"]) == [1024, 2048] and data["results"].shape == (2, 2)
 
     # resumable: finished runs are skipped, an unfinished one (no result.json) is trained again from scratch
     stamps = {job: (job.root(out) / "result.json").stat().st_mtime_ns for job in jobs}

@@ -20,11 +20,11 @@ ray = pytest.importorskip("ray")
 TINY_SUITE = """
 description: tiny cells for the Ray backend
 seeds: [0, 1]
-eval_freq: 128
+eval_freq: 512
 eval_episodes: 2
 envs:
   CartPole-v1:
-    n_timesteps: 256
+    n_timesteps: 1024
     threshold: 15
     algos: [ppokl, ppo]
     note: A budget for tests only.
@@ -52,7 +52,7 @@ def test_ray_runs_the_suite_as_the_local_runner_does_seed_for_seed(tiny_suite, t
         folder = Path.cwd() / result["command"][result["command"].index("-f") + 1]  # relative to the working folder if in it
         assert result["backend"] == "ray" and folder == job.root(on_ray)  # the driver's folder, no path of the worker's
         (steps, returns), (local_steps, local_returns) = evaluations(job, on_ray), evaluations(job, local)
-        assert list(steps) == [128, 256] and np.array_equal(steps, local_steps)
+        assert list(steps) == [512, 1024] and np.array_equal(steps, local_steps)
         assert np.array_equal(returns, local_returns), job  # the same evaluations, seed for seed
         assert (job.log_dir(on_ray) / f"{job.env.env_id}.zip").is_file()
 

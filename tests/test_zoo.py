@@ -80,6 +80,57 @@ def test_registry_entries_are_complete():
         assert algorithm.peers and all(peer in zoo_utils.ALGOS and peer not in ALGORITHMS for peer in algorithm.peers)
 
 
+def test_experiment_manager_patches_match_upstream():
+    """
+    register() replaces ExperimentManager.__init__, the private _preprocess_schedules and learn (no supported way in
+    rl_zoo3; docs/development.md): this fails when the zoo changes what they rely on.
+    """
+    import inspect
+
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    register()
+    init = ExperimentManager.__init__._sb3_pgext_original
+    parameters = inspect.signature(init).parameters
+    assert list(parameters)[:3] == ["self", "args", "algo"] and parameters["config"].default is None
+    assert isinstance(inspect.getattr_static(ExperimentManager, "_preprocess_schedules"), staticmethod)
+    schedules = ExperimentManager._preprocess_schedules._sb3_pgext_original
+    assert list(inspect.signature(schedules).parameters) == ["hyperparams"]
+    learn = ExperimentManager.learn._sb3_pgext_original
+    assert list(inspect.signature(learn).parameters) == ["self", "model"]
+    assert "self.callbacks" in inspect.getsource(learn) and "save_path" in inspect.getsource(ExperimentManager)
+    # the zoo still fails on None without the patch: when it stops failing, the patch can go
+    with pytest.raises(ValueError):
+        schedules({"clip_range": None})
+
+
+def test_hub_patches_match_upstream():
+    """
+    The hub fixes (sb3_pgext/zoo/hub.py) wrap public names of huggingface_sb3 and huggingface_hub that rl_zoo3's
+    scripts import when they start: this fails when those names, or the scripts' imports of them, change.
+    """
+    import importlib
+    import inspect
+
+    import huggingface_hub.repocard
+    import huggingface_sb3
+    import rl_zoo3
+
+    register()
+    scripts = Path(rl_zoo3.__file__).parent
+    load_source, push_source = (scripts / "load_from_hub.py").read_text(), (scripts / "push_to_hub.py").read_text()
+    assert "from huggingface_sb3 import" in load_source and "load_from_hub" in load_source and "except HTTPError:" in load_source
+    assert "from requests.exceptions import HTTPError" in load_source
+    assert "from huggingface_hub.repocard import metadata_save" in push_source and "import HfApi" in push_source
+    assert "generate_metadata" in push_source and "pip install rl_zoo3" in push_source and "python -m rl_zoo3." in push_source
+    original = huggingface_sb3.load_from_hub._sb3_pgext_original
+    assert list(inspect.signature(original).parameters) == ["repo_id", "filename"]
+    original = huggingface_hub.repocard.metadata_save._sb3_pgext_original
+    assert list(inspect.signature(original).parameters) == ["local_path", "data"]
+    hf_push = importlib.import_module("huggingface_sb3.push_to_hub")
+    assert list(inspect.signature(hf_push._generate_metadata).parameters) == ["model_name", "env_id", "mean_reward", "std_reward"]
+
+
 def test_null_schedules_pass_through_the_zoo():
     """A stored PPOKL trial with clip_range None (penalty only) must not break --trial-id."""
     from rl_zoo3.exp_manager import ExperimentManager
@@ -199,8 +250,7 @@ def test_push_to_hub_then_load_from_hub_and_enjoy_offline(tmp_path, monkeypatch)
     a local hub cache, then load_from_hub and enjoy from that cache with HF_HUB_OFFLINE=1. Acrobot's
     entry normalises observations: vec_normalize.pkl travels too.
     """
-    register()  # as `python -m sb3_pgext.zoo` does first: it fixes the zoo's hub scripts, imported below
-    import rl_zoo3.push_to_hub as zoo_push
+    import huggingface_hub
 
     logs = tmp_path / "logs"
     zoo("train", "--algo", "ppokl", "--env", "Acrobot-v1", "-n", "256", "-f", str(logs), "--eval-freq", "-1",
@@ -220,8 +270,8 @@ def test_push_to_hub_then_load_from_hub_and_enjoy_offline(tmp_path, monkeypatch)
             shutil.copytree(folder_path, copy)
             uploads.append((repo_id, copy, commit_message))
 
-    register()
-    monkeypatch.setattr(zoo_push, "HfApi", FakeHfApi)
+    # the zoo runs push_to_hub as a fresh module (runpy), which imports HfApi from huggingface_hub when it starts
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     monkeypatch.chdir(tmp_path)
     zoo("push_to_hub", "--algo", "ppokl", "--env", "Acrobot-v1", "-f", str(logs), "-orga", "testorg", "-m", "tiny agent",
         "--no-render")  # fmt: skip

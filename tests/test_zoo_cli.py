@@ -96,3 +96,14 @@ def test_gradient_variance_prints_as_one_line():
     result = gradient_variance(model)
     assert repr(result).startswith(f"GradientVariance(variance={result['variance']:.6g}, mean_sq_norm=")
     assert "tensor" not in repr(result) and repr(result).endswith("n_minibatches=16, minibatch_size=4, mean=<" f"{result['mean'].numel()} values>)")
+
+
+@pytest.mark.parametrize("command", ["record_video", "push_to_hub", "load_from_hub"])
+def test_scripts_run_with_runpy_see_the_registered_algorithms(command, capsys):
+    """The zoo's __main__-block scripts run as a fresh module (runpy): their --algo choices still hold ours."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert f"usage: sb3_pgext.zoo {command}" in printed
+    assert "ppokl" in printed and "cvpg" in printed and "offpac" in printed

@@ -207,6 +207,12 @@ def run(study: Study, n_trials: int | None) -> None:
                 raise SystemExit(f"trial {number} of {study.name} failed: see {WORK / study.name}.trial.log")
 
 
+def ranking(trial: dict[str, Any]) -> tuple[float, float]:
+    """A complete trial's rank: its value (the last evaluation), then the mean of its evaluations along the run."""
+    evaluations = list(trial["intermediate_values"].values())
+    return trial["value"], sum(evaluations) / len(evaluations) if evaluations else float("-inf")
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -242,14 +248,19 @@ def report() -> None:
             f"`python benchmark/tuning/run.py run {name}`: each trial `{exported['command']}`",
             "",
         ]
-        complete = sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=lambda trial: -trial["value"])
+        complete = sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
         if not complete:
             continue
-        lines += ["| trial | value | " + " | ".join(complete[0]["params"]) + " |"]
-        lines += ["| --- " * (len(complete[0]["params"]) + 2) + "|"]
+        lines += [
+            "Ranked by the last evaluation, ties (the env's maximum, often) broken by the mean of the run's evaluations:",
+            "the run that got there sooner.",
+            "",
+            "| trial | value | mean of evaluations | " + " | ".join(complete[0]["params"]) + " |",
+            "| --- " * (len(complete[0]["params"]) + 3) + "|",
+        ]
         for trial in complete[:5]:
             values = [_fmt(trial["params"].get(key, "")) for key in complete[0]["params"]]
-            lines += [f"| {trial['number']} | {trial['value']:.1f} | " + " | ".join(values) + " |"]
+            lines += [f"| {trial['number']} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
         best = complete[0]
         converted = CONVERTERS[study.algo](dict(best["params"]))
         lines += ["", f"Trial {best['number']}'s hyperparameters (as `--trial-id {best['number']}` builds them):", "", "```yaml"]

@@ -32,7 +32,7 @@ from stable_baselines3.common.type_aliases import GymEnv
 
 AlgorithmType = TypeVar("AlgorithmType", bound=BaseAlgorithm)
 
-#: The file that :meth:`LegacyLoadMixin.load` is loading (None outside a load), for the messages of its checks
+#: The file that :meth:`CheckedLoadMixin.load` is loading (None outside a load), for the messages of its checks
 _LOADING: ContextVar[str | Path | io.BufferedIOBase | None] = ContextVar("_LOADING", default=None)
 
 
@@ -226,7 +226,7 @@ def load_model(
         return algo_class.load(path, env=env, custom_objects=_with_legacy_objects(saved_data(path), env, custom_objects), **kwargs)
 
 
-class LegacyLoadMixin:
+class CheckedLoadMixin:
     """
     ``load`` for this package's algorithms: it reads agents saved with ``gym`` and by SB3 < 1.0 (see
     :func:`load_model`), warm-starts from the files of the algorithm's SB3 peer (``PPOKL.load("ppo.zip")``,
@@ -236,9 +236,9 @@ class LegacyLoadMixin:
     """
 
     #: the policy classes whose files the algorithm reads (its own, and its SB3 peer's)
-    loadable_policies: ClassVar[tuple[type, ...]] = ()
+    accepted_policy_classes: ClassVar[tuple[type, ...]] = ()
     #: the files it reads, in words, for the error messages
-    loadable_files: ClassVar[str] = ""
+    accepted_files: ClassVar[str] = ""
 
     @classmethod
     def _policy_class_for(cls, saved: type) -> type | None:
@@ -265,10 +265,10 @@ class LegacyLoadMixin:
         if not isinstance(saved, type):
             return custom_objects
         ours = cls._policy_class_for(saved)
-        if ours is None and not issubclass(saved, cls.loadable_policies):
+        if ours is None and not issubclass(saved, cls.accepted_policy_classes):
             raise ValueError(
                 f"{path} holds a model whose policy is {saved.__module__}.{saved.__qualname__}: it was not saved by "
-                f"an algorithm {cls.__name__} can load. {cls.__name__}.load reads {cls.loadable_files}"
+                f"an algorithm {cls.__name__} can load. {cls.__name__}.load reads {cls.accepted_files}"
             )
         return custom_objects if ours is None else {**custom_objects, "policy_class": ours}
 
@@ -319,7 +319,7 @@ class LegacyLoadMixin:
                 if not _has_object(self, name):
                     raise ValueError(
                         f"{path} holds {name!r}, which {type(self).__name__} does not have: it was saved by another "
-                        f"algorithm. {type(self).__name__}.load reads {self.loadable_files}"
+                        f"algorithm. {type(self).__name__}.load reads {self.accepted_files}"
                     )
         return super().set_parameters(load_path_or_dict, exact_match=exact_match, device=device)  # type: ignore[misc]
 

@@ -16,7 +16,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
 from sb3_pgext.common.estimators import clipped_gaussian_mean, rollout_folds
 from sb3_pgext.common.utils import index_observations, isolated_random_streams, value_net_layers
-from sb3_pgext.cvpg.critic import QCritic, joint_action_probs
+from sb3_pgext.cvpg.q_critic import QCritic, joint_action_probs
 
 
 def crossfit_r2(targets: np.ndarray, features: np.ndarray, folds: np.ndarray) -> float:
@@ -43,7 +43,7 @@ class CriticPredictabilityCallback(BaseCallback):
     critic can learn from the data it may use; a share near 0 says no critic of this design, however weighted,
     cuts Â's variance.
 
-    Two critics (:class:`~sb3_pgext.cvpg.critic.QCritic`, least squares onto Â with the value network's
+    Two critics (:class:`~sb3_pgext.cvpg.q_critic.QCritic`, least squares onto Â with the value network's
     layers) are fitted beside training, one per fold of each rollout (half the envs, or the two halves of a
     single env's rollout), each only on the other fold's samples, with their own random streams. Per rollout,
     with the state part c(s) = Q_w(s, m(s)) (m the mean of the executed action; Σ_a π(a|s) Q_w(s, a) for finite

@@ -36,7 +36,7 @@ from sb3_pgext.cvpg.buffers import (
     CVPGRolloutBuffer,
 )
 from sb3_pgext.cvpg.callbacks import CVPGCollectionCallback
-from sb3_pgext.cvpg.critic import (
+from sb3_pgext.cvpg.q_critic import (
     FINITE_ACTION_SPACES,
     MAX_JOINT_ACTIONS,
     QF_TARGETS,
@@ -77,7 +77,7 @@ class CVPG(PPOKL):
     1. Ā, η and the analytic term's constants are computed for every sample (:meth:`prepare_control_variate`)
        and travel as named fields of the rollout buffer's samples (:class:`~sb3_pgext.cvpg.buffers.CVPGRolloutBufferSamples`);
     2. the policy is updated on the chosen surrogate of Â − ηĀ minus η times the analytic term (see :meth:`train`);
-    3. the critic is fitted (:class:`~sb3_pgext.cvpg.critic.QCritic`): by regression onto the rollout's
+    3. the critic is fitted (:class:`~sb3_pgext.cvpg.q_critic.QCritic`): by regression onto the rollout's
        advantages (``qf_target="advantages"``) or λ-returns ("returns", default), or by Q-Prop's off-policy TD
        on a replay buffer ("td").
 
@@ -187,7 +187,7 @@ class CVPG(PPOKL):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
-    loadable_files = "files saved by CVPG, or by PPOKL or SB3's PPO to warm-start from (Q_w then starts fresh)"
+    accepted_files = "files saved by CVPG, or by PPOKL or SB3's PPO to warm-start from (Q_w then starts fresh)"
     q_critic: QCritic | None
 
     def __init__(

@@ -17,7 +17,7 @@ from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
 
-from sb3_pgext.common.compat import LegacyLoadMixin
+from sb3_pgext.common.compat import CheckedLoadMixin
 from sb3_pgext.common.critics import BatchedCriticMixin, check_optimizer_state
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
@@ -51,7 +51,7 @@ class PolicySample(NamedTuple):
     probs: th.Tensor | None  # π(·|s) for Discrete actions, shape (batch, n_actions)
 
 
-class OffPAC(AtomicSaveMixin, LegacyLoadMixin, OffPolicyAlgorithm):
+class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
     """
     Off-policy actor-critic with a Q critic, for Discrete and Box actions.
 
@@ -132,8 +132,8 @@ class OffPAC(AtomicSaveMixin, LegacyLoadMixin, OffPolicyAlgorithm):
         "MultiInputPolicy": MultiInputPolicy,
     }
     policy: OffPACPolicy
-    loadable_policies = (OffPACPolicy,)
-    loadable_files = "files saved by OffPAC, or by SB3's SAC to warm-start from"
+    accepted_policy_classes = (OffPACPolicy,)
+    accepted_files = "files saved by OffPAC, or by SB3's SAC to warm-start from"
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
 from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, rollout_chunks, with_batch_indices
-from sb3_pgext.common.compat import LegacyLoadMixin
+from sb3_pgext.common.compat import CheckedLoadMixin
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.horizon import HorizonAwareValueMixin, TimeLeftCallback
@@ -54,7 +54,7 @@ def kl_penalty(kl: th.Tensor, kl_coef: float, kl_hinge_coef: float, kl_target: f
     return penalty
 
 
-class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, LegacyLoadMixin, PPO):
+class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
     """
     Proximal Policy Optimization with an adaptive (or fixed) KL penalty, with or without clipping.
 
@@ -128,8 +128,8 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, LegacyLoadMixin, PPO):
         "CnnPolicy": CnnPolicy,
         "MultiInputPolicy": MultiInputPolicy,
     }
-    loadable_policies = (ActorCriticPolicy,)
-    loadable_files = "files saved by PPOKL, or by SB3's PPO to warm-start from"
+    accepted_policy_classes = (ActorCriticPolicy,)
+    accepted_files = "files saved by PPOKL, or by SB3's PPO to warm-start from"
 
     def __init__(
         self,

@@ -81,20 +81,27 @@ def register(log_csv: bool = False) -> None:
     zoo_opt.HYPERPARAMS_SAMPLER.update(SAMPLERS)
     zoo_opt.HYPERPARAMS_CONVERTER.update(CONVERTERS)
 
+    # The three patches of ExperimentManager below have no supported way in rl_zoo3 2.9.2; each keeps the zoo's
+    # method as ``_sb3_pgext_original``, and tests/test_zoo.py (test_experiment_manager_patches_match_upstream)
+    # fails when the zoo's method changes the signature they rely on.
     manager = zoo_exp_manager.ExperimentManager
     if not getattr(manager.__init__, "_sb3_pgext", False):
         zoo_init = manager.__init__
 
+        # why: the zoo's default config is its own hyperparams/<algo>.yml; `--conf-file` is the supported way, but
+        # register()'s users (the suite's speed measurements, tests/test_hyperparams.py) build managers directly
         def __init__(self: Any, args: Any, algo: str, *init_args: Any, config: str | None = None, **kwargs: Any) -> None:
             if config is None and algo in ALGOS:
                 config = str(hyperparams_path(algo))
             zoo_init(self, args, algo, *init_args, config=config, **kwargs)
 
         __init__._sb3_pgext = True  # type: ignore[attr-defined]
+        __init__._sb3_pgext_original = zoo_init  # type: ignore[attr-defined]
         manager.__init__ = __init__  # type: ignore[method-assign]
 
         zoo_schedules = manager._preprocess_schedules
 
+        # why (private name): the zoo raises ValueError on None, and no yml key or flag lets a value bypass it
         def _preprocess_schedules(hyperparams: dict[str, Any]) -> dict[str, Any]:
             # null keeps its meaning (PPOKL's clip_range: None is the penalty without clipping; a
             # stored trial can hold it) where the zoo only accepts a number or "lin_<x>"
@@ -102,18 +109,22 @@ def register(log_csv: bool = False) -> None:
             converted = zoo_schedules({key: value for key, value in hyperparams.items() if value is not None})
             return {**converted, **dict.fromkeys(nones)}
 
+        _preprocess_schedules._sb3_pgext_original = zoo_schedules  # type: ignore[attr-defined]
         manager._preprocess_schedules = staticmethod(_preprocess_schedules)  # type: ignore[method-assign]
 
         zoo_learn = manager.learn
 
+        # why: the yml's `callback:` key builds callbacks before the run's folder (save_path) exists and would
+        # replace a yml's own callbacks; --log-csv needs the folder, known to the manager only
         def learn(self: Any, model: BaseAlgorithm) -> None:
             if _LOG_CSV:
                 # after the zoo's own callbacks: the first of them is the one the zoo ends by hand
                 self.callbacks.append(ProgressCSV(self.save_path))
             zoo_learn(self, model)
 
+        learn._sb3_pgext_original = zoo_learn  # type: ignore[attr-defined]
         manager.learn = learn  # type: ignore[method-assign]
-    hub.install(set(ALGOS))
+    hub.install({algorithm.__name__ for algorithm in ALGOS.values()})
 
 
 __all__ = ["ALGOS", "ProgressCSV", "register"]

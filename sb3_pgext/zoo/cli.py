@@ -16,10 +16,10 @@ statistics the zoo saves are written beside their file and renamed into place
 command ends with it (:func:`sb3_pgext.common.processes.die_with_parent`).
 """
 
-import ast
 import importlib
+import runpy
 import sys
-from pathlib import Path
+import warnings
 
 from sb3_pgext.common.compat import gym_as_gymnasium
 from sb3_pgext.common.processes import die_with_parent
@@ -62,30 +62,19 @@ THREADED_COMMANDS = ("train", "enjoy", "push_to_hub")
 DEFAULT_NUM_THREADS = 1
 
 
-def _is_main_guard(node: ast.stmt) -> bool:
-    test = node.test if isinstance(node, ast.If) else None
-    return (
-        isinstance(test, ast.Compare)
-        and isinstance(test.left, ast.Name)
-        and test.left.id == "__name__"
-        and len(test.comparators) == 1
-        and isinstance(test.comparators[0], ast.Constant)
-        and test.comparators[0].value == "__main__"
-    )
-
-
 def run_main_block(module_name: str) -> None:
     """
-    Run the ``if __name__ == "__main__":`` block of an rl_zoo3 script in the imported module's own
-    namespace, so that the module's functions, patched by :func:`register`, are the ones it calls.
+    Run an rl_zoo3 script (``record_video``, ``push_to_hub``, ``load_from_hub``: a ``__main__`` block, no entry
+    function) as ``python -m <module>`` does, with ``runpy``. It runs a fresh copy of the module: what
+    :func:`register` set up reaches it only through objects it imports from other modules (rl_zoo3's ``ALGOS``,
+    ``ExperimentManager``, the hub functions of :mod:`sb3_pgext.zoo.hub`), never through the script's own names.
+    ``sys.argv`` and ``sys.modules["__main__"]`` are left as :func:`main` set them (``alter_sys=False``), so the
+    script's usage line names ``sb3_pgext.zoo <command>``.
     """
-    module = importlib.import_module(module_name)
-    assert module.__file__ is not None
-    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"), filename=module.__file__)
-    body = [statement for node in tree.body if _is_main_guard(node) for statement in node.body]  # type: ignore[attr-defined]
-    if not body:
-        raise RuntimeError(f"{module_name} has no __main__ block to run")
-    exec(compile(ast.Module(body=body, type_ignores=[]), module.__file__, "exec"), module.__dict__)
+    with warnings.catch_warnings():
+        # the module may already be imported (by a test, a notebook): a fresh copy is what we want
+        warnings.filterwarnings("ignore", message=".*found in sys.modules after import of package", category=RuntimeWarning)
+        runpy.run_module(module_name, run_name="__main__", alter_sys=False)
 
 
 def main(argv: list[str] | None = None) -> None:
