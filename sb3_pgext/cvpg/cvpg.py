@@ -463,7 +463,12 @@ class CVPG(PPOKL):
         return rollout_data.advantages - rollout_data.eta * rollout_data.control_variate  # type: ignore[attr-defined]
 
     def _control_variate_loss(
-        self, rollout_data: RolloutBufferSamples, ratio: th.Tensor, distribution: Any, clip_range: float | None
+        self,
+        rollout_data: RolloutBufferSamples,
+        surrogate_advantages: th.Tensor,
+        ratio: th.Tensor,
+        distribution: Any,
+        clip_range: float | None,
     ) -> th.Tensor | None:
         """
         Minus η times the analytic term, to add to the surrogate loss:
@@ -480,7 +485,7 @@ class CVPG(PPOKL):
             return None
         scale = 1.0
         if self.normalize_advantage and len(rollout_data.advantages) > 1:  # the scale of the normalized Â − ηĀ
-            scale = 1.0 / (self._surrogate_advantages(rollout_data).std() + 1e-8)
+            scale = 1.0 / (surrogate_advantages.std() + 1e-8)
         analytic = self.analytic_term(rollout_data.observations, rollout_data.analytic_term_constants, distribution)  # type: ignore[attr-defined]
         return -scale * weighted_analytic_term(rollout_data.eta, analytic, ratio, clip_range)  # type: ignore[attr-defined]
 

@@ -308,7 +308,7 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
                     values = self.with_horizon(values, rollout_data.time_left)  # type: ignore[attr-defined]
 
                 # Â (CVPG: Â − ηĀ), normalized per minibatch (not with a minibatch of one, see SB3 issue #325)
-                advantages = self._surrogate_advantages(rollout_data)
+                advantages = surrogate_advantages = self._surrogate_advantages(rollout_data)
                 if self.normalize_advantage and len(advantages) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
@@ -328,7 +328,7 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
                     kl = self._minibatch_kl(rollout_data, log_prob, distribution)
                     policy_loss = policy_loss + kl_penalty(kl, self.kl_coef, self.kl_hinge_coef, self.kl_target)
                 # CVPG: minus η times its control variate's analytic term
-                control_variate_loss = self._control_variate_loss(rollout_data, ratio, distribution, clip_range)
+                control_variate_loss = self._control_variate_loss(rollout_data, surrogate_advantages, ratio, distribution, clip_range)
                 if control_variate_loss is not None:
                     policy_loss = policy_loss + control_variate_loss
 
@@ -398,9 +398,17 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
         return rollout_data.advantages
 
     def _control_variate_loss(
-        self, rollout_data: RolloutBufferSamples, ratio: th.Tensor, distribution: Any, clip_range: float | None
+        self,
+        rollout_data: RolloutBufferSamples,
+        surrogate_advantages: th.Tensor,
+        ratio: th.Tensor,
+        distribution: Any,
+        clip_range: float | None,
     ) -> th.Tensor | None:
-        """A term added to the policy loss: none for PPOKL (CVPG: minus η times its control variate's analytic term)."""
+        """
+        A term added to the policy loss, given the minibatch's :meth:`_surrogate_advantages` before their normalization:
+        none for PPOKL (CVPG: minus η times its control variate's analytic term).
+        """
         return None
 
     # ------------------------------------------------------------------ the KL between π_old and π_θ
