@@ -19,6 +19,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from sb3_pgext import CVPG, gradient_variance
+from sb3_pgext.common.buffers import flat_array
 from sb3_pgext.common.estimators import (
     centered_control_variate,
     clipped_gaussian_mean,
@@ -28,7 +29,6 @@ from sb3_pgext.common.estimators import (
     taylor_control_variate,
     weighted_analytic_term,
 )
-from sb3_pgext.common.buffers import flat_array
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
 from sb3_pgext.cvpg.q_critic import joint_action_index, joint_action_probs

@@ -39,13 +39,13 @@ SHRINK = [
 COMMAND = re.compile(r"(sb3-pgext-zoo|python -m sb3_pgext\.(zoo|suite))\b")
 #: a zoo train command up to the end of its line, its "&&" or its comment: one without -n trains the yml's budget, so
 #: gets a tiny one
-TRAIN = re.compile(r"(?:sb3-pgext-zoo|python -m sb3_pgext\.zoo) train\b[^&#\n]*?(?=\s*(?:&&|#|$))", flags=re.M)
+TRAIN = re.compile(r"(?:sb3-pgext-zoo|python -m sb3_pgext\.zoo) train\b[^&#\n]*?(?=\s*(?:&&|#|$))", flags=re.MULTILINE)
 TINY_TRAIN = " -n 1024"
 
 
 def blocks(page: Path) -> list[tuple[str, str]]:
     """The fenced code blocks of a page: (language, body)."""
-    return re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+    return re.findall(r"^```(\w*)\n(.*?)^```", page.read_text(), flags=re.DOTALL | re.MULTILINE)
 
 
 def skip_reason(text: str) -> str | None:

@@ -12,7 +12,17 @@ from stable_baselines3.common.env_util import make_vec_env
 from sb3_pgext import CVPG, PPOKL, OffPAC
 from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.zoo import register
-from sb3_pgext.zoo.derived import NOT_COVERED, NOT_ENVS, RENAMED, SOURCES, regenerate, split, unknown_envs, written_envs, zoo_hyperparams
+from sb3_pgext.zoo.derived import (
+    NOT_COVERED,
+    NOT_ENVS,
+    RENAMED,
+    SOURCES,
+    regenerate,
+    split,
+    unknown_envs,
+    written_envs,
+    zoo_hyperparams,
+)
 
 
 def entries(algo: str) -> list[str]:

@@ -20,9 +20,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.utils import LinearSchedule
 
 from sb3_pgext import PPOKL
-from sb3_pgext.ppokl.ppokl import kl_penalty
 from sb3_pgext.common import kl as kl_module
 from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, mean_kl_from_fixed, sampled_kl
+from sb3_pgext.ppokl.ppokl import kl_penalty
 
 N_MC = 200_000  # Monte-Carlo samples: the tolerance below is 5 standard errors of the mean
 

@@ -15,9 +15,8 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecNormalize
-
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
 
 from tests.conftest import ACTION_SPACES, tiny
 

@@ -82,17 +82,14 @@ def test_registry_entries_are_complete():
 
 def test_experiment_manager_patches_match_upstream():
     """
-    register() replaces ExperimentManager.__init__, the private _preprocess_schedules and learn (no supported way in
-    rl_zoo3; docs/development.md): this fails when the zoo changes what they rely on.
+    register() replaces ExperimentManager's private _preprocess_schedules and learn (no supported way in rl_zoo3;
+    docs/development.md): this fails when the zoo changes what they rely on.
     """
     import inspect
 
     from rl_zoo3.exp_manager import ExperimentManager
 
     register()
-    init = ExperimentManager.__init__._sb3_pgext_original
-    parameters = inspect.signature(init).parameters
-    assert list(parameters)[:3] == ["self", "args", "algo"] and parameters["config"].default is None
     assert isinstance(inspect.getattr_static(ExperimentManager, "_preprocess_schedules"), staticmethod)
     schedules = ExperimentManager._preprocess_schedules._sb3_pgext_original
     assert list(inspect.signature(schedules).parameters) == ["hyperparams"]
@@ -416,3 +413,15 @@ def test_log_csv_is_a_flag_of_train_only():
 
     with pytest.raises(SystemExit, match="--log-csv is a flag of train only, not of enjoy"):
         main(["enjoy", "--algo", "ppokl", "--env", "CartPole-v1", "--log-csv"])
+
+
+def test_train_gets_the_package_conf_file_for_our_algorithms_only():
+    """Without --conf-file, train reads the package's yml for our algorithms (rl_zoo3's supported flag, no patch)."""
+    from sb3_pgext.common.hyperparams import hyperparams_path
+    from sb3_pgext.zoo.cli import with_package_conf_file
+
+    ppokl = str(hyperparams_path("ppokl"))
+    assert with_package_conf_file(["--algo", "ppokl", "--env", "CartPole-v1"])[-2:] == ["--conf-file", ppokl]
+    assert with_package_conf_file(["--algo=offpac"])[-1] == str(hyperparams_path("offpac"))
+    for flags in (["--algo", "ppo"], [], ["--algo", "cvpg", "-conf", "mine.yml"], ["--algo", "cvpg", "--conf-file=mine.yml"]):
+        assert with_package_conf_file(flags) == flags

@@ -7,11 +7,12 @@ parameters for an analytic KL, a control-variate weight, ...) is indexed with
 """
 
 from collections.abc import Generator, Iterator
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.type_aliases import PyTorchObs, TensorDict
@@ -94,7 +95,7 @@ class TimeLeftDictRolloutBuffer(TimeLeftMixin, DictRolloutBuffer):
     """:class:`DictRolloutBuffer` whose samples are :class:`TimeLeftDictRolloutBufferSamples`."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def with_batch_indices(buffer_class: type[RolloutBuffer]) -> type[RolloutBuffer]:
     """
     Return a subclass of ``buffer_class`` that records its minibatch indices.
@@ -133,6 +134,19 @@ def flat_actions(buffer: RolloutBuffer) -> np.ndarray:
     :return: an array of shape ``(buffer_size * n_envs, action_dim)``
     """
     return buffer.actions if buffer.generator_ready else buffer.swap_and_flatten(buffer.actions)
+
+
+def policy_actions(actions: th.Tensor, action_space: spaces.Space) -> th.Tensor:
+    """
+    A rollout buffer's actions as the policy's distributions take them: the buffer stores them as float, and
+    Discrete ones are indices (the cast of SB3's ``PPO.train``).
+
+    :param actions: the buffer's actions (a tensor)
+    :param action_space: the env's action space
+    """
+    if isinstance(action_space, spaces.Discrete):
+        return actions.long().flatten()
+    return actions
 
 
 def flat_array(buffer: RolloutBuffer, name: str) -> np.ndarray:

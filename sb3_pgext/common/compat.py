@@ -14,6 +14,7 @@ import importlib.util
 import io
 import json
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import cloudpickle
 import gymnasium
-import gymnasium.spaces  # noqa: F401  (imports every spaces submodule, the names old pickles refer to)
+import gymnasium.spaces
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -331,3 +332,35 @@ def _has_object(model: Any, name: str) -> bool:
     except Exception:  # what SB3's set_parameters catches there too (AttributeError, or anything a property raises)
         return False
     return True
+
+
+#: the state dicts of CVPG's Q critic, and those of the critic of CVPG 0.1 (another layout, no longer loaded)
+Q_CRITIC_STATE_DICTS, OLDER_Q_CRITIC_STATE_DICTS = {"q_critic", "q_critic.optimizer"}, {"q_net", "q_net_target", "q_optimizer"}
+
+
+def parameters_without_q_critic(model: Any, params: dict[str, Any], exact_match: bool) -> tuple[dict[str, Any], bool]:
+    """
+    For CVPG's ``set_parameters``: the saved parameters to load into ``model`` and whether to match them exactly.
+    A file of CVPG 0.1 loads without its critic (another layout), with a warning. A file with no Q critic (SB3's
+    PPO, PPOKL, CVPG with ``control_variate="none"``) into a model with one warm-starts the policy and value
+    function, strictly (same names and shapes, else a ValueError), and leaves the Q critic as it was built, with a
+    warning.
+
+    :param model: the CVPG model being loaded into
+    :param params: the saved state dicts, by name
+    :param exact_match: the caller's ``exact_match``
+    """
+    older_critic = OLDER_Q_CRITIC_STATE_DICTS & params.keys()
+    if older_critic:
+        warnings.warn(f"the checkpoint's critic {sorted(older_critic)} is of an older CVPG and is not loaded")
+        params = {key: value for key, value in params.items() if key not in older_critic}
+    if exact_match and model.q_critic is not None and not Q_CRITIC_STATE_DICTS & params.keys():
+        expected = set(model._get_torch_save_params()[0]) - Q_CRITIC_STATE_DICTS
+        if params.keys() != expected:
+            raise ValueError(f"Names of parameters do not match agents' parameters: expected {expected}, got {set(params)}")
+        shapes = {key: tuple(value.shape) for key, value in model.policy.state_dict().items()}
+        if shapes != {key: tuple(value.shape) for key, value in params["policy"].items()}:
+            raise ValueError(f"the checkpoint's policy does not match this {type(model).__name__}'s (another net_arch or policy_kwargs?)")
+        warnings.warn("the checkpoint has no Q critic (a PPO agent?): its policy and value function are loaded, Q_w starts fresh")
+        exact_match = False
+    return params, exact_match

@@ -164,6 +164,14 @@ def expected_analytic_term(probs: th.Tensor, q_table: th.Tensor) -> th.Tensor:
     return (probs * q_table.detach()).sum(dim=1)
 
 
+def corrected_advantages(advantages: th.Tensor, eta: th.Tensor, control_variate: th.Tensor) -> th.Tensor:
+    """
+    Â − ηĀ: the advantages minus η times the control variate, the weight of ∇ log π in Q-Prop's estimator
+    (Gu et al. 2017, eq. 10; the analytic term η ∇_θ E_π[Q_w] is added apart, :func:`weighted_analytic_term`).
+    """
+    return advantages - eta * control_variate
+
+
 ETA_RULES = ("adaptive", "ones", "conservative", "aggressive")
 
 

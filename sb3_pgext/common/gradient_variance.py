@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch as th
-
-from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
+from sb3_pgext.common.buffers import policy_actions
+from sb3_pgext.common.estimators import corrected_advantages
 from sb3_pgext.common.utils import isolated_random_streams
 
 
@@ -69,16 +69,14 @@ class RolloutEstimator:
     def surrogate(self, rollout_data: Any, control_variate: bool) -> th.Tensor:
         """A loss whose gradient is minus the estimator on the minibatch."""
         policy = self.model.policy
-        actions = rollout_data.actions
-        if isinstance(self.model.action_space, spaces.Discrete):  # the buffer stores actions as float
-            actions = actions.long().flatten()
+        actions = policy_actions(rollout_data.actions, self.model.action_space)
         _, log_prob, _ = policy.evaluate_actions(rollout_data.observations, actions)
         if not hasattr(rollout_data, "eta"):  # no control variate: the value baseline, or the returns without it
             return -(log_prob * (rollout_data.advantages if control_variate else rollout_data.returns)).mean()
         if not control_variate:
             return -(log_prob * rollout_data.advantages).mean()
         analytic = self.model.analytic_term(rollout_data.observations, rollout_data.analytic_term_constants, policy.action_dist)  # type: ignore[attr-defined]
-        corrected = rollout_data.advantages - rollout_data.eta * rollout_data.control_variate
+        corrected = corrected_advantages(rollout_data.advantages, rollout_data.eta, rollout_data.control_variate)
         return -(log_prob * corrected).mean() - (rollout_data.eta * analytic).mean()
 
 

@@ -25,7 +25,14 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from sb3_pgext.common.buffers import TimeLeftDictRolloutBuffer, TimeLeftMixin, TimeLeftRolloutBuffer, flat_array, rollout_chunks, set_flat
+from sb3_pgext.common.buffers import (
+    TimeLeftDictRolloutBuffer,
+    TimeLeftMixin,
+    TimeLeftRolloutBuffer,
+    flat_array,
+    rollout_chunks,
+    set_flat,
+)
 
 
 def horizon_weight(time_left: th.Tensor, gamma: float) -> th.Tensor:

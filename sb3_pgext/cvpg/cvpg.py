@@ -16,11 +16,14 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorch
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations, rollout_chunks
+from sb3_pgext.common.arguments import check_choice, check_integer, check_number
+from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations, policy_actions, rollout_chunks
+from sb3_pgext.common.compat import parameters_without_q_critic
 from sb3_pgext.common.estimators import (
     ETA_RULES,
     centered_control_variate,
     clipped_gaussian_mean,
+    corrected_advantages,
     expected_analytic_term,
     qprop_eta,
     rollout_folds,
@@ -36,8 +39,8 @@ from sb3_pgext.cvpg.buffers import (
     CVPGRolloutBuffer,
 )
 from sb3_pgext.cvpg.callbacks import CVPGCollectionCallback
+from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_pgext.cvpg.q_critic import (
-    FINITE_ACTION_SPACES,
     MAX_JOINT_ACTIONS,
     QF_TARGETS,
     QCritic,
@@ -45,8 +48,8 @@ from sb3_pgext.cvpg.q_critic import (
     joint_action_index,
     joint_action_probs,
 )
-from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_pgext.ppokl.ppokl import PPOKL
+from sb3_pgext.registry import check_action_space
 
 SelfCVPG = TypeVar("SelfCVPG", bound="CVPG")
 
@@ -243,23 +246,10 @@ class CVPG(PPOKL):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        _check_names(control_variate=(control_variate, CONTROL_VARIATES), eta=(eta, ETA_RULES))
-        _check_names(surrogate=(surrogate, SURROGATES), baseline=(baseline, BASELINES), qf_target=(qf_target, QF_TARGETS))
-        for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, qf_rollouts=qf_rollouts, n_cv_samples=n_cv_samples).items():
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        if qf_gradient_steps is not None and (not isinstance(qf_gradient_steps, (int, np.integer)) or qf_gradient_steps < 0):
-            raise ValueError(f"qf_gradient_steps must be None or an integer >= 0, got {qf_gradient_steps!r}")
-        if not 0 < qf_tau <= 1:
-            raise ValueError(f"qf_tau must be in (0, 1], got {qf_tau!r}")
-        if not qf_learning_rate > 0:
-            raise ValueError(f"qf_learning_rate must be > 0, got {qf_learning_rate!r}")
-        if surrogate == "vanilla":
-            for name, value in dict(n_epochs=n_epochs, batch_size=batch_size, clip_range=clip_range).items():
-                if value is not None:
-                    raise ValueError(
-                        f'surrogate="vanilla" takes one gradient step on the whole rollout: leave {name} unset (got {value!r})'
-                    )
+        _check_arguments(
+            control_variate, eta, surrogate, baseline, qf_target, qf_learning_rate, qf_buffer_size, qf_batch_size,
+            qf_gradient_steps, qf_rollouts, qf_tau, n_cv_samples, n_epochs, batch_size, clip_range,
+        )  # fmt: skip
         penalty = surrogate == "kl"
         if surrogate == "vanilla":  # one gradient step on the whole rollout
             n_epochs, batch_size = 1, n_steps * (env.num_envs if isinstance(env, VecEnv) else 1)
@@ -322,11 +312,7 @@ class CVPG(PPOKL):
 
     def _resolve_for_env(self) -> None:
         """Check the action space and resolve "auto" and the vanilla surrogate's epochs / batch."""
-        if not isinstance(self.action_space, (spaces.Box, *FINITE_ACTION_SPACES)):
-            raise ValueError(
-                f"CVPG supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, not "
-                f"{type(self.action_space).__name__} (env action_space={self.action_space})"
-            )
+        check_action_space("cvpg", self.action_space)
         choices = action_choices(self.action_space)
         joint = math.prod(choices) if choices is not None else None
         squashed = self.policy_kwargs.get("squash_output", False)
@@ -460,7 +446,7 @@ class CVPG(PPOKL):
         """Â − ηĀ: the advantages corrected by the control variate (Â without a critic)."""
         if self.q_critic is None:
             return rollout_data.advantages
-        return rollout_data.advantages - rollout_data.eta * rollout_data.control_variate  # type: ignore[attr-defined]
+        return corrected_advantages(rollout_data.advantages, rollout_data.eta, rollout_data.control_variate)  # type: ignore[attr-defined]
 
     def _control_variate_loss(
         self,
@@ -644,7 +630,7 @@ class CVPG(PPOKL):
             return None
         if self.baseline != "value":
             raise ValueError(f"variance_decomposition needs CVPG's value baseline (baseline='value'), got baseline={self.baseline!r}")
-        control_variate, constants = self._control_variate(obs, distribution, self._prepare_actions(actions), values)
+        control_variate, constants = self._control_variate(obs, distribution, policy_actions(actions, self.action_space), values)
         analytic = self.analytic_term(obs, th.empty(0) if constants is None else constants, distribution)
         return control_variate.detach(), analytic
 
@@ -688,32 +674,47 @@ class CVPG(PPOKL):
         ``control_variate="none"``) warm-start the policy and value function, strictly, and leave the Q
         critic freshly initialised, with a warning. This is how ``CVPG.load("ppo.zip", env=env)`` and the
         zoo's ``train --algo cvpg -i ppo.zip`` continue from a PPO agent; a file of an older CVPG, whose critic
-        had another layout, loads the same way.
+        had another layout, loads the same way (:func:`~sb3_pgext.common.compat.parameters_without_q_critic`).
         """
         params = load_path_or_dict
         if not isinstance(params, dict):
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
-        older_critic = {"q_net", "q_net_target", "q_optimizer"} & params.keys()
-        if older_critic:  # CVPG before its QCritic: the policy loads, the critic (another layout) starts fresh
-            warnings.warn(f"the checkpoint's critic {sorted(older_critic)} is of an older CVPG and is not loaded")
-            params = {key: value for key, value in params.items() if key not in older_critic}
-        critic = {"q_critic", "q_critic.optimizer"}
-        if exact_match and self.q_critic is not None and not critic & params.keys():
-            expected = set(self._get_torch_save_params()[0]) - critic
-            if params.keys() != expected:
-                raise ValueError(f"Names of parameters do not match agents' parameters: expected {expected}, got {set(params)}")
-            shapes = {key: tuple(value.shape) for key, value in self.policy.state_dict().items()}
-            if shapes != {key: tuple(value.shape) for key, value in params["policy"].items()}:
-                raise ValueError("the checkpoint's policy does not match this CVPG's (another net_arch or policy_kwargs?)")
-            warnings.warn("the checkpoint has no Q critic (a PPO agent?): its policy and value function are loaded, Q_w starts fresh")
-            exact_match = False
+        params, exact_match = parameters_without_q_critic(self, params, exact_match)
         super().set_parameters(params, exact_match=exact_match, device=device)
 
 
-def _check_names(**arguments: tuple[str, tuple[str, ...]]) -> None:
-    for name, (value, allowed) in arguments.items():
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+def _check_arguments(
+    control_variate: str,
+    eta: str,
+    surrogate: str,
+    baseline: str,
+    qf_target: str,
+    qf_learning_rate: float,
+    qf_buffer_size: int,
+    qf_batch_size: int,
+    qf_gradient_steps: int | None,
+    qf_rollouts: int,
+    qf_tau: float,
+    n_cv_samples: int,
+    n_epochs: int | None,
+    batch_size: int | None,
+    clip_range: float | Schedule | None,
+) -> None:
+    """ValueErrors for bad arguments that do not depend on the environment (see :mod:`sb3_pgext.common.arguments`)."""
+    check_choice("control_variate", control_variate, CONTROL_VARIATES)
+    check_choice("eta", eta, ETA_RULES)
+    check_choice("surrogate", surrogate, SURROGATES)
+    check_choice("baseline", baseline, BASELINES)
+    check_choice("qf_target", qf_target, QF_TARGETS)
+    check_number("qf_learning_rate", qf_learning_rate, low=0, low_open=True)
+    for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, qf_rollouts=qf_rollouts, n_cv_samples=n_cv_samples).items():
+        check_integer(name, value, 1)
+    check_integer("qf_gradient_steps", qf_gradient_steps, 0, optional=True)
+    check_number("qf_tau", qf_tau, low=0, high=1, low_open=True)
+    if surrogate == "vanilla":
+        for name, value in dict(n_epochs=n_epochs, batch_size=batch_size, clip_range=clip_range).items():
+            if value is not None:
+                raise ValueError(f'surrogate="vanilla" takes one gradient step on the whole rollout: leave {name} unset (got {value!r})')
 
 
 def _correlation(x: th.Tensor, y: th.Tensor) -> float:

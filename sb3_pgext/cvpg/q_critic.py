@@ -52,7 +52,6 @@ from sb3_pgext.common.utils import concatenate_observations, index_observations
 QF_TARGETS = ("advantages", "returns", "td")
 #: The most joint actions of a MultiDiscrete / MultiBinary space the exact ("expected") control variate sums over
 MAX_JOINT_ACTIONS = 1024
-FINITE_ACTION_SPACES = (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
 def action_choices(action_space: spaces.Space) -> list[int] | None:

@@ -17,6 +17,7 @@ from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
 
+from sb3_pgext.common.arguments import check_choice, check_integer, check_number
 from sb3_pgext.common.compat import CheckedLoadMixin
 from sb3_pgext.common.critics import BatchedCriticMixin, check_optimizer_state
 from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_loss, reparameterization_loss
@@ -25,11 +26,11 @@ from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
 from sb3_pgext.common.utils import repeat_observations, with_callbacks
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
+from sb3_pgext.registry import check_action_space
 
 SelfOffPAC = TypeVar("SelfOffPAC", bound="OffPAC")
 
 ACTOR_GRADIENTS = ("auto", "likelihood", "reparameterization", "expected")
-SUPPORTED_ACTION_SPACES = (spaces.Discrete, spaces.Box)
 #: target_entropy="auto" for Discrete actions: this fraction of the uniform policy's entropy log|A|
 DISCRETE_TARGET_ENTROPY_FRACTION = 0.5
 #: SB3 SAC's policy classes, by the alias of OffPAC's counterpart (a SAC checkpoint loads into it)
@@ -209,7 +210,7 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         self.fast_update = fast_update
         self.ent_coef_optimizer: th.optim.Adam | None = None
         if env is not None:  # None only while loading without an env: the saved values are restored
-            self._resolve_for_action_space()
+            self._resolve_for_env()
 
         if _init_setup_model:
             self._setup_model()
@@ -219,13 +220,9 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         """SB3 SAC's policy classes (a SAC checkpoint) become OffPAC's, which have the same layout for Box actions."""
         return cls.policy_aliases[SAC_POLICY_ALIASES[saved]] if saved in SAC_POLICY_ALIASES else None
 
-    def _resolve_for_action_space(self) -> None:
+    def _resolve_for_env(self) -> None:
         """Check the action space, then resolve "auto" / None defaults of the estimator for it."""
-        if not isinstance(self.action_space, SUPPORTED_ACTION_SPACES):
-            raise ValueError(
-                f"OffPAC supports Discrete and Box action spaces, not {type(self.action_space).__name__} "
-                f"(env action_space={self.action_space})"
-            )
+        check_action_space("offpac", self.action_space)
         discrete = isinstance(self.action_space, spaces.Discrete)
         if self.actor_gradient == "auto":
             self.actor_gradient = "expected" if discrete else "reparameterization"
@@ -547,14 +544,10 @@ def _check_arguments(
     target_entropy: str | float,
     policy_kwargs: dict[str, Any] | None,
 ) -> None:
-    """ValueErrors for bad arguments that do not depend on the environment."""
-    if actor_gradient not in ACTOR_GRADIENTS:
-        raise ValueError(f"actor_gradient must be one of {ACTOR_GRADIENTS}, got {actor_gradient!r}")
-    if n_action_samples is not None and (not isinstance(n_action_samples, (int, np.integer)) or n_action_samples < 1):
-        raise ValueError(f"n_action_samples must be an integer >= 1 (or None for the default), got {n_action_samples!r}")
-    n_critics = (policy_kwargs or {}).get("n_critics", 2)
-    if not isinstance(n_critics, (int, np.integer)) or n_critics < 1:
-        raise ValueError(f"n_critics (in policy_kwargs) must be an integer >= 1, got {n_critics!r}")
+    """ValueErrors for bad arguments that do not depend on the environment (see :mod:`sb3_pgext.common.arguments`)."""
+    check_choice("actor_gradient", actor_gradient, ACTOR_GRADIENTS)
+    check_integer("n_action_samples", n_action_samples, 1, optional=True)
+    check_integer("n_critics (in policy_kwargs)", (policy_kwargs or {}).get("n_critics", 2), 1)
     if isinstance(ent_coef, str):
         valid = ent_coef == "auto"
         if ent_coef.startswith("auto_"):
@@ -566,7 +559,7 @@ def _check_arguments(
             raise ValueError(
                 f'ent_coef must be a float >= 0, "auto" or "auto_<initial value > 0>" (e.g. "auto_0.1"), got {ent_coef!r}'
             )
-    elif not float(ent_coef) >= 0:
-        raise ValueError(f"ent_coef must be >= 0 when fixed (0.0 turns entropy regularisation off), got {ent_coef!r}")
+    else:
+        check_number("ent_coef", ent_coef, low=0, why="when fixed; 0.0 turns entropy regularisation off")
     if isinstance(target_entropy, str) and target_entropy != "auto":
         raise ValueError(f'target_entropy must be a float or "auto", got {target_entropy!r}')

@@ -25,12 +25,22 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch.nn import functional as F
 
-from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, rollout_chunks, with_batch_indices
+from sb3_pgext.common.arguments import check_choice, check_number
+from sb3_pgext.common.buffers import BatchIndicesMixin, flat_actions, policy_actions, rollout_chunks, with_batch_indices
 from sb3_pgext.common.compat import CheckedLoadMixin
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.horizon import HorizonAwareValueMixin, TimeLeftCallback
-from sb3_pgext.common.kl import DistributionParams, adapt_kl_coef, analytic_kl, mean_kl_from_fixed, sampled_kl, validate_kl_penalty_args
+from sb3_pgext.common.kl import (
+    KL_DIRECTIONS,
+    KL_ESTIMATORS,
+    KL_UPDATES,
+    DistributionParams,
+    adapt_kl_coef,
+    analytic_kl,
+    mean_kl_from_fixed,
+    sampled_kl,
+)
 from sb3_pgext.common.save_util import AtomicSaveMixin
 from sb3_pgext.common.utils import with_callbacks
 from sb3_pgext.ppokl.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -170,17 +180,11 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        validate_kl_penalty_args(
-            kl_coef, kl_target, adaptive_kl, kl_update, kl_coef_bounds, kl_hinge_coef, kl_estimator, kl_direction
-        )
         # a single gradient step per rollout (CVPG's vanilla surrogate) needs no trust region
-        n_envs = env.num_envs if isinstance(env, VecEnv) else 1
-        one_step = n_epochs == 1 and batch_size >= n_steps * n_envs
-        if clip_range is None and kl_coef == 0 and not adaptive_kl and kl_hinge_coef == 0 and not one_step:
-            raise ValueError(
-                "clip_range=None with kl_coef=0 and adaptive_kl=False leaves no trust region at all: "
-                "set clip_range to a float, kl_coef > 0, adaptive_kl=True or kl_hinge_coef > 0"
-            )
+        one_step = n_epochs == 1 and batch_size >= n_steps * (env.num_envs if isinstance(env, VecEnv) else 1)
+        _check_arguments(
+            kl_coef, kl_target, adaptive_kl, kl_update, kl_coef_bounds, kl_hinge_coef, kl_estimator, kl_direction, clip_range, one_step
+        )
         super().__init__(
             policy,
             env,
@@ -300,7 +304,7 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
         for epoch in range(self.n_epochs):
             approx_kl_divs = []
             for rollout_data in self.rollout_buffer.get(self.batch_size):
-                actions = self._prepare_actions(rollout_data.actions)
+                actions = policy_actions(rollout_data.actions, self.action_space)  # Discrete: indices
                 values, log_prob, entropy = self.policy.evaluate_actions(rollout_data.observations, actions)
                 distribution = self.policy.action_dist  # π_θ(·|s) of the minibatch, where evaluate_actions leaves it
                 values = values.flatten()
@@ -413,12 +417,6 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
 
     # ------------------------------------------------------------------ the KL between π_old and π_θ
 
-    def _prepare_actions(self, actions: th.Tensor) -> th.Tensor:
-        """The buffer stores actions as float; Discrete ones are indices."""
-        if isinstance(self.action_space, spaces.Discrete):
-            return actions.long().flatten()
-        return actions
-
     def _minibatch_kl(self, rollout_data: RolloutBufferSamples, log_prob: th.Tensor, distribution: Any) -> th.Tensor:
         """
         Mean KL between π_old and π_θ over a minibatch, in ``kl_direction``, differentiable in θ: the closed form
@@ -469,7 +467,7 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
         old_log_prob = th.as_tensor(self.rollout_buffer.log_probs.flatten(), device=self.device)
         log_probs = []
         for obs, chunk in rollout_chunks(self.rollout_buffer, self.policy, self.device):
-            chunk_actions = self._prepare_actions(self.rollout_buffer.to_torch(actions[chunk].astype(np.float32)))
+            chunk_actions = policy_actions(self.rollout_buffer.to_torch(actions[chunk].astype(np.float32)), self.action_space)
             log_probs.append(self.policy.get_distribution(obs).log_prob(chunk_actions))
         log_ratio = th.cat(log_probs) - old_log_prob
         return sampled_kl(log_ratio, self._sampled_estimator, self.kl_direction).mean().item()  # type: ignore[arg-type]
@@ -490,4 +488,46 @@ class PPOKL(HorizonAwareValueMixin, AtomicSaveMixin, CheckedLoadMixin, PPO):
             tb_log_name=tb_log_name,
             reset_num_timesteps=reset_num_timesteps,
             progress_bar=progress_bar,
+        )
+
+
+def _check_arguments(
+    kl_coef: float,
+    kl_target: float,
+    adaptive_kl: bool,
+    kl_update: str,
+    kl_coef_bounds: tuple[float, float],
+    kl_hinge_coef: float,
+    kl_estimator: str,
+    kl_direction: str,
+    clip_range: float | Schedule | None,
+    one_step: bool,
+) -> None:
+    """
+    ValueErrors for bad arguments that do not depend on the environment (see :mod:`sb3_pgext.common.arguments`).
+
+    :param one_step: whether each update is one gradient step on the whole rollout (which needs no trust region)
+    """
+    check_number("kl_target", kl_target, low=0, low_open=True, why="the target KL d_targ")
+    check_number("kl_coef", kl_coef, low=0, why="the initial penalty coefficient β")
+    check_choice("kl_update", kl_update, KL_UPDATES)
+    check_choice("kl_estimator", kl_estimator, KL_ESTIMATORS)
+    check_choice("kl_direction", kl_direction, KL_DIRECTIONS)
+    check_number("kl_hinge_coef", kl_hinge_coef, low=0, why="0 turns the hinge off")
+    try:
+        low, high = (float(bound) for bound in kl_coef_bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"kl_coef_bounds must be a pair (low, high) of numbers, got {kl_coef_bounds!r}") from None
+    if not 0 <= low < high:
+        raise ValueError(f"kl_coef_bounds must satisfy 0 <= low < high, got {kl_coef_bounds!r}")
+    if adaptive_kl and not low <= kl_coef <= high:
+        raise ValueError(
+            f"kl_coef must lie inside kl_coef_bounds={kl_coef_bounds!r} when adaptive_kl=True, got {kl_coef}"
+        )
+    if adaptive_kl and kl_coef == 0:
+        raise ValueError("kl_coef must be > 0 when adaptive_kl=True: the adaptive rule only multiplies β")
+    if clip_range is None and kl_coef == 0 and not adaptive_kl and kl_hinge_coef == 0 and not one_step:
+        raise ValueError(
+            "clip_range=None with kl_coef=0 and adaptive_kl=False leaves no trust region at all: "
+            "set clip_range to a float, kl_coef > 0, adaptive_kl=True or kl_hinge_coef > 0"
         )

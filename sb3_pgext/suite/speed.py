@@ -27,15 +27,17 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch as th
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
+from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.common.save_util import write_text_atomically
+from sb3_pgext.registry import ALGORITHMS
 from sb3_pgext.suite.config import Suite
 from sb3_pgext.suite.runner import zoo_conf_file
 
@@ -65,7 +67,7 @@ def zoo_model(
     with contextlib.redirect_stdout(io.StringIO()):  # the zoo prints the hyperparameters and the log path
         manager = ExperimentManager(
             argparse.Namespace(), algo, env_id, str(log_folder), hyperparams=hyperparams, device=device, verbose=0,
-            config=str(conf) if conf else None,
+            config=str(conf) if conf else (str(hyperparams_path(algo)) if algo in ALGORITHMS else None),
         )  # fmt: skip
         setup = manager.setup_experiment()
     assert setup is not None  # None only when optimising hyperparameters

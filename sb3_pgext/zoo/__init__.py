@@ -4,10 +4,11 @@ The RL Zoo plugin: this package's algorithms in rl_zoo3's commands.
 rl_zoo3 2.9.2 has no plugin mechanism: its scripts read ``ALGOS`` (``rl_zoo3/utils.py``),
 ``HYPERPARAMS_SAMPLER`` and ``HYPERPARAMS_CONVERTER`` (``rl_zoo3/hyperparams_opt.py``) when they
 build their argparse ``choices``, before ``--gym-packages`` is imported, and look hyperparameters up
-inside rl_zoo3 unless ``--conf-file`` is given. :func:`register` fills those dicts and points the
-zoo's ``ExperimentManager`` at the package's ``hyperparams/<algo>.yml``; ``python -m sb3_pgext.zoo``
-(or ``sb3-pgext-zoo``) registers, then runs rl_zoo3's own script with every flag intact, plus one
-flag of its own for ``train``: ``--log-csv`` (see :class:`ProgressCSV`).
+inside rl_zoo3 unless ``--conf-file`` is given. :func:`register` fills those dicts; ``python -m
+sb3_pgext.zoo`` (or ``sb3-pgext-zoo``) registers, then runs rl_zoo3's own script with every flag intact,
+plus ``--conf-file`` with the package's ``hyperparams/<algo>.yml`` for our algorithms when none is given,
+and one flag of its own for ``train``: ``--log-csv`` (see :class:`ProgressCSV`). Code that builds an
+``ExperimentManager`` itself passes ``config=str(hyperparams_path(algo))``.
 """
 
 import os
@@ -17,7 +18,6 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat
 
-from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.registry import ALGORITHMS
 from sb3_pgext.zoo.hyperparams_opt import CONVERTERS, SAMPLERS
 
@@ -61,10 +61,9 @@ class ProgressCSV(BaseCallback):
 def register(log_csv: bool = False) -> None:
     """
     Add this package's algorithms to rl_zoo3's ``ALGOS``, ``HYPERPARAMS_SAMPLER`` and
-    ``HYPERPARAMS_CONVERTER``; make ``ExperimentManager`` read ``hyperparams/<algo>.yml`` from this
-    package for them when no ``--conf-file`` is given, with ``null`` accepted where a schedule may be
-    None (e.g. PPOKL's ``clip_range``); fix the zoo's hub scripts (see
-    :mod:`sb3_pgext.zoo.hub`). SB3's and sb3-contrib's algorithms are left as they are. Idempotent.
+    ``HYPERPARAMS_CONVERTER``; make ``ExperimentManager`` accept ``null`` where a schedule may be None
+    (e.g. PPOKL's ``clip_range``) and add :class:`ProgressCSV` for ``--log-csv``; fix the zoo's hub
+    scripts (see :mod:`sb3_pgext.zoo.hub`). SB3's and sb3-contrib's algorithms are left as they are. Idempotent.
 
     :param log_csv: every run the ``ExperimentManager`` trains from now on also writes ``progress.csv``
         into its log folder (:class:`ProgressCSV`)
@@ -81,24 +80,11 @@ def register(log_csv: bool = False) -> None:
     zoo_opt.HYPERPARAMS_SAMPLER.update(SAMPLERS)
     zoo_opt.HYPERPARAMS_CONVERTER.update(CONVERTERS)
 
-    # The three patches of ExperimentManager below have no supported way in rl_zoo3 2.9.2; each keeps the zoo's
+    # The two patches of ExperimentManager below have no supported way in rl_zoo3 2.9.2; each keeps the zoo's
     # method as ``_sb3_pgext_original``, and tests/test_zoo.py (test_experiment_manager_patches_match_upstream)
     # fails when the zoo's method changes the signature they rely on.
     manager = zoo_exp_manager.ExperimentManager
-    if not getattr(manager.__init__, "_sb3_pgext", False):
-        zoo_init = manager.__init__
-
-        # why: the zoo's default config is its own hyperparams/<algo>.yml; `--conf-file` is the supported way, but
-        # register()'s users (the suite's speed measurements, tests/test_hyperparams.py) build managers directly
-        def __init__(self: Any, args: Any, algo: str, *init_args: Any, config: str | None = None, **kwargs: Any) -> None:
-            if config is None and algo in ALGOS:
-                config = str(hyperparams_path(algo))
-            zoo_init(self, args, algo, *init_args, config=config, **kwargs)
-
-        __init__._sb3_pgext = True  # type: ignore[attr-defined]
-        __init__._sb3_pgext_original = zoo_init  # type: ignore[attr-defined]
-        manager.__init__ = __init__  # type: ignore[method-assign]
-
+    if not hasattr(manager.learn, "_sb3_pgext_original"):
         zoo_schedules = manager._preprocess_schedules
 
         # why (private name): the zoo raises ValueError on None, and no yml key or flag lets a value bypass it

@@ -16,15 +16,17 @@ statistics the zoo saves are written beside their file and renamed into place
 command ends with it (:func:`sb3_pgext.common.processes.die_with_parent`).
 """
 
+import argparse
 import importlib
 import runpy
 import sys
 import warnings
 
 from sb3_pgext.common.compat import gym_as_gymnasium
+from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.common.processes import die_with_parent
 from sb3_pgext.common.save_util import atomic_vec_normalize_saves
-from sb3_pgext.zoo import checks, register
+from sb3_pgext.zoo import ALGOS, checks, register
 
 # command -> (rl_zoo3 module, its entry function, or None where the script is a ``__main__`` block)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -60,6 +62,21 @@ record_training is not available here: record each checkpoint with record_video 
 #: the commands that take the zoo's --num-threads, and the value they get when it is not given
 THREADED_COMMANDS = ("train", "enjoy", "push_to_hub")
 DEFAULT_NUM_THREADS = 1
+
+
+def with_package_conf_file(flags: list[str]) -> list[str]:
+    """
+    ``train``'s flags, plus ``--conf-file`` with the package's ``hyperparams/<algo>.yml`` when ``--algo`` names one
+    of our algorithms and no ``--conf-file`` is given (the zoo would look in its own folder, which has no entry
+    for them). The flags are read as the zoo's parser reads them (abbreviations, ``--flag=value``).
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--algo", default="ppo")
+    parser.add_argument("-conf", "--conf-file", default=None)
+    known, _ = parser.parse_known_args(flags)
+    if known.conf_file is not None or known.algo not in ALGOS:
+        return flags
+    return [*flags, "--conf-file", str(hyperparams_path(known.algo))]
 
 
 def run_main_block(module_name: str) -> None:
@@ -110,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     if command in THREADED_COMMANDS and not any(flag.startswith("--num-threads") for flag in flags):
         flags += ["--num-threads", str(DEFAULT_NUM_THREADS)]
         print(f"sb3_pgext.zoo: {DEFAULT_NUM_THREADS} torch thread (--num-threads N to choose, -1 for torch's default)")
+    if command == "train":
+        flags = with_package_conf_file(flags)
     module_name, function = COMMANDS[command]
     register(log_csv=log_csv)
     saved_argv = sys.argv
