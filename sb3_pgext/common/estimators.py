@@ -10,6 +10,7 @@ Expected Policy Gradients (Ciosek & Whiteson 2018, https://arxiv.org/abs/1706.05
 """
 
 import math
+from typing import NamedTuple
 
 import torch as th
 
@@ -172,7 +173,8 @@ def corrected_advantages(advantages: th.Tensor, eta: th.Tensor, control_variate:
     return advantages - eta * control_variate
 
 
-ETA_RULES = ("adaptive", "ones", "conservative", "aggressive")
+#: η's rules: "min_variance" (:func:`min_variance_eta`, from per-sample gradients) and Q-Prop's (:func:`qprop_eta`)
+ETA_RULES = ("min_variance", "adaptive", "ones", "conservative", "aggressive")
 
 
 def weighted_analytic_term(eta: th.Tensor, analytic_term: th.Tensor, ratio: th.Tensor, clip_range: float | None) -> th.Tensor:
@@ -234,6 +236,64 @@ def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str, fold
         else:  # aggressive
             eta[inside] = th.sign(covariance)
     return eta
+
+
+class GradientMoments(NamedTuple):
+    """
+    Sums over samples of per-sample gradients u_i and v_i (flattened over the policy's parameters): what
+    :func:`min_variance_eta` needs of a fold. Moments of disjoint sets of samples add up (``+`` is elementwise).
+
+    :param n: number of samples
+    :param sum_u: Σ_i u_i
+    :param sum_v: Σ_i v_i
+    :param sum_uv: Σ_i ⟨u_i, v_i⟩
+    :param sum_vv: Σ_i ‖v_i‖²
+    """
+
+    n: th.Tensor
+    sum_u: th.Tensor
+    sum_v: th.Tensor
+    sum_uv: th.Tensor
+    sum_vv: th.Tensor
+
+    @classmethod
+    def of(cls, u: th.Tensor, v: th.Tensor) -> "GradientMoments":
+        """The moments of per-sample gradients given as the rows of ``u`` and ``v``, shape (n, n_parameters)."""
+        u, v = u.double(), v.double()
+        return cls(th.tensor(float(len(u)), dtype=th.float64), u.sum(0), v.sum(0), (u * v).sum(), (v * v).sum())
+
+    def __add__(self, other: "GradientMoments") -> "GradientMoments":  # type: ignore[override]
+        return GradientMoments(*(a + b for a, b in zip(self, other)))
+
+
+def min_variance_eta(fold_moments: list[GradientMoments]) -> th.Tensor:
+    """
+    η of each fold chosen against the variance of the whole per-sample gradient the estimator adds up. With
+    u_i = Â_i ∇_θ log π_θ(a_i|s_i) and v_i = Ā_i ∇_θ log π_θ(a_i|s_i) − ∇_θ S_i (S_i the analytic term), the
+    per-sample gradient of Q-Prop's estimator (Gu et al. 2017, eq. 10) is g_i(η) = u_i − η v_i, and
+
+        tr V̂ar(g(η)) = tr V̂ar(u) − 2η tr Ĉov(u, v) + η² tr V̂ar(v),    minimised by    η = tr Ĉov(u, v) / tr V̂ar(v).
+
+    Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā) (:func:`qprop_eta`) minimises the variance of Â − ηĀ alone: it leaves out the
+    analytic term's variance and how the score ∇ log π weighs each sample, and can raise the gradient's variance
+    where those are large; this η never raises the (measured) variance above η = 0's. Cross-fitted as
+    :func:`qprop_eta`: fold f's η comes from the moments of the other folds (its own when it is the only one), so
+    that it does not depend on the actions it is applied to.
+
+    :param fold_moments: the :class:`GradientMoments` of each fold's samples
+    :return: η per fold, shape (n_folds,)
+    """
+    total = fold_moments[0]
+    for moments in fold_moments[1:]:
+        total = total + moments
+    etas = []
+    for moments in fold_moments:
+        others = total if len(fold_moments) == 1 else GradientMoments(*(a - b for a, b in zip(total, moments)))
+        n = others.n
+        covariance = others.sum_uv / n - others.sum_u.dot(others.sum_v) / n**2
+        variance = others.sum_vv / n - others.sum_v.dot(others.sum_v) / n**2
+        etas.append(covariance / variance if variance > 0 else th.zeros_like(variance))
+    return th.stack(etas)
 
 
 def rollout_folds(n_steps: int, n_envs: int, n_folds: int = 2) -> th.Tensor:

@@ -21,10 +21,12 @@ from sb3_pgext.common.buffers import flat_actions, flat_array, flat_observations
 from sb3_pgext.common.compat import parameters_without_q_critic
 from sb3_pgext.common.estimators import (
     ETA_RULES,
+    GradientMoments,
     centered_control_variate,
     clipped_gaussian_mean,
     corrected_advantages,
     expected_analytic_term,
+    min_variance_eta,
     qprop_eta,
     rollout_folds,
     taylor_analytic_term,
@@ -32,13 +34,14 @@ from sb3_pgext.common.estimators import (
     weighted_analytic_term,
 )
 from sb3_pgext.common.gradient_variance import gradient_variance
-from sb3_pgext.common.utils import repeat_observations, value_net_layers
+from sb3_pgext.common.utils import index_observations, repeat_observations, value_net_layers
 from sb3_pgext.cvpg.buffers import (
     CVPGBufferMixin,
     CVPGDictRolloutBuffer,
     CVPGRolloutBuffer,
 )
 from sb3_pgext.cvpg.callbacks import CVPGCollectionCallback
+from sb3_pgext.cvpg.per_sample import per_sample_gradients
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_pgext.cvpg.q_critic import (
     MAX_JOINT_ACTIONS,
@@ -58,6 +61,8 @@ SURROGATES = ("vanilla", "clip", "kl")
 BASELINES = ("value", "mean", "none")
 #: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td"
 DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 100, 100
+#: eta="min_variance": the samples of each fold whose per-sample gradients measure η, and how many at a time
+ETA_SAMPLES_PER_FOLD, PER_SAMPLE_GRADIENT_CHUNK = 256, 256
 
 
 class CVPG(PPOKL):
@@ -118,8 +123,11 @@ class CVPG(PPOKL):
         squashed Box policy or where the joint action set is too large to sum over)
     :param eta: the control variate's weight η, cross-fitted (each env's from the rollout's other envs; with one
         env, each half's from the other half):
-        "adaptive" (default; Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ)),
-        "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
+        "min_variance" (default; the η that minimises the measured variance of the whole per-sample gradient,
+        the analytic term's included, from per-sample gradients of at most 256 samples per fold: see
+        :func:`~sb3_pgext.common.estimators.min_variance_eta`), "adaptive" (Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the
+        weight that minimises Var(Â − ηĀ) alone; the default of 0.1.0), "ones", "conservative" (1 if
+        Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
     :param centered_cv: True: Ā is only the critic's action-dependent part, φ(s, a) − E_{a'∼π}[φ(s, a')] (Q-Prop's
         and Liu et al.'s centred form); False (default): Ā also keeps the critic's state part, Q_w(s, m(s))
         ("taylor") or E_a Q_w(s, a), minus Â's baseline (V(s), or the batch mean for ``baseline="mean"``) when
@@ -204,7 +212,7 @@ class CVPG(PPOKL):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         control_variate: str = "auto",
-        eta: str = "adaptive",
+        eta: str = "min_variance",
         centered_cv: bool = False,
         surrogate: str = "clip",
         baseline: str = "value",
@@ -366,9 +374,14 @@ class CVPG(PPOKL):
         self.rollout_buffer_class = user_buffer_class  # the user's setting is what is saved
         self._rollout_bootstrap: tuple[th.Tensor, np.ndarray] | None = None
         self._reward_to_go_mean = 0.0  # baseline="mean": the batch mean Â subtracts, set with the advantages
+        self._per_sample_gradients_loop = False  # set when vmap cannot batch the policy (cvpg.per_sample)
         self.q_critic = None
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
+        self._action_choices = action_choices(self.action_space)
+        if self._action_choices is None:  # the bounds the env clips actions to, flattened as SB3 flattens actions
+            self._action_low = th.as_tensor(self.action_space.low.flatten(), dtype=th.float32, device=self.device)
+            self._action_high = th.as_tensor(self.action_space.high.flatten(), dtype=th.float32, device=self.device)
         gradient_steps = self.qf_gradient_steps
         if gradient_steps is None:
             n_samples = self.n_steps * self.n_envs
@@ -525,13 +538,43 @@ class CVPG(PPOKL):
             constant_parts.append(constants)
         control_variate = th.cat(cv_parts)
         advantages = th.as_tensor(flat_array(buffer, "advantages"), device=self.device)
-        constants = None if constant_parts[0] is None else th.cat(constant_parts).cpu().numpy()
+        constants = None if constant_parts[0] is None else th.cat(constant_parts)
         # leave one env out: each env's η from the others (with one env, from the other half of the rollout)
         folds = rollout_folds(buffer.buffer_size, buffer.n_envs, n_folds=max(2, buffer.n_envs)).to(self.device)
-        eta = qprop_eta(advantages, control_variate, self.eta, folds)
-        buffer.set_control_variate(control_variate.cpu().numpy(), eta.cpu().numpy(), constants)
+        if self.eta == "min_variance":
+            eta = self._min_variance_eta(actions, advantages, control_variate, constants, folds)
+        else:
+            eta = qprop_eta(advantages, control_variate, self.eta, folds)
+        buffer.set_control_variate(control_variate.cpu().numpy(), eta.cpu().numpy(), None if constants is None else constants.cpu().numpy())
         self.logger.record("train/eta_mean", eta.mean().item())
         self.logger.record("train/cv_corr", _correlation(advantages, control_variate))
+
+    def _min_variance_eta(
+        self, actions: th.Tensor, advantages: th.Tensor, control_variate: th.Tensor, constants: th.Tensor | None, folds: th.Tensor
+    ) -> th.Tensor:
+        """
+        η per sample for ``eta="min_variance"`` (:func:`~sb3_pgext.common.estimators.min_variance_eta`): the moments of
+        the per-sample gradients u_i = Â_i ∇ log π_i and v_i = Ā_i ∇ log π_i − ∇S_i on at most ``ETA_SAMPLES_PER_FOLD``
+        random samples of each fold (η is one number per fold: a subsample measures it well, for a fraction of the
+        cost), each fold's η from the others'.
+        """
+        buffer = self.rollout_buffer
+        observations = flat_observations(buffer)
+        fold_moments = []
+        for fold in th.unique(folds):
+            members = th.nonzero(folds == fold).flatten()
+            members = members[th.randperm(len(members), device=members.device)[:ETA_SAMPLES_PER_FOLD]]
+            moments = None
+            for chunk in members.split(PER_SAMPLE_GRADIENT_CHUNK):
+                index = chunk.cpu().numpy()
+                obs = obs_as_tensor(index_observations(observations, index), self.device)  # type: ignore[arg-type]
+                chunk_constants = None if constants is None else constants[chunk]
+                score, analytic = per_sample_gradients(self, obs, policy_actions(actions[chunk], self.action_space), chunk_constants)
+                u = advantages[chunk, None] * score
+                v = control_variate[chunk, None] * score - analytic
+                moments = GradientMoments.of(u, v) if moments is None else moments + GradientMoments.of(u, v)
+            fold_moments.append(moments)
+        return min_variance_eta(fold_moments).to(advantages.dtype)[folds]  # type: ignore[arg-type]
 
     def _advantage_baseline(self) -> th.Tensor:
         """
@@ -557,8 +600,8 @@ class CVPG(PPOKL):
         if self.control_variate == "expected":
             with th.no_grad():
                 q_table = critic(obs)
-                q_taken = q_table.gather(1, joint_action_index(actions, critic.choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
-                probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
+                q_taken = q_table.gather(1, joint_action_index(actions, self._action_choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
+                probs = joint_action_probs(distribution, self._action_choices)  # type: ignore[arg-type]
                 q_state = (probs * q_table).sum(dim=1)
                 return self._with_state_part(centered_control_variate(q_taken, q_state), q_state, baselines), q_table
         if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
@@ -566,7 +609,7 @@ class CVPG(PPOKL):
             with th.enable_grad():
                 q_expansion = critic(obs, expansion)
                 q_grad = th.autograd.grad(q_expansion.sum(), expansion)[0]
-            executed = th.clamp(actions.to(expansion.dtype), critic.action_low, critic.action_high)
+            executed = th.clamp(actions.to(expansion.dtype), self._action_low, self._action_high)
             control_variate = taylor_control_variate(q_grad, executed, expansion.detach())
             return self._with_state_part(control_variate, q_expansion.detach(), baselines), q_grad
         with th.no_grad():  # "reparameterization": E_a' Q_w(s, a') from n_cv_samples actions
@@ -591,9 +634,8 @@ class CVPG(PPOKL):
 
     def _executed_mean(self, distribution: Distribution) -> th.Tensor:
         """m_θ(s) = E_{a∼π_θ(s)}[clip(a)], the mean of the action the env executes (μ_θ(s) without bounds)."""
-        assert self.q_critic is not None
         normal = distribution.distribution
-        return clipped_gaussian_mean(normal.mean, normal.stddev, self.q_critic.action_low, self.q_critic.action_high)
+        return clipped_gaussian_mean(normal.mean, normal.stddev, self._action_low, self._action_high)
 
     # ------------------------------------------------------------------ per minibatch
 
@@ -604,7 +646,7 @@ class CVPG(PPOKL):
         """
         assert self.q_critic is not None
         if self.control_variate == "expected":
-            probs = joint_action_probs(distribution, self.q_critic.choices)  # type: ignore[arg-type]
+            probs = joint_action_probs(distribution, self._action_choices)  # type: ignore[arg-type]
             return expected_analytic_term(probs, constants)
         if self.control_variate == "taylor":
             return taylor_analytic_term(constants, self._executed_mean(distribution))
@@ -655,11 +697,12 @@ class CVPG(PPOKL):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "q_critic", "_rollout_bootstrap"]
+        excluded = ["q_critic", "_rollout_bootstrap", "_action_low", "_action_high"]
+        return [*super()._excluded_save_params(), *excluded]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
-        if self.control_variate != "none":
+        if self.q_critic is not None:
             state_dicts = [*state_dicts, "q_critic", "q_critic.optimizer"]
         return state_dicts, variables
 

@@ -240,7 +240,7 @@ class QCritic(nn.Module):
             targets = th.cat([rollout[2] for rollout in self.recent_rollouts])
         n_samples = len(targets)
         n_passes = math.ceil(self.gradient_steps * self.batch_size / n_samples)
-        order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(n_passes)])
+        order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(max(n_passes, 1))])  # none for gradient_steps=0
         losses = []
         for step in range(self.gradient_steps):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
