@@ -756,9 +756,10 @@ def test_min_variance_eta_cuts_the_variance_eta_star_leaves_when_the_analytic_te
     k_w = 1 + s**2
     advantages, control_variate = eps + 0.5 * nu, k_w * eps
     score = (eps * s)[:, None]  # ∇_θ log π(a|s)
-    u, v = advantages[:, None] * score, control_variate[:, None] * score - (k_w * s)[:, None]
+    analytic = (k_w * s)[:, None]  # ∇_θ S = ∇_θ k_w(s) θs
+    u, v = advantages[:, None] * score, control_variate[:, None] * score - analytic
     folds = rollout_folds(n, 1)
-    moments = [GradientMoments.of(u[folds == fold], v[folds == fold]) for fold in (0, 1)]
+    moments = GradientMoments.of_samples(score, analytic, advantages, control_variate, folds, 2)
     eta = min_variance_eta(moments)
     eta_star = qprop_eta(advantages, control_variate, "adaptive", folds)
 
@@ -777,12 +778,21 @@ def test_min_variance_eta_cuts_the_variance_eta_star_leaves_when_the_analytic_te
 
 
 def test_min_variance_eta_moments_add_up():
+    """The moments of u = Â ∇log π and v = Ā ∇log π − ∇S, from the per-sample gradients, are the sums over u and v."""
     generator = th.Generator().manual_seed(1)
-    u, v = th.randn(10, 3, generator=generator), th.randn(10, 3, generator=generator)
-    whole, parts = GradientMoments.of(u, v), GradientMoments.of(u[:4], v[:4]) + GradientMoments.of(u[4:], v[4:])
-    assert all(th.allclose(a, b) for a, b in zip(whole, parts))
+    score, analytic = th.randn(10, 3, generator=generator, dtype=th.float64), th.randn(10, 3, generator=generator, dtype=th.float64)
+    advantages, control_variate = th.randn(10, generator=generator, dtype=th.float64), th.randn(10, generator=generator, dtype=th.float64)
+    u, v = advantages[:, None] * score, control_variate[:, None] * score - analytic
+    groups = th.tensor([0, 1, 0, 0, 1, 1, 0, 1, 1, 0])
+    for group, moments in enumerate(GradientMoments.of_samples(score, analytic, advantages, control_variate, groups, 2)):
+        u_, v_ = u[groups == group], v[groups == group]
+        expected = (5.0, u_.sum(0), v_.sum(0), (u_ * v_).sum(), (v_ * v_).sum())
+        assert all(th.allclose(th.as_tensor(value, dtype=th.float64), other) for value, other in zip(expected, moments))
+    whole = GradientMoments.of_samples(score, analytic, advantages, control_variate)[0]
+    parts = GradientMoments.of_samples(score, analytic, advantages, control_variate, groups, 2)
+    assert all(th.allclose(a, b) for a, b in zip(whole, parts[0] + parts[1]))
     # one fold: in-sample, the least-squares coefficient of u on v (centred), over all coordinates together
-    uc, vc = (u - u.mean(0)).double(), (v - v.mean(0)).double()
+    uc, vc = u - u.mean(0), v - v.mean(0)
     assert th.allclose(min_variance_eta([whole])[0], (uc * vc).sum() / vc.pow(2).sum())
 
 

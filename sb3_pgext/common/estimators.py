@@ -240,8 +240,8 @@ def qprop_eta(advantages: th.Tensor, control_variate: th.Tensor, rule: str, fold
 
 class GradientMoments(NamedTuple):
     """
-    Sums over samples of per-sample gradients u_i and v_i (flattened over the policy's parameters): what
-    :func:`min_variance_eta` needs of a fold. Moments of disjoint sets of samples add up (``+`` is elementwise).
+    Sums over samples of the per-sample gradients u_i and v_i of :func:`min_variance_eta` (flattened over the policy's
+    parameters): what it needs of a fold. Moments of disjoint sets of samples add up (``+`` is elementwise).
 
     :param n: number of samples
     :param sum_u: Σ_i u_i
@@ -257,10 +257,42 @@ class GradientMoments(NamedTuple):
     sum_vv: th.Tensor
 
     @classmethod
-    def of(cls, u: th.Tensor, v: th.Tensor) -> "GradientMoments":
-        """The moments of per-sample gradients given as the rows of ``u`` and ``v``, shape (n, n_parameters)."""
-        u, v = u.double(), v.double()
-        return cls(th.tensor(float(len(u)), dtype=th.float64), u.sum(0), v.sum(0), (u * v).sum(), (v * v).sum())
+    def of_samples(
+        cls,
+        score: th.Tensor,
+        analytic: th.Tensor,
+        advantages: th.Tensor,
+        control_variate: th.Tensor,
+        groups: th.Tensor | None = None,
+        n_groups: int = 1,
+    ) -> list["GradientMoments"]:
+        """
+        The moments of u_i = Â_i ∇ log π_i and v_i = Ā_i ∇ log π_i − ∇S_i over the samples of each group, from the
+        per-sample gradients without forming u and v (⟨u_i, v_i⟩ and ‖v_i‖² from three row products), summed in the
+        gradients' dtype and returned in float64.
+
+        :param score: ∇_θ log π_θ(a_i|s_i) per sample, shape (n, n_parameters)
+        :param analytic: ∇_θ S_i per sample, same shape
+        :param advantages: Â_i, shape (n,)
+        :param control_variate: Ā_i, shape (n,)
+        :param groups: each sample's group, integers below ``n_groups`` (None: one group)
+        :param n_groups: the number of groups
+        """
+        a, c = advantages.to(score.dtype), control_variate.to(score.dtype)
+        groups = th.zeros(len(a), dtype=th.long, device=a.device) if groups is None else groups
+        membership = th.nn.functional.one_hot(groups, n_groups).to(score.dtype)  # (n, n_groups)
+        score_score, score_analytic = (score * score).sum(1), (score * analytic).sum(1)
+        analytic_analytic = (analytic * analytic).sum(1)
+        uv = a * c * score_score - a * score_analytic
+        vv = c * c * score_score - 2 * c * score_analytic + analytic_analytic
+        sums = (
+            membership.sum(0),
+            (membership * a[:, None]).T @ score,
+            (membership * c[:, None]).T @ score - membership.T @ analytic,
+            membership.T @ uv,
+            membership.T @ vv,
+        )
+        return [cls(*(value[group].double() for value in sums)) for group in range(n_groups)]
 
     def __add__(self, other: "GradientMoments") -> "GradientMoments":  # type: ignore[override]
         return GradientMoments(*(a + b for a, b in zip(self, other)))

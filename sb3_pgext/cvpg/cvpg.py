@@ -41,7 +41,7 @@ from sb3_pgext.cvpg.buffers import (
     CVPGRolloutBuffer,
 )
 from sb3_pgext.cvpg.callbacks import CVPGCollectionCallback
-from sb3_pgext.cvpg.per_sample import per_sample_gradients
+from sb3_pgext.cvpg.per_sample import per_sample_gradient_size, per_sample_gradients
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_pgext.cvpg.q_critic import (
     MAX_JOINT_ACTIONS,
@@ -59,10 +59,12 @@ SelfCVPG = TypeVar("SelfCVPG", bound="CVPG")
 CONTROL_VARIATES = ("auto", "none", "taylor", "reparameterization", "expected")
 SURROGATES = ("vanilla", "clip", "kl")
 BASELINES = ("value", "mean", "none")
-#: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td"
+#: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td" (fewer passes
+#: cut less variance: docs/algorithms/cvpg.md, "Where the variance cut comes from")
 DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 100, 100
-#: eta="min_variance": the samples of each fold whose per-sample gradients measure η, and how many at a time
-ETA_SAMPLES_PER_FOLD, PER_SAMPLE_GRADIENT_CHUNK = 256, 256
+#: eta="min_variance": the samples of each fold whose per-sample gradients measure η, at most, and at least; between
+#: the two, as many as keep a rollout's per-sample gradients within 2^24 values (64 MiB, and their cost with it)
+ETA_SAMPLES_PER_FOLD, MIN_ETA_SAMPLES_PER_FOLD, PER_SAMPLE_GRADIENT_VALUES = 256, 32, 2**24
 
 
 class CVPG(PPOKL):
@@ -554,26 +556,26 @@ class CVPG(PPOKL):
     ) -> th.Tensor:
         """
         η per sample for ``eta="min_variance"`` (:func:`~sb3_pgext.common.estimators.min_variance_eta`): the moments of
-        the per-sample gradients u_i = Â_i ∇ log π_i and v_i = Ā_i ∇ log π_i − ∇S_i on at most ``ETA_SAMPLES_PER_FOLD``
-        random samples of each fold (η is one number per fold: a subsample measures it well, for a fraction of the
-        cost), each fold's η from the others'.
+        the per-sample gradients u_i = Â_i ∇ log π_i and v_i = Ā_i ∇ log π_i − ∇S_i on random samples of each fold
+        (η is one number per fold: a subsample measures it, for a fraction of the cost): 256, or fewer (32 at least)
+        where the policy is so large that a rollout's per-sample gradients would exceed 2^24 values; each fold's η
+        from the others'.
         """
-        buffer = self.rollout_buffer
-        observations = flat_observations(buffer)
-        fold_moments = []
-        for fold in th.unique(folds):
-            members = th.nonzero(folds == fold).flatten()
-            members = members[th.randperm(len(members), device=members.device)[:ETA_SAMPLES_PER_FOLD]]
-            moments = None
-            for chunk in members.split(PER_SAMPLE_GRADIENT_CHUNK):
-                index = chunk.cpu().numpy()
-                obs = obs_as_tensor(index_observations(observations, index), self.device)  # type: ignore[arg-type]
-                chunk_constants = None if constants is None else constants[chunk]
-                score, analytic = per_sample_gradients(self, obs, policy_actions(actions[chunk], self.action_space), chunk_constants)
-                u = advantages[chunk, None] * score
-                v = control_variate[chunk, None] * score - analytic
-                moments = GradientMoments.of(u, v) if moments is None else moments + GradientMoments.of(u, v)
-            fold_moments.append(moments)
+        observations = flat_observations(self.rollout_buffer)
+        fold_ids, fold_of = th.unique(folds, return_inverse=True)  # the folds, and each sample's among them
+        n_parameters = per_sample_gradient_size(self)
+        per_fold = PER_SAMPLE_GRADIENT_VALUES // (2 * n_parameters * len(fold_ids))
+        per_fold = min(ETA_SAMPLES_PER_FOLD, max(MIN_ETA_SAMPLES_PER_FOLD, per_fold))
+        chosen = th.cat([members[th.randperm(len(members), device=members.device)[:per_fold]]
+                         for members in (th.nonzero(folds == fold).flatten() for fold in fold_ids)])  # fmt: skip
+        chunk_size = max(1, PER_SAMPLE_GRADIENT_VALUES // (2 * n_parameters))  # the rows' memory, bounded
+        fold_moments: list[GradientMoments] = []
+        for chunk in chosen.split(chunk_size):
+            obs = obs_as_tensor(index_observations(observations, chunk.cpu().numpy()), self.device)  # type: ignore[arg-type]
+            chunk_constants = None if constants is None else constants[chunk]
+            score, analytic = per_sample_gradients(self, obs, policy_actions(actions[chunk], self.action_space), chunk_constants)
+            parts = GradientMoments.of_samples(score, analytic, advantages[chunk], control_variate[chunk], fold_of[chunk], len(fold_ids))
+            fold_moments = parts if not fold_moments else [total + part for total, part in zip(fold_moments, parts)]
         return min_variance_eta(fold_moments).to(advantages.dtype)[folds]  # type: ignore[arg-type]
 
     def _advantage_baseline(self) -> th.Tensor:

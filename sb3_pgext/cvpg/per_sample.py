@@ -42,14 +42,29 @@ class _LogProbAndAnalyticTerm(nn.Module):
         return th.stack([distribution.log_prob(actions).sum(), analytic.sum()])
 
 
+def _per_sample_parameters(model: "CVPG", terms: nn.Module) -> dict[str, th.Tensor]:
+    """The parameters the per-sample gradients are over: the policy's, less its features extractor's and V's."""
+    policy = model.policy
+    left_out = {id(param) for param in policy.pi_features_extractor.parameters()}
+    for module in (policy.value_net, getattr(policy.mlp_extractor, "value_net", None)):  # V's, unused by π
+        left_out |= {id(param) for param in (module.parameters() if module is not None else [])}
+    return {name: param.detach() for name, param in terms.named_parameters() if param.requires_grad and id(param) not in left_out}
+
+
+def per_sample_gradient_size(model: "CVPG") -> int:
+    """The length of each per-sample gradient :func:`per_sample_gradients` returns."""
+    return sum(param.numel() for param in _per_sample_parameters(model, _LogProbAndAnalyticTerm(model)).values())
+
+
 def per_sample_gradients(
     model: "CVPG", obs: PyTorchObs, actions: th.Tensor, constants: th.Tensor | None
 ) -> tuple[th.Tensor, th.Tensor]:
     """
-    ∇_θ log π_θ(a_i|s_i) and ∇_θ S_i (the analytic term, :meth:`~sb3_pgext.cvpg.cvpg.CVPG.analytic_term`) of each sample, over the policy's
-    parameters from its features to its action distribution (the actor's MLP, its action head, ``log_std``):
-    two tensors of shape (n, n_parameters), computed with ``torch.func`` (``vmap`` of ``jacrev``). The features
-    extractor's parameters (none for ``MlpPolicy``; a CNN's, large, for images) are left out.
+    ∇_θ log π_θ(a_i|s_i) and ∇_θ S_i (the analytic term, :meth:`~sb3_pgext.cvpg.cvpg.CVPG.analytic_term`) of each
+    sample, over the policy's parameters from its features to its action distribution (the actor's MLP, its action
+    head, ``log_std``): two tensors of shape (n, :func:`per_sample_gradient_size`), computed with ``torch.func``
+    (``vmap`` of ``jacrev``). The features extractor's parameters (none for ``MlpPolicy``; a CNN's, large, for
+    images) are left out.
 
     :param model: the CVPG model
     :param obs: the samples' observations (policy input, batch first)
@@ -59,37 +74,33 @@ def per_sample_gradients(
     """
     policy = model.policy
     terms = _LogProbAndAnalyticTerm(model)
-    left_out = {id(param) for param in policy.pi_features_extractor.parameters()}
-    for module in (policy.value_net, getattr(policy.mlp_extractor, "value_net", None)):  # V's, unused by π
-        left_out |= {id(param) for param in (module.parameters() if module is not None else [])}
-    params = {
-        name: param.detach() for name, param in terms.named_parameters() if param.requires_grad and id(param) not in left_out
-    }
+    params = _per_sample_parameters(model, terms)
     with th.no_grad():
         features = policy.extract_features(obs, policy.pi_features_extractor)
     if model.control_variate == "reparameterization":  # the noise of a = μ_θ + σ_θ ξ, one draw per sample
         constants = th.randn(len(actions), get_action_dim(model.action_space), device=actions.device)
     assert constants is not None, "the other control variates have constants"
 
-    def per_sample(
-        params: dict[str, th.Tensor], features: th.Tensor, obs: PyTorchObs, action: th.Tensor, constant: th.Tensor
-    ) -> th.Tensor:
+    names = list(params)
+    shapes, sizes = [params[name].shape for name in names], [params[name].numel() for name in names]
+    flat_params = th.cat([params[name].flatten() for name in names])  # one vector: each sample's rows come out whole
+
+    def per_sample(flat: th.Tensor, features: th.Tensor, obs: PyTorchObs, action: th.Tensor, constant: th.Tensor) -> th.Tensor:
+        pieces = {name: piece.view(shape) for name, piece, shape in zip(names, flat.split(sizes), shapes)}
         one = {key: value.unsqueeze(0) for key, value in obs.items()} if isinstance(obs, dict) else obs.unsqueeze(0)
-        return th.func.functional_call(terms, params, (features.unsqueeze(0), one, action.unsqueeze(0), constant.unsqueeze(0)))
+        return th.func.functional_call(terms, pieces, (features.unsqueeze(0), one, action.unsqueeze(0), constant.unsqueeze(0)))
 
     jacobian = th.func.jacrev(per_sample)
     if not model._per_sample_gradients_loop:
         try:
-            jacobians = th.func.vmap(jacobian, in_dims=(None, 0, 0, 0, 0))(params, features, obs, actions, constants)
+            rows = th.func.vmap(jacobian, in_dims=(None, 0, 0, 0, 0))(flat_params, features, obs, actions, constants)
         except RuntimeError as error:  # an operation vmap does not batch
             warnings.warn(
                 f"per-sample gradients with torch.func.vmap failed for this policy ({error}); they are computed one sample at a time"
             )
             model._per_sample_gradients_loop = True
     if model._per_sample_gradients_loop:
-        samples = [
-            jacobian(params, features[i], index_observations(obs, i), actions[i], constants[i]) for i in range(len(actions))
-        ]
-        jacobians = {name: th.stack([sample[name] for sample in samples]) for name in params}
-    rows = th.cat([jacobians[name].reshape(len(actions), 2, -1) for name in params], dim=2)
+        rows = th.stack(
+            [jacobian(flat_params, features[i], index_observations(obs, i), actions[i], constants[i]) for i in range(len(actions))]
+        )
     return rows[:, 0], rows[:, 1]
