@@ -665,7 +665,7 @@ def test_save_load_keeps_the_critic(tmp_path):
     saved, restored = model.q_critic.state_dict(), loaded.q_critic.state_dict()
     assert saved.keys() == restored.keys() and all(th.equal(saved[key], restored[key]) for key in saved)
     assert any(value.abs().sum() > 0 for value in restored.values()), "a fitted critic"
-    assert loaded.control_variate == "taylor" and loaded.qf_target == "returns" and loaded.eta == "min_variance"
+    assert loaded.control_variate == "taylor" and loaded.qf_target == "returns" and loaded.eta == "adaptive"
     loaded.learn(64, reset_num_timesteps=False)
     assert loaded.num_timesteps == 128
 

@@ -125,11 +125,11 @@ class CVPG(PPOKL):
         squashed Box policy or where the joint action set is too large to sum over)
     :param eta: the control variate's weight η, cross-fitted (each env's from the rollout's other envs; with one
         env, each half's from the other half):
-        "min_variance" (default; the η that minimises the measured variance of the whole per-sample gradient,
-        the analytic term's included, from per-sample gradients of at most 256 samples per fold: see
-        :func:`~sb3_pgext.common.estimators.min_variance_eta`), "adaptive" (Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the
-        weight that minimises Var(Â − ηĀ) alone; the default of 0.1.0), "ones", "conservative" (1 if
-        Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
+        "adaptive" (default; Q-Prop's η* = Ĉov(Â, Ā) / V̂ar(Ā), the weight that minimises Var(Â − ηĀ) alone),
+        "min_variance" (the η that minimises the measured variance of the whole per-sample gradient, the analytic
+        term's included, from per-sample gradients of at most 256 samples per fold: see
+        :func:`~sb3_pgext.common.estimators.min_variance_eta`; on Pendulum-v1 it cut less than η*, docs: CVPG),
+        "ones", "conservative" (1 if Ĉov(Â, Ā) > 0, else 0) or "aggressive" (sign of Ĉov(Â, Ā))
     :param centered_cv: True: Ā is only the critic's action-dependent part, φ(s, a) − E_{a'∼π}[φ(s, a')] (Q-Prop's
         and Liu et al.'s centred form); False (default): Ā also keeps the critic's state part, Q_w(s, m(s))
         ("taylor") or E_a Q_w(s, a), minus Â's baseline (V(s), or the batch mean for ``baseline="mean"``) when
@@ -214,7 +214,7 @@ class CVPG(PPOKL):
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
         control_variate: str = "auto",
-        eta: str = "min_variance",
+        eta: str = "adaptive",
         centered_cv: bool = False,
         surrogate: str = "clip",
         baseline: str = "value",
