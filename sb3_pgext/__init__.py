@@ -13,4 +13,4 @@ from sb3_pgext.ppokl import PPOKL
 with open(os.path.join(os.path.dirname(__file__), "version.txt")) as file_handler:
     __version__ = file_handler.read().strip()
 
-__all__ = ["CVPG", "PPOKL", "CriticPredictabilityCallback", "OffPAC", "VarianceDecompositionCallback", "gradient_variance", "variance_decomposition"]
+__all__ = ["CVPG", "CriticPredictabilityCallback", "OffPAC", "PPOKL", "VarianceDecompositionCallback", "gradient_variance", "variance_decomposition"]

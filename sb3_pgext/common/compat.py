@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar
 
 import cloudpickle
 import gymnasium
-import gymnasium.spaces
+import gymnasium.spaces  # noqa: F401  (imports every spaces submodule, the names old pickles refer to)
 import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm

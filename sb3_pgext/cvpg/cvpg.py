@@ -380,10 +380,6 @@ class CVPG(PPOKL):
         self.q_critic = None
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
-        self._action_choices = action_choices(self.action_space)
-        if self._action_choices is None:  # the bounds the env clips actions to, flattened as SB3 flattens actions
-            self._action_low = th.as_tensor(self.action_space.low.flatten(), dtype=th.float32, device=self.device)
-            self._action_high = th.as_tensor(self.action_space.high.flatten(), dtype=th.float32, device=self.device)
         gradient_steps = self.qf_gradient_steps
         if gradient_steps is None:
             n_samples = self.n_steps * self.n_envs
@@ -602,8 +598,8 @@ class CVPG(PPOKL):
         if self.control_variate == "expected":
             with th.no_grad():
                 q_table = critic(obs)
-                q_taken = q_table.gather(1, joint_action_index(actions, self._action_choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
-                probs = joint_action_probs(distribution, self._action_choices)  # type: ignore[arg-type]
+                q_taken = q_table.gather(1, joint_action_index(actions, critic.choices).unsqueeze(1)).flatten()  # type: ignore[arg-type]
+                probs = joint_action_probs(distribution, critic.choices)  # type: ignore[arg-type]
                 q_state = (probs * q_table).sum(dim=1)
                 return self._with_state_part(centered_control_variate(q_taken, q_state), q_state, baselines), q_table
         if self.control_variate == "taylor":  # in the executed action clip(a), around its mean m(s) = E_π[clip(a)]
@@ -611,7 +607,7 @@ class CVPG(PPOKL):
             with th.enable_grad():
                 q_expansion = critic(obs, expansion)
                 q_grad = th.autograd.grad(q_expansion.sum(), expansion)[0]
-            executed = th.clamp(actions.to(expansion.dtype), self._action_low, self._action_high)
+            executed = th.clamp(actions.to(expansion.dtype), critic.action_low, critic.action_high)
             control_variate = taylor_control_variate(q_grad, executed, expansion.detach())
             return self._with_state_part(control_variate, q_expansion.detach(), baselines), q_grad
         with th.no_grad():  # "reparameterization": E_a' Q_w(s, a') from n_cv_samples actions
@@ -636,8 +632,9 @@ class CVPG(PPOKL):
 
     def _executed_mean(self, distribution: Distribution) -> th.Tensor:
         """m_θ(s) = E_{a∼π_θ(s)}[clip(a)], the mean of the action the env executes (μ_θ(s) without bounds)."""
+        assert self.q_critic is not None
         normal = distribution.distribution
-        return clipped_gaussian_mean(normal.mean, normal.stddev, self._action_low, self._action_high)
+        return clipped_gaussian_mean(normal.mean, normal.stddev, self.q_critic.action_low, self.q_critic.action_high)
 
     # ------------------------------------------------------------------ per minibatch
 
@@ -648,7 +645,7 @@ class CVPG(PPOKL):
         """
         assert self.q_critic is not None
         if self.control_variate == "expected":
-            probs = joint_action_probs(distribution, self._action_choices)  # type: ignore[arg-type]
+            probs = joint_action_probs(distribution, self.q_critic.choices)  # type: ignore[arg-type]
             return expected_analytic_term(probs, constants)
         if self.control_variate == "taylor":
             return taylor_analytic_term(constants, self._executed_mean(distribution))
@@ -699,8 +696,7 @@ class CVPG(PPOKL):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        excluded = ["q_critic", "_rollout_bootstrap", "_action_low", "_action_high"]
-        return [*super()._excluded_save_params(), *excluded]
+        return [*super()._excluded_save_params(), "q_critic", "_rollout_bootstrap"]
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts, variables = super()._get_torch_save_params()
