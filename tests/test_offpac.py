@@ -74,7 +74,7 @@ def assert_fast_update_equals_exact_update(env_id: str, n_critics: int, device: 
     for fast_update in (False, True):
         model = OffPAC(
             "MlpPolicy", env_id, seed=3, fast_update=fast_update, learning_starts=32, batch_size=32, buffer_size=2_000,
-            policy_kwargs=dict(net_arch=[32, 32], n_critics=n_critics), device=device,
+            policy_kwargs=dict(net_arch=[32, 32], n_critics=n_critics), device=device, cuda_graph=False,
         )  # fmt: skip
         models[fast_update] = (model, {key: value.clone() for key, value in model.policy.state_dict().items()})
         model.learn(32 + gradient_steps)
@@ -109,6 +109,24 @@ def test_fast_update_logs_once_per_train_call(monkeypatch):
     th.ones(()).item()
     assert reads == [th.Size([])], "the patch sees reads"
     assert model.logger.name_to_value["train/n_updates"] == model._n_updates
+
+
+@pytest.mark.parametrize("fast_update", [True, False], ids=["fast", "exact"])
+@pytest.mark.parametrize("flushing_before", [False, True])
+def test_fast_update_flushes_subnormal_floats_inside_train_only(fast_update, flushing_before):
+    """The fast update flushes subnormal floats to zero during its gradient steps on the CPU and restores the mode."""
+    model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, fast_update=fast_update, **TINY).learn(64)
+    seen = []
+    model.critic.optimizer.register_step_pre_hook(lambda *args: seen.append(np.float32(2.0**-126) / np.float32(2.0)))
+    th.set_flush_denormal(flushing_before)
+    try:
+        model.train(gradient_steps=2, batch_size=32)
+        after = np.float32(2.0**-126) / np.float32(2.0)
+    finally:
+        th.set_flush_denormal(False)
+    assert len(seen) == 2
+    assert all((value == 0) == (fast_update or flushing_before) for value in seen)
+    assert (after == 0) == flushing_before
 
 
 @pytest.mark.parametrize("name", ["offpac_box_v0_1", "offpac_discrete_v0_1"])
@@ -451,6 +469,134 @@ def test_cuda_fast_update_equals_exact_update(env_id):
     assert_fast_update_equals_exact_update(env_id, 2, "cuda", gradient_steps=100)
 
 
+# --- the captured (CUDA graph) update ------------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not th.cuda.is_available(), reason="needs a CUDA GPU")
+GRAPH_MODEL = dict(learning_starts=256, batch_size=64, buffer_size=2_000, policy_kwargs=dict(net_arch=[32, 32]))
+
+
+def test_batch_slice_is_the_rows_of_one_minibatch():
+    """All of a train() call's minibatches are sampled at once; the i-th is rows i*B to (i+1)*B of every field."""
+    from sb3_pgext.offpac.cuda_graph import batch_slice
+
+    model = OffPAC("MultiInputPolicy", BitFlippingEnv(n_bits=4, continuous=True), learning_starts=64, seed=0)
+    model.learn(64)
+    batches = model.replay_buffer.sample(3 * 8)
+    second = batch_slice(batches, 1, 8)
+    assert second.discounts is None and set(second.observations) == set(batches.observations)
+    for key, value in second.observations.items():
+        assert th.equal(value, batches.observations[key][8:16])
+    assert th.equal(second.actions, batches.actions[8:16]) and th.equal(second.rewards, batches.rewards[8:16])
+
+
+def test_cuda_graph_is_off_on_the_cpu():
+    model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", **TINY).learn(64)
+    assert model.cuda_graph is None and model._cuda_graph_step is None
+
+
+def graph_models(env_id: str, **kwargs) -> dict[bool, OffPAC]:
+    """An eager and a captured model on CUDA from the same seed, their buffers filled, not trained yet."""
+    models = {}
+    for cuda_graph in (False, True):
+        model = OffPAC("MlpPolicy", env_id, seed=3, device="cuda", cuda_graph=cuda_graph, **GRAPH_MODEL, **kwargs)
+        models[cuda_graph] = model.learn(256)
+        assert model._n_updates == 0
+    return models
+
+
+@needs_cuda
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"], ids=["Box", "Discrete"])
+def test_cuda_graph_equals_eager_update(env_id):
+    """
+    100 gradient steps from the same state: the captured update runs the eager one's kernels on the same minibatches
+    (numpy draws the rows of one sample of 100 minibatches as it draws 100 samples) and the same random stream (the
+    graph advances the CUDA generator's offset as the eager kernels do): the parameters agree within float tolerance.
+    """
+    models = graph_models(env_id)
+    for model in models.values():
+        model.train(gradient_steps=100, batch_size=64)
+    eager, captured = models[False], models[True]
+    assert eager._cuda_graph_step is None and captured._cuda_graph_step.graph is not None
+    assert captured._n_updates == eager._n_updates == 100
+    eager_state, captured_state = eager.policy.state_dict(), captured.policy.state_dict()
+    for key, value in eager_state.items():
+        assert th.allclose(captured_state[key], value, rtol=1e-4, atol=1e-5), key
+    for key in ("train/actor_loss", "train/critic_loss", "train/ent_coef", "train/entropy", "train/q_mean"):
+        assert captured.logger.name_to_value[key] == pytest.approx(eager.logger.name_to_value[key], rel=1e-4, abs=1e-5), key
+
+
+@needs_cuda
+def test_cuda_graph_replays_draw_fresh_noise():
+    """Two replays on the same minibatch with a learning rate of 0 (nothing changes) draw other actions (TorchRL #3002)."""
+    model = graph_models("Pendulum-v1", learning_rate=0.0)[True]
+    batch = model.replay_buffer.sample(64)
+    step = model._captured_step(64)
+    entropies = [step(batch)["entropy"].item() for _ in range(6)]  # 3 eager warm-up steps, a capture, replays
+    assert step.graph is not None
+    assert len(set(entropies[3:])) == 3, "each replay's sampled −log π differs"
+
+
+@needs_cuda
+def test_cuda_graph_learning_rate_schedule_without_recapture():
+    """A schedule's rate reaches the graph through its tensor: rate 0 leaves the networks, the rate back trains them."""
+    model = graph_models("Pendulum-v1")[True]
+    model.train(gradient_steps=8, batch_size=64)
+    graph = model._cuda_graph_step.graph
+    networks = lambda: [p.detach().clone() for p in [*model.actor.parameters(), *model.critic.parameters()]]  # noqa: E731
+    model.lr_schedule = lambda _: 0.0
+    before = networks()
+    model.train(gradient_steps=4, batch_size=64)
+    assert all(th.equal(a, b) for a, b in zip(before, networks()))
+    assert model.logger.name_to_value["train/learning_rate"] == 0.0
+    model.lr_schedule = lambda _: 1e-3
+    model.train(gradient_steps=4, batch_size=64)
+    assert not all(th.equal(a, b) for a, b in zip(before, networks()))
+    assert model._cuda_graph_step.graph is graph
+
+
+@needs_cuda
+@pytest.mark.parametrize("gradient_steps", [1, 4, 64])
+def test_cuda_graph_gradient_steps(gradient_steps, tmp_path):
+    """Training with 1, 4 and 64 gradient steps per call, then save, load and train on: captured, finite losses."""
+    model = OffPAC(
+        "MlpPolicy", "Pendulum-v1", seed=0, device="cuda", train_freq=gradient_steps, gradient_steps=gradient_steps, **GRAPH_MODEL
+    ).learn(256 + 8 * gradient_steps)
+    assert model._cuda_graph_step is not None and model._cuda_graph_step.graph is not None
+    assert model._n_updates >= 4
+    assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
+    model.save(tmp_path / "model")
+    loaded = OffPAC.load(tmp_path / "model", env=model.get_env(), device="cuda")
+    assert loaded._cuda_graph_step is None
+    loaded.learn(8 * gradient_steps, reset_num_timesteps=False)
+    assert loaded._cuda_graph_step.graph is not None and np.isfinite(loaded.logger.name_to_value["train/actor_loss"])
+    assert all(isinstance(group["lr"], float) and not group["capturable"] for group in _saved_param_groups(tmp_path / "model.zip"))
+
+
+def _saved_param_groups(path: Path) -> list[dict]:
+    from stable_baselines3.common.save_util import load_from_zip_file
+
+    _, params, _ = load_from_zip_file(path, device="cpu", load_data=False)
+    return [group for name, state in params.items() if name.endswith("optimizer") for group in state["param_groups"]]
+
+
+@needs_cuda
+def test_cuda_graph_failed_capture_falls_back_with_one_warning(monkeypatch):
+    """A capture that fails warns once, with the reason, and the model trains eagerly with float learning rates."""
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("capture refused by the test")
+
+    monkeypatch.setattr(th.cuda.CUDAGraph, "capture_begin", fail)
+    model = graph_models("Pendulum-v1")[True]
+    with pytest.warns(RuntimeWarning, match="capture refused by the test") as record:
+        model.train(gradient_steps=8, batch_size=64)
+        model.train(gradient_steps=8, batch_size=64)
+    assert len([warning for warning in record if "CUDA graph" in str(warning.message)]) == 1
+    assert model._cuda_graph_failed and model._captured_step(64) is None and model._n_updates == 16
+    assert all(isinstance(group["lr"], float) and not group["capturable"] for opt in model._optimizers() for group in opt.param_groups)
+    assert np.isfinite(model.logger.name_to_value["train/critic_loss"])
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
@@ -468,6 +614,8 @@ def test_cuda_fast_update_equals_exact_update(env_id):
         (IdentityEnvBox(), dict(target_entropy="high"), "target_entropy"),
         (IdentityEnvMultiDiscrete(2), dict(), "Discrete and Box"),
         ("Pendulum-v1", dict(use_sde=True, actor_gradient="likelihood", n_action_samples=4), "n_action_samples"),
+        ("Pendulum-v1", dict(cuda_graph="yes"), "cuda_graph"),
+        ("Pendulum-v1", dict(cuda_graph=True, device="cpu"), "cuda_graph=True needs a CUDA device"),
     ],
 )
 def test_bad_input(env, kwargs, match):

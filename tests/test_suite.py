@@ -604,6 +604,25 @@ def test_compare_cvpg_with_sb3_ppo(tmp_path):
     assert "- CVPG / PPO: " in (tmp_path / "compare.md").read_text()
 
 
+def test_compare_discrete_offpac_beside_dqn(tmp_path):
+    """cartpole-offpac: OffPAC's gradient steps beside DQN's, at the zoo's DQN settings and at OffPAC's batch and networks."""
+    import yaml
+
+    from sb3_pgext.common.hyperparams import hyperparams_path
+    from sb3_pgext.suite.compare import compare
+
+    tiny = {"offpac": {**TINY_MODELS["offpac"], "learning_starts": 64}, "dqn": {"learning_starts": 64}}
+    data = json.loads(compare(tmp_path, repeats=1, steps=40, cases=("cartpole-offpac",), envs=("CartPole-v1",), hyperparams=tiny).read_text())
+    (result,) = data["results"]
+    names = ["OffPAC", "OffPAC (exact)", "DQN", "DQN, OffPAC's batch and networks"]
+    assert [row["name"] for row in result["rows"]] == names and result["unit"] == "gradient steps/s"
+    assert [(goal["name"], goal["reference"], goal["goal"]) for goal in result["goals"]] == [
+        ("OffPAC", "OffPAC (exact)", 1.5), ("OffPAC", "DQN", None), ("OffPAC", "DQN, OffPAC's batch and networks", None)
+    ]  # fmt: skip
+    entry = yaml.safe_load(hyperparams_path("offpac").read_text())["CartPole-v1"]
+    assert entry["batch_size"] == 256 and entry["policy_kwargs"] == "dict(net_arch=[64, 64])", "the DQN row's label"
+
+
 def test_compare_gpu_cases_time_updates_per_batch_size_and_many_envs(tmp_path):
     """sac-updates: one row per model and batch size (256, 1024), ratios without goals; ppo-64-envs: PPOKL and PPO on 64 envs."""
     from sb3_pgext.suite.compare import MANY_ENVS, SAC_BATCH_SIZES, compare
@@ -629,6 +648,22 @@ def test_compare_gpu_cases_time_updates_per_batch_size_and_many_envs(tmp_path):
     assert "goal ≥" not in text and "Device: CPU (" in text
     with pytest.raises(ValueError, match="cases must be among"):
         compare(out, cases=("gpu",))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mujoco") is None, reason="needs MuJoCo (the benchmarks extra)")
+def test_compare_halfcheetah_end_to_end(tmp_path):
+    """halfcheetah-sac: OffPAC, SB3's SAC (the zoo's v4 entry for v5) and SBX end to end, OffPAC / SBX's goal 1.0."""
+    from sb3_pgext.suite.compare import compare
+    from sb3_pgext.suite.speed import sbx_available
+
+    tiny = {"offpac": TINY_MODELS["offpac"], "sac": TINY_MODELS["sac"]}
+    data = json.loads(compare(tmp_path, repeats=1, steps=20, cases=("halfcheetah-sac",), hyperparams=tiny).read_text())
+    (result,) = data["results"]
+    names = ["OffPAC", "SB3 SAC"] + (["SBX SAC"] if sbx_available() else [])  # no eager row off CUDA
+    assert result["env"] == "HalfCheetah-v5" and [row["name"] for row in result["rows"]] == names
+    assert result["unit"] == "env steps/s" and all(row["median"] > 0 for row in result["rows"])
+    expected = [("OffPAC", "SBX SAC", 1.0)] if sbx_available() else []
+    assert [(g["name"], g["reference"], g["goal"]) for g in result["goals"]] == [*expected, ("OffPAC", "SB3 SAC", None)]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")

@@ -12,7 +12,7 @@ from stable_baselines3.common.noise import ActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, ReplayBufferSamples, Schedule
 from stable_baselines3.common.utils import get_parameters_by_name, polyak_update
 from stable_baselines3.sac import policies as sac_policies
 from torch.nn import functional as F
@@ -24,7 +24,8 @@ from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_l
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
-from sb3_pgext.common.utils import repeat_observations, with_callbacks
+from sb3_pgext.common.utils import flush_denormal, repeat_observations, with_callbacks
+from sb3_pgext.offpac.cuda_graph import CapturedGradientStep, batch_slice
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
 from sb3_pgext.registry import check_action_space
 
@@ -72,8 +73,11 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
 
     The fast update (``fast_update=True``) computes the same update with less framework overhead: the
     critics (and their targets) as one batched network, fused Adam steps, the actor's backward pass
-    without the critics' (discarded) weight gradients, the Polyak update as one foreach operation, and the
-    logged values kept on the device and read once per ``train()`` call. Saved files are the same either way.
+    without the critics' (discarded) weight gradients, the Polyak update as one foreach operation, the
+    logged values kept on the device and read once per ``train()`` call, and on the CPU subnormal floats
+    flushed to zero (:func:`~sb3_pgext.common.utils.flush_denormal`). Saved files are the same either way.
+    On CUDA the fast update's gradient step is captured as a CUDA graph and replayed (``cuda_graph``, see
+    :mod:`sb3_pgext.offpac.cuda_graph`): one launch per gradient step instead of a few hundred.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str)
@@ -113,6 +117,9 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         over ``batch_size`` replay minibatches (see :func:`sb3_pgext.gradient_variance`)
     :param fast_update: the fast update described above (default); False: SB3 SAC's arithmetic (separate
         critic modules, SB3's Adam and ``polyak_update``), for bit-for-bit comparisons with SAC
+    :param cuda_graph: run the fast update's gradient step as a captured CUDA graph (a CUDA device, ``fast_update``
+        and no gSDE needed); None (default): on where it can be, i.e. on CUDA. If the capture fails, the model
+        warns once and trains eagerly
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE), Box actions only
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
     :param use_sde_at_warmup: Whether to use gSDE instead of uniform sampling before learning starts
@@ -160,6 +167,7 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         target_entropy: str | float = "auto",
         log_grad_var: bool = False,
         fast_update: bool = True,
+        cuda_graph: bool | None = None,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
         use_sde_at_warmup: bool = False,
@@ -171,7 +179,7 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         device: th.device | str = "auto",
         _init_setup_model: bool = True,
     ):
-        _check_arguments(actor_gradient, n_action_samples, ent_coef, target_entropy, policy_kwargs)
+        _check_arguments(actor_gradient, n_action_samples, ent_coef, target_entropy, policy_kwargs, cuda_graph)
         super().__init__(
             policy,
             env,
@@ -208,6 +216,14 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         self.target_update_interval = target_update_interval
         self.log_grad_var = log_grad_var
         self.fast_update = fast_update
+        self.cuda_graph = cuda_graph
+        if cuda_graph and (self.device.type != "cuda" or not fast_update or use_sde):
+            raise ValueError(
+                f"cuda_graph=True needs a CUDA device, fast_update=True and use_sde=False; got device={self.device}, "
+                f"fast_update={fast_update}, use_sde={use_sde} (cuda_graph=None captures where it can)"
+            )
+        self._cuda_graph_step: CapturedGradientStep | None = None
+        self._cuda_graph_failed = False
         self.ent_coef_optimizer: th.optim.Adam | None = None
         if env is not None:  # None only while loading without an env: the saved values are restored
             self._resolve_for_env()
@@ -346,69 +362,32 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         self.policy.set_training_mode(True)
-        optimizers = [self.actor.optimizer, self.critic.optimizer]
-        if self.ent_coef_optimizer is not None:
-            optimizers += [self.ent_coef_optimizer]
-        self._update_learning_rate(optimizers)
+        self._update_learning_rate(self._optimizers())
 
         if self.log_grad_var:  # before the update, on fresh replay minibatches of batch_size
             self.logger.record("train/grad_var", gradient_variance(self)["variance"])
 
-        # The fast update differentiates the actor's loss for the actor only (the critics' weight gradients
-        # would be discarded) and moves the targets with one foreach operation
-        actor_parameters = [param for group in self.actor.optimizer.param_groups for param in group["params"]]
-        critic_parameters, target_parameters = list(self.critic.parameters()), list(self.critic_target.parameters())
         # Logged values stay on the device and are read once, after the loop: no synchronisation per step (so the
         # losses are checked for NaN / inf there too)
         logs: dict[str, list[th.Tensor]] = defaultdict(list)
-        for gradient_step in range(gradient_steps):
-            replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            # n-step replay: the discount is γ^n (when the episode did not end earlier)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
-            if self.use_sde:  # log_std may have changed since the last step
-                self.actor.reset_noise()  # type: ignore[union-attr]
-
-            sample = self._sample_policy(replay_data.observations)
-
-            ent_coef = self._current_ent_coef()  # α of this step, before its own update (as SAC)
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                assert isinstance(self.target_entropy, float)
-                # Detached: only log α learns from this loss (softlearning issue 60)
-                ent_coef_loss = -(self.log_ent_coef * (sample.neg_entropy + self.target_entropy).detach()).mean()
-                logs["ent_coef_loss"].append(ent_coef_loss.detach())
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
-            logs["ent_coef"].append(ent_coef)
-            logs["entropy"].append(-sample.neg_entropy.detach().mean())
-
-            with th.no_grad():
-                next_values = self._soft_state_value(replay_data.next_observations, ent_coef)
-                target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_values
-
-            current_q_values = self._replay_q_values(replay_data.observations, replay_data.actions)
-            critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
-            assert isinstance(critic_loss, th.Tensor)
-            logs["critic_loss"].append(critic_loss.detach())
-            logs["q_mean"].append(current_q_values[0].detach().mean())
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
-
-            actor_loss = self._actor_loss(replay_data.observations, sample, ent_coef)
-            logs["actor_loss"].append(actor_loss.detach())
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward(inputs=actor_parameters if self.fast_update else None)
-            self.actor.optimizer.step()
-
-            if gradient_step % self.target_update_interval == 0:
-                if self.fast_update:
-                    with th.no_grad():
-                        th._foreach_lerp_(target_parameters, critic_parameters, self.tau)
-                else:
-                    polyak_update(critic_parameters, target_parameters, self.tau)
-                # Copy running stats, see SB3 issue #996
-                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+        captured = self._captured_step(batch_size)
+        if captured is not None:  # every batch of the call sampled at once, each step one replay of the CUDA graph
+            batches = self.replay_buffer.sample(batch_size * gradient_steps, env=self._vec_normalize_env)  # type: ignore[union-attr]
+            for gradient_step in range(gradient_steps):
+                for key, value in captured(batch_slice(batches, gradient_step, batch_size)).items():
+                    logs[key].append(value)
+                if gradient_step % self.target_update_interval == 0:
+                    self._update_targets()
+        else:
+            # Subnormal floats (Adam's moments of dead units) flushed to zero on the CPU: they slow the arithmetic
+            # many times (see flush_denormal); the exact update keeps SAC's arithmetic bit for bit
+            with flush_denormal(enabled=self.fast_update and self.device.type == "cpu"):
+                for gradient_step in range(gradient_steps):
+                    replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
+                    for key, value in self._gradient_step(replay_data).items():
+                        logs[key].append(value)
+                    if gradient_step % self.target_update_interval == 0:
+                        self._update_targets()
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -422,6 +401,87 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
                 where = f"in gradient steps {self._n_updates - gradient_steps + 1}-{self._n_updates} (this train() call)"
                 check_finite_loss("OffPAC", key, th.as_tensor(values), where)
             self.logger.record(f"train/{key}", np.mean(values))
+
+    def _gradient_step(self, replay_data: ReplayBufferSamples) -> dict[str, th.Tensor]:
+        """
+        One gradient step on one replay minibatch: α, then the critics towards the soft target, then the actor
+        with the updated critics (SAC's order). It reads no value back from the device, so that it can be captured
+        as a CUDA graph (:mod:`sb3_pgext.offpac.cuda_graph`).
+
+        :return: the values to log, as tensors (detached)
+        """
+        logs = {}
+        # n-step replay: the discount is γ^n (when the episode did not end earlier)
+        discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+        if self.use_sde:  # log_std may have changed since the last step
+            self.actor.reset_noise()  # type: ignore[union-attr]
+
+        sample = self._sample_policy(replay_data.observations)
+
+        ent_coef = self._current_ent_coef()  # α of this step, before its own update (as SAC)
+        if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+            assert isinstance(self.target_entropy, float)
+            # Detached: only log α learns from this loss (softlearning issue 60)
+            ent_coef_loss = -(self.log_ent_coef * (sample.neg_entropy + self.target_entropy).detach()).mean()
+            logs["ent_coef_loss"] = ent_coef_loss.detach()
+            self.ent_coef_optimizer.zero_grad()
+            ent_coef_loss.backward()
+            self.ent_coef_optimizer.step()
+        logs["ent_coef"] = ent_coef
+        logs["entropy"] = -sample.neg_entropy.detach().mean()
+
+        with th.no_grad():
+            next_values = self._soft_state_value(replay_data.next_observations, ent_coef)
+            target_q_values = replay_data.rewards + (1 - replay_data.dones) * discounts * next_values
+
+        current_q_values = self._replay_q_values(replay_data.observations, replay_data.actions)
+        critic_loss = 0.5 * sum(F.mse_loss(current_q, target_q_values) for current_q in current_q_values)
+        assert isinstance(critic_loss, th.Tensor)
+        logs["critic_loss"] = critic_loss.detach()
+        logs["q_mean"] = current_q_values[0].detach().mean()
+        self.critic.optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic.optimizer.step()
+
+        actor_loss = self._actor_loss(replay_data.observations, sample, ent_coef)
+        logs["actor_loss"] = actor_loss.detach()
+        self.actor.optimizer.zero_grad()
+        # The fast update differentiates the actor's loss for the actor only (the critics' weight gradients
+        # would be discarded)
+        actor_loss.backward(inputs=_optimizer_parameters(self.actor.optimizer) if self.fast_update else None)
+        self.actor.optimizer.step()
+        return logs
+
+    def _update_targets(self) -> None:
+        """The Polyak update of the target critics (one foreach operation in the fast update), and BatchNorm's statistics."""
+        critic_parameters, target_parameters = list(self.critic.parameters()), list(self.critic_target.parameters())
+        if self.fast_update:
+            with th.no_grad():
+                th._foreach_lerp_(target_parameters, critic_parameters, self.tau)
+        else:
+            polyak_update(critic_parameters, target_parameters, self.tau)
+        # Copy running stats, see SB3 issue #996
+        polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+    def _optimizers(self) -> list[th.optim.Optimizer]:
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        return optimizers if self.ent_coef_optimizer is None else [*optimizers, self.ent_coef_optimizer]
+
+    def _captured_step(self, batch_size: int) -> CapturedGradientStep | None:
+        """The captured gradient step for ``batch_size`` (a new one when the batch size changed), None when eager."""
+        wanted = self.cuda_graph if self.cuda_graph is not None else True
+        # on a device other than CUDA (a file saved with cuda_graph=True loaded on the CPU), eagerly
+        if not (wanted and self.device.type == "cuda" and self.fast_update and not self.use_sde) or self._cuda_graph_failed:
+            return None
+        if self._cuda_graph_step is None or self._cuda_graph_step.batch_size != batch_size:
+            self._cuda_graph_step = CapturedGradientStep(self, batch_size)
+        return self._cuda_graph_step
+
+    def _update_learning_rate(self, optimizers: list[th.optim.Optimizer] | th.optim.Optimizer) -> None:
+        """SB3's schedule step; a captured update reads the new rate from the tensor its graph was captured with."""
+        super()._update_learning_rate(optimizers)
+        if self._cuda_graph_step is not None:
+            self._cuda_graph_step.update_learning_rates()
 
     def actor_loss(self, obs: PyTorchObs, baseline: bool = True) -> th.Tensor:
         """
@@ -457,7 +517,7 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         )
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "actor", "critic", "critic_target"]
+        return [*super()._excluded_save_params(), "actor", "critic", "critic_target", "_cuda_graph_step", "_cuda_graph_failed"]
 
     def save_replay_buffer(self, path: str | pathlib.Path | io.BufferedIOBase) -> None:
         """
@@ -476,9 +536,13 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
     def get_parameters(self) -> dict[str, dict]:
         """
         SB3's ``get_parameters``; the critic optimizer's state is given in the layout of separate critics
-        (as the policy's state dict is), so that files do not depend on ``fast_update``.
+        (as the policy's state dict is), and the learning rates as floats, so that files depend neither on
+        ``fast_update`` nor on ``cuda_graph``.
         """
         params = super().get_parameters()
+        for name in ("actor.optimizer", "critic.optimizer", "ent_coef_optimizer"):
+            for group in params.get(name, {}).get("param_groups", []):  # a captured update's settings are not saved
+                group["lr"], group["capturable"] = float(group["lr"]), False
         if isinstance(self.critic, BatchedCriticMixin):
             params["critic.optimizer"] = self.critic.per_network_optimizer_state(
                 params["critic.optimizer"], _optimizer_parameters(self.critic.optimizer)
@@ -517,6 +581,7 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         optimizers = list(named_optimizers.values())
         implementations = [[(group.get("fused"), group.get("foreach")) for group in opt.param_groups] for opt in optimizers]
         super().set_parameters(params, exact_match=exact_match, device=device)
+        self._cuda_graph_step = None  # its graph holds the optimizers' replaced state tensors: captured again when needed
         for optimizer, settings in zip(optimizers, implementations):
             for group, (fused, foreach) in zip(optimizer.param_groups, settings):
                 group["fused"], group["foreach"] = fused, foreach
@@ -543,8 +608,10 @@ def _check_arguments(
     ent_coef: str | float,
     target_entropy: str | float,
     policy_kwargs: dict[str, Any] | None,
+    cuda_graph: bool | None,
 ) -> None:
     """ValueErrors for bad arguments that do not depend on the environment (see :mod:`sb3_pgext.common.arguments`)."""
+    check_choice("cuda_graph", cuda_graph, (None, True, False))
     check_choice("actor_gradient", actor_gradient, ACTOR_GRADIENTS)
     check_integer("n_action_samples", n_action_samples, 1, optional=True)
     check_integer("n_critics (in policy_kwargs)", (policy_kwargs or {}).get("n_critics", 2), 1)

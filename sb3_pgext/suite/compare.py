@@ -11,22 +11,32 @@ each figure is the median over the repeats and each ratio the ratio of two media
   (256×256 networks, batch 256, one gradient step per env step) of OffPAC (fast and exact update),
   SB3's SAC and, when sbx-rl is installed (``pip install sb3-pgext[sbx]``), SBX's SAC, the JAX port of SB3;
 - ``cartpole-offpac``: gradient steps per second of OffPAC's ``train()`` on CartPole-v1 (offpac.yml), fast
-  update against the exact one (SAC's arithmetic, the update before the fast one existed);
-- ``ppokl-ppo``: env steps per second of ``learn()`` of PPOKL (ppokl.yml) and PPO (the zoo's ppo.yml) on
-  CartPole-v1, Acrobot-v1 and Pendulum-v1;
+  update against the exact one (SAC's arithmetic, the update before the fast one existed), beside SB3's DQN
+  (the zoo's dqn.yml: batch 64, 256×256 network; and with OffPAC's batch 256 and 64×64 networks). A DQN
+  gradient step trains one Q-network; OffPAC's trains an actor, two critics and α;
+- ``ppokl-ppo``: env steps per second of ``learn()`` of PPOKL and PPO, both with the zoo's ppo.yml entries
+  (PPOKL adds its KL penalty's defaults), on CartPole-v1, Acrobot-v1 and Pendulum-v1: what the penalty costs
+  (ppokl.yml's tuned entries train other network and batch sizes);
 - ``sac-updates``: gradient steps per second of ``train()`` on Pendulum-v1 with the zoo's SAC settings at
   batch 256 and 1024, of OffPAC (fast and exact), SB3's SAC and SBX's SAC (env stepping left out: what a
   GPU can speed up);
 - ``ppo-64-envs``: env steps per second of ``learn()`` of PPOKL and PPO on CartPole-v1 and Acrobot-v1 with
-  the yml settings but 64 envs, as one would run them on a GPU;
+  the zoo's ppo.yml settings but 64 envs, as one would run them on a GPU;
 - ``cvpg-ppo``: env steps per second of ``learn()`` of CVPG (cvpg.yml) and PPO (the zoo's ppo.yml, its v4
   MuJoCo entries for v5 as the ``cvpg-variance`` suite takes them) on Pendulum-v1 and HalfCheetah-v5 (which
-  needs ``pip install sb3-pgext[benchmarks]``).
+  needs ``pip install sb3-pgext[benchmarks]``);
+- ``halfcheetah-sac``: env steps per second of ``learn()`` on HalfCheetah-v5 with the zoo's SAC settings (its
+  v4 entry) of OffPAC (offpac.yml), SB3's SAC and SBX's SAC, end to end (LeanRL's SAC makes 733 env steps/s on
+  an H100 with ``torch.compile`` and CUDA graphs).
 
-The first three are the CPU comparisons (the default ``--cases``); ``sac-updates`` and ``ppo-64-envs`` are
-meant for ``--device cuda``; ``cvpg-ppo`` is asked for by name::
+On CUDA, ``sac-updates`` and ``halfcheetah-sac`` also time OffPAC with ``cuda_graph=False`` ("OffPAC (eager)")
+beside its default, the captured update.
 
-    python -m sb3_pgext.suite.compare --device cuda --cases sac-updates ppo-64-envs --out benchmark/speed/cuda
+The first three are the CPU comparisons (the default ``--cases``); ``sac-updates``, ``ppo-64-envs`` and
+``halfcheetah-sac`` are meant for ``--device cuda`` (``benchmark/speed/cuda/gpu.sh`` runs them with the CUDA
+tests); ``cvpg-ppo`` is asked for by name::
+
+    python -m sb3_pgext.suite.compare --device cuda --cases sac-updates halfcheetah-sac --out benchmark/speed/cuda
     python -m sb3_pgext.suite.compare --cases cvpg-ppo --out benchmark/speed/cvpg
 
 For ``pendulum-sac`` the report also says where the PyTorch updates' time goes: milliseconds per gradient
@@ -58,8 +68,10 @@ from pathlib import Path
 from typing import Any
 
 import torch as th
+import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from sb3_pgext.common.hyperparams import hyperparams_path
 from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.suite.config import load_suite
 from sb3_pgext.suite.runner import cpu_name, zoo_conf_file
@@ -74,10 +86,11 @@ from sb3_pgext.suite.speed import (
     update_step,
     zoo_model,
 )
+from sb3_pgext.zoo.derived import zoo_hyperparams_path
 
 COMPARE_JSON = "compare.json"
 COMPARE_MD = "compare.md"
-CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo", "sac-updates", "ppo-64-envs", "cvpg-ppo")
+CASES = ("pendulum-sac", "cartpole-offpac", "ppokl-ppo", "sac-updates", "ppo-64-envs", "cvpg-ppo", "halfcheetah-sac")
 #: the comparisons run when ``--cases`` is not given (the CPU ones)
 CPU_CASES = CASES[:3]
 PPO_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1")
@@ -169,6 +182,11 @@ def contenders(
 
         return build
 
+    def eager_offpac(name: str, build: Callable[[], BaseAlgorithm], step: Any) -> list[Contender]:
+        """On CUDA, OffPAC without its captured update beside it (on the CPU the update is eager anyway)."""
+        unit = "gradient steps" if step is _train_step else "env steps"
+        return [Contender(name, build, step, unit)] if th.device(device).type == "cuda" else []
+
     def on_policy(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
         rollouts = max(1, -(-steps // _rollout_size(model)))
         return _learn_step(rollouts * _rollout_size(model), _rollout_size(model))(model)
@@ -187,12 +205,20 @@ def contenders(
             found.append(Contender("SBX SAC", sac_then_sbx, warm_up, "env steps"))
         return found
     if case == "cartpole-offpac":
+        offpac_entry = yaml.safe_load(hyperparams_path("offpac").read_text())[env_id]
+        same_size = {key: offpac_entry[key] for key in ("batch_size", "policy_kwargs")}
         return [
             Contender("OffPAC", zoo("offpac"), _train_step, "gradient steps"),
             Contender("OffPAC (exact)", zoo("offpac", fast_update=False), _train_step, "gradient steps"),
+            Contender("DQN", zoo("dqn"), _train_step, "gradient steps"),
+            Contender("DQN, OffPAC's batch and networks", zoo("dqn", **same_size), _train_step, "gradient steps"),
         ]
-    if case == "ppokl-ppo":
-        return [Contender("PPOKL", zoo("ppokl"), on_policy, "env steps"), Contender("PPO", zoo("ppo"), on_policy, "env steps")]
+    if case == "ppokl-ppo":  # the same hyperparameters (PPO's): what the KL penalty costs, not what a tuned entry does
+        ppo_file = zoo_hyperparams_path("ppo")
+        return [
+            Contender("PPOKL", zoo("ppokl", conf=ppo_file), on_policy, "env steps"),
+            Contender("PPO", zoo("ppo"), on_policy, "env steps"),
+        ]
     if case == "sac-updates":
         found = []
         for batch_size in SAC_BATCH_SIZES:
@@ -201,6 +227,7 @@ def contenders(
 
             found += [
                 Contender(f"OffPAC, batch {batch_size}", zoo("offpac", batch_size=batch_size), _train_step, "gradient steps"),
+                *eager_offpac(f"OffPAC (eager), batch {batch_size}", zoo("offpac", batch_size=batch_size, cuda_graph=False), _train_step),
                 Contender(f"OffPAC (exact), batch {batch_size}", zoo("offpac", batch_size=batch_size, fast_update=False), _train_step, "gradient steps"),
                 Contender(f"SB3 SAC, batch {batch_size}", zoo("sac", batch_size=batch_size), _train_step, "gradient steps"),
             ]  # fmt: skip
@@ -209,7 +236,7 @@ def contenders(
         return found
     if case == "ppo-64-envs":
         return [
-            Contender(f"PPOKL, {MANY_ENVS} envs", zoo("ppokl", n_envs=MANY_ENVS), on_policy, "env steps"),
+            Contender(f"PPOKL, {MANY_ENVS} envs", zoo("ppokl", conf=zoo_hyperparams_path("ppo"), n_envs=MANY_ENVS), on_policy, "env steps"),
             Contender(f"PPO, {MANY_ENVS} envs", zoo("ppo", n_envs=MANY_ENVS), on_policy, "env steps"),
         ]
     if case == "cvpg-ppo":
@@ -218,20 +245,40 @@ def contenders(
             Contender("CVPG", zoo("cvpg"), on_policy, "env steps"),
             Contender("PPO", zoo("ppo", conf=ppo_conf), on_policy, "env steps"),
         ]
+    if case == "halfcheetah-sac":  # end to end with the zoo's SAC settings (its v4 entry for v5)
+        sac_conf = zoo_conf_file(load_suite("cvpg-variance"), "sac", folder)
+        warm_up = _learn_step(steps)
+
+        def sbx_from_zoo() -> BaseAlgorithm:
+            return sbx_sac_like(zoo("sac", conf=sac_conf)())
+
+        found = [
+            Contender("OffPAC", zoo("offpac"), warm_up, "env steps"),
+            *eager_offpac("OffPAC (eager)", zoo("offpac", cuda_graph=False), warm_up),
+            Contender("SB3 SAC", zoo("sac", conf=sac_conf), warm_up, "env steps"),
+        ]
+        if sbx_available():
+            found.append(Contender("SBX SAC", sbx_from_zoo, warm_up, "env steps"))
+        return found
     raise ValueError(f"case must be one of {CASES}, got {case!r}")
 
 
 GOALS = {
     "pendulum-sac": [Goal("OffPAC", "SB3 SAC", 2.0), Goal("OffPAC", "SBX SAC", 1.0)],
-    "cartpole-offpac": [Goal("OffPAC", "OffPAC (exact)", 1.5)],
+    "cartpole-offpac": [
+        Goal("OffPAC", "OffPAC (exact)", 1.5),
+        Goal("OffPAC", "DQN", None),
+        Goal("OffPAC", "DQN, OffPAC's batch and networks", None),
+    ],
     "ppokl-ppo": [Goal("PPOKL", "PPO", 0.98)],
     "sac-updates": [
         Goal(f"OffPAC, batch {size}", f"{reference}, batch {size}", None)
         for size in SAC_BATCH_SIZES
-        for reference in ("SB3 SAC", "SBX SAC", "OffPAC (exact)")
+        for reference in ("SB3 SAC", "SBX SAC", "OffPAC (exact)", "OffPAC (eager)")
     ],
     "ppo-64-envs": [Goal(f"PPOKL, {MANY_ENVS} envs", f"PPO, {MANY_ENVS} envs", None)],
     "cvpg-ppo": [Goal("CVPG", "PPO", 0.8)],
+    "halfcheetah-sac": [Goal("OffPAC", "SBX SAC", 1.0), Goal("OffPAC", "OffPAC (eager)", None), Goal("OffPAC", "SB3 SAC", None)],
 }
 ENVS = {
     "pendulum-sac": ("Pendulum-v1",),
@@ -240,6 +287,7 @@ ENVS = {
     "sac-updates": ("Pendulum-v1",),
     "ppo-64-envs": ("CartPole-v1", "Acrobot-v1"),
     "cvpg-ppo": ("Pendulum-v1", "HalfCheetah-v5"),
+    "halfcheetah-sac": ("HalfCheetah-v5",),
 }
 
 
@@ -278,20 +326,27 @@ def close_envs(models: list[BaseAlgorithm]) -> None:
             env.close()
 
 
+#: unprofiled ``train()`` calls per breakdown (their median is reported), and profiled ones
+BREAKDOWN_CALLS, PROFILED_CALLS = 5, 3
+
+
 def _train_ms_per_step(model: BaseAlgorithm, gradient_steps: int) -> float:
-    """Milliseconds per gradient step of one unprofiled ``train()`` call (waiting for a GPU to finish)."""
-    synchronize(model.device)
-    start = time.perf_counter()
-    model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-    synchronize(model.device)
-    return 1e3 * (time.perf_counter() - start) / gradient_steps
+    """Milliseconds per gradient step, the median of unprofiled ``train()`` calls (waiting for a GPU to finish)."""
+    times = []
+    for _ in range(BREAKDOWN_CALLS):
+        synchronize(model.device)
+        start = time.perf_counter()
+        model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+        synchronize(model.device)
+        times.append(1e3 * (time.perf_counter() - start) / gradient_steps)
+    return statistics.median(times)
 
 
 def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
     """
-    Milliseconds per gradient step of an off-policy PyTorch model's ``train()``: in all (an unprofiled call)
-    and in matrix products (the self CPU time of :data:`MATMUL_OPS` in a second call, under the torch profiler):
-    the share of the update that is arithmetic rather than framework overhead.
+    Milliseconds per gradient step of an off-policy PyTorch model's ``train()``: in all (unprofiled calls)
+    and in matrix products (the self CPU time of :data:`MATMUL_OPS` under the torch profiler, the median of
+    other calls): the share of the update that is arithmetic rather than framework overhead.
 
     :param model: a warmed-up off-policy model (its replay buffer holds a batch)
     :param gradient_steps: gradient steps per call
@@ -299,10 +354,12 @@ def matmul_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str
     from torch.profiler import ProfilerActivity, profile
 
     ms_per_step = _train_ms_per_step(model, gradient_steps)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
-    matmul_us = sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS)
-    return {"ms_per_step": ms_per_step, "matmul_ms_per_step": 1e-3 * matmul_us / gradient_steps}
+    matmul_us = []
+    for _ in range(PROFILED_CALLS):
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            model.train(gradient_steps=gradient_steps, batch_size=model.batch_size)  # type: ignore[attr-defined]
+        matmul_us.append(sum(event.self_cpu_time_total for event in profiler.key_averages() if event.key in MATMUL_OPS))
+    return {"ms_per_step": ms_per_step, "matmul_ms_per_step": 1e-3 * statistics.median(matmul_us) / gradient_steps}
 
 
 def cuda_breakdown(model: BaseAlgorithm, gradient_steps: int = 64) -> dict[str, float]:
@@ -489,8 +546,9 @@ def compare_markdown(data: dict[str, Any]) -> list[str]:
             lines.append("")
         elif result.get("breakdown"):
             lines += [
-                "Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (unprofiled) "
-                f"and in matrix products (self CPU time of {', '.join(f'`{op}`' for op in MATMUL_OPS)} under the torch profiler), "
+                f"Where the time goes: milliseconds per gradient step of `train(64)` after the race, in all (the median of "
+                f"{BREAKDOWN_CALLS} unprofiled calls) and in matrix products (self CPU time of "
+                f"{', '.join(f'`{op}`' for op in MATMUL_OPS)} under the torch profiler, the median of {PROFILED_CALLS} calls), "
                 "beside each model's whole env step (1 / its median above, collection included); SBX's gradient step is "
                 "timed the same way, its matrix products are XLA's and not counted.",
                 "",

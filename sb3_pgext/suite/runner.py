@@ -36,6 +36,7 @@ from sb3_pgext.common.processes import PARENT_PID_VARIABLE
 from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Suite
+from sb3_pgext.zoo.derived import zoo_hyperparams_path
 
 _FPS = re.compile(r"\|\s*fps\s*\|\s*([0-9.]+)\s*\|")
 BACKENDS = ("local", "ray")
@@ -116,9 +117,7 @@ def zoo_conf_file(suite: Suite, algo: str, out: Path) -> Path | None:
     """
     if algo in OUR_ALGOS or not suite.zoo_entry_aliases:
         return None
-    import rl_zoo3
-
-    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml") as file:
+    with open(zoo_hyperparams_path(algo)) as file:
         entries = yaml.safe_load(file)
     aliased = {new: entries[old] for new, old in suite.zoo_entry_aliases.items() if old in entries and new not in entries}
     if not aliased:

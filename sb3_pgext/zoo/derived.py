@@ -65,11 +65,21 @@ NOTES = {
 }
 
 
-def zoo_hyperparams(peer: str) -> dict[str, dict[str, Any]]:
-    """rl_zoo3's installed ``<peer>.yml``, YAML anchors resolved."""
+def zoo_hyperparams_path(algo: str) -> Path:
+    """
+    Path of rl_zoo3's own hyperparameter file for one of SB3's algorithms.
+
+    :param algo: the zoo name of the algorithm (e.g. "ppo", "sac", "dqn")
+    :return: path of the installed rl_zoo3's ``hyperparams/<algo>.yml``
+    """
     import rl_zoo3
 
-    with open(Path(rl_zoo3.__file__).parent / "hyperparams" / f"{peer}.yml") as file:
+    return Path(rl_zoo3.__file__).parent / "hyperparams" / f"{algo}.yml"
+
+
+def zoo_hyperparams(peer: str) -> dict[str, dict[str, Any]]:
+    """rl_zoo3's installed ``<peer>.yml``, YAML anchors resolved."""
+    with open(zoo_hyperparams_path(peer)) as file:
         return yaml.safe_load(file)
 
 
