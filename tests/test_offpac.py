@@ -17,6 +17,7 @@ from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from sb3_pgext import OffPAC
 from sb3_pgext.common.estimators import leave_one_out_baseline, likelihood_ratio_loss
 from sb3_pgext.common.gradient_variance import flatten_gradients
+from sb3_pgext.common.utils import isolated_random_streams
 
 TINY = dict(learning_starts=32, batch_size=32, buffer_size=2_000, policy_kwargs=dict(net_arch=[16]))
 DATA = Path(__file__).parent / "data"
@@ -489,6 +490,23 @@ def test_batch_slice_is_the_rows_of_one_minibatch():
     assert th.equal(second.actions, batches.actions[8:16]) and th.equal(second.rewards, batches.rewards[8:16])
 
 
+@pytest.mark.parametrize("her", [False, True], ids=["ReplayBuffer", "HerReplayBuffer"])
+def test_minibatches_are_sampled_together_only_where_rows_are_independent(her, monkeypatch):
+    """SB3's plain buffers: one sample per SAMPLED_STEPS minibatches; HER (relabelled rows last): one per minibatch."""
+    from sb3_pgext.offpac import cuda_graph
+
+    her_kwargs = dict(replay_buffer_class=HerReplayBuffer, replay_buffer_kwargs=dict(n_sampled_goal=4)) if her else {}
+    model = OffPAC("MultiInputPolicy", BitFlippingEnv(n_bits=4, continuous=True, max_steps=4), seed=0, **her_kwargs, **TINY)
+    model.learn(64)
+    sizes = []
+    sample = model.replay_buffer.sample
+    monkeypatch.setattr(model.replay_buffer, "sample", lambda n, env=None: sizes.append(n) or sample(n, env=env))
+    monkeypatch.setattr(cuda_graph, "SAMPLED_STEPS", 2)
+    batches = list(cuda_graph.minibatches(model.replay_buffer, 3, 8, None))
+    assert len(batches) == 3 and all(batch.actions.shape[0] == 8 for batch in batches)
+    assert sizes == ([8, 8, 8] if her else [16, 8])
+
+
 def test_cuda_graph_is_off_on_the_cpu():
     model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", **TINY).learn(64)
     assert model.cuda_graph is None and model._cuda_graph_step is None
@@ -513,9 +531,14 @@ def test_cuda_graph_equals_eager_update(env_id):
     graph advances the CUDA generator's offset as the eager kernels do): the parameters agree within float tolerance.
     """
     models = graph_models(env_id)
-    for model in models.values():
-        model.train(gradient_steps=100, batch_size=64)
+    streams = {}
+    for cuda_graph, model in models.items():
+        with isolated_random_streams(seed=0):  # both start from the same numpy and CUDA streams
+            model.train(gradient_steps=100, batch_size=64)
+            streams[cuda_graph] = (np.random.get_state()[1].copy(), th.cuda.get_rng_state())
     eager, captured = models[False], models[True]
+    assert np.array_equal(streams[False][0], streams[True][0]), "the same rows drawn"
+    assert th.equal(streams[False][1], streams[True][1]), "the CUDA generator advanced by as much"
     assert eager._cuda_graph_step is None and captured._cuda_graph_step.graph is not None
     assert captured._n_updates == eager._n_updates == 100
     eager_state, captured_state = eager.policy.state_dict(), captured.policy.state_dict()

@@ -7,8 +7,10 @@ Captured once with ``torch.cuda.graph``, the whole step (α's, the critics' and 
 and fused Adam steps) replays with one launch. The recipe is LeanRL's (https://github.com/pytorch-labs/LeanRL) and
 PyTorch's "whole network capture" (https://pytorch.org/docs/stable/notes/cuda.html#whole-network-capture):
 
-- static inputs: each replay minibatch is copied into tensors allocated once; all the batches of one ``train()``
-  call are sampled from SB3's replay buffer at once (one host-to-device copy) and sliced;
+- static inputs: each replay minibatch is copied into tensors allocated once; the minibatches of one ``train()``
+  call are sampled from SB3's replay buffer together, up to :data:`SAMPLED_STEPS` at a time (one host-to-device
+  copy), and sliced, where the buffer draws its rows independently (SB3's ``ReplayBuffer``, ``DictReplayBuffer``
+  and ``NStepReplayBuffer``; ``HerReplayBuffer`` puts its relabelled rows last, so it is sampled step by step);
 - the optimizers are made ``capturable`` and read their learning rate from a device tensor, which a schedule fills
   before each call (a Python float would be frozen into the graph);
 - the random draws of a replay are fresh: PyTorch registers the CUDA generator with the graph and advances its
@@ -19,20 +21,53 @@ PyTorch's "whole network capture" (https://pytorch.org/docs/stable/notes/cuda.ht
 - a few eager steps on a side stream before the capture (PyTorch's rule: libraries allocate their workspaces then);
   they are real gradient steps of the call, on its first batches.
 
-If the capture fails, the model says why once (a warning) and trains eagerly from then on.
+If the capture fails, the model says why once (a warning) and trains eagerly from then on. What the step reads
+as a Python value is frozen into the graph when it is captured: ``gamma`` (without n-step returns), the target
+entropy, a fixed ``ent_coef`` (its tensor is read, so filling it in place is seen), Adam's betas and eps; after
+changing one of them, ``model._cuda_graph_step = None`` captures the step again.
 """
 
 import warnings
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch as th
+from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer, ReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
+from stable_baselines3.common.vec_env import VecNormalize
 
 if TYPE_CHECKING:
     from sb3_pgext.offpac.offpac import OffPAC
 
 #: eager gradient steps on a side stream before the capture
 WARM_UP_STEPS = 3
+#: gradient steps whose minibatches are sampled at once (bounds the memory of one sample)
+SAMPLED_STEPS = 64
+#: SB3's buffers whose ``sample(n)`` draws n rows independently and uniformly, so that a slice is a minibatch
+INDEPENDENT_ROWS = (ReplayBuffer, DictReplayBuffer, NStepReplayBuffer)
+
+
+def minibatches(
+    buffer: ReplayBuffer, gradient_steps: int, batch_size: int, env: VecNormalize | None
+) -> Iterator[ReplayBufferSamples]:
+    """
+    The ``gradient_steps`` minibatches of one ``train()`` call: sampled :data:`SAMPLED_STEPS` at a time and sliced
+    where the buffer's rows are independent (:data:`INDEPENDENT_ROWS`, exact types), one ``sample`` each otherwise.
+
+    :param buffer: the replay buffer
+    :param gradient_steps: how many minibatches
+    :param batch_size: rows per minibatch
+    :param env: the VecNormalize wrapper whose statistics normalise the samples, if any
+    """
+    if type(buffer) not in INDEPENDENT_ROWS:
+        for _ in range(gradient_steps):
+            yield buffer.sample(batch_size, env=env)
+        return
+    for first in range(0, gradient_steps, SAMPLED_STEPS):
+        n_steps = min(SAMPLED_STEPS, gradient_steps - first)
+        batches = buffer.sample(batch_size * n_steps, env=env)
+        for index in range(n_steps):
+            yield batch_slice(batches, index, batch_size)
 
 
 def batch_slice(batches: ReplayBufferSamples, index: int, batch_size: int) -> ReplayBufferSamples:
@@ -85,20 +120,25 @@ class CapturedGradientStep:
         self.side_stream = th.cuda.Stream(device=model.device)
 
     def __call__(self, batch: ReplayBufferSamples) -> dict[str, th.Tensor]:
-        if self.graph is None and self.warm_up_left == 0:
-            self._capture(batch)
-        if self.graph is None:  # warming up, or the capture failed: an eager step
-            self.warm_up_left = max(self.warm_up_left - 1, 0)
-            self.side_stream.wait_stream(th.cuda.current_stream(self.model.device))
-            with th.cuda.stream(self.side_stream):
-                logs = self.model._gradient_step(batch)
-            th.cuda.current_stream(self.model.device).wait_stream(self.side_stream)
-            return logs
-        assert self.inputs is not None
-        for static, value in zip(self.inputs, batch):
-            _copy_into(static, value)
-        self.graph.replay()
-        return {key: value.clone() for key, value in self.outputs.items()}
+        with th.cuda.device(self.model.device):  # the capture stream and replays on the model's GPU, not the current one
+            if self.graph is None and self.warm_up_left == 0 and not self.model._cuda_graph_failed:
+                self._capture(batch)
+            if self.graph is None:  # warming up, or the capture failed: an eager step
+                self.warm_up_left = max(self.warm_up_left - 1, 0)
+                self.side_stream.wait_stream(th.cuda.current_stream())
+                with th.cuda.stream(self.side_stream):
+                    logs = self.model._gradient_step(batch)
+                th.cuda.current_stream().wait_stream(self.side_stream)
+                return logs
+            assert self.inputs is not None
+            for static, value in zip(self.inputs, batch):
+                _copy_into(static, value)
+            self.graph.replay()
+            return {key: value.clone() for key, value in self.outputs.items()}
+
+    def release(self) -> None:
+        """The optimizers as they were before the capture (float learning rates, not capturable)."""
+        self._restore_optimizers()
 
     def update_learning_rates(self) -> None:
         """After SB3 set each parameter group's rate (a float): the float into the group's tensor, the tensor back."""
@@ -108,6 +148,7 @@ class CapturedGradientStep:
 
     def _capture(self, batch: ReplayBufferSamples) -> None:
         model = self.model
+        stream = th.cuda.current_stream()
         try:
             self._make_optimizers_capturable()
             self.inputs = ReplayBufferSamples(*(_map(th.clone, field) for field in batch))
@@ -123,6 +164,10 @@ class CapturedGradientStep:
                 th.distributions.Distribution.set_default_validate_args(validate)
             self.graph = graph
         except Exception as error:  # noqa: BLE001 (any failure: say why once, then train eagerly)
+            # torch.cuda.graph switches to its capture stream before beginning the capture and switches back after
+            # ending it: a capture that failed in between leaves its stream current
+            th.cuda.set_stream(stream)
+            th.cuda.synchronize()
             model._cuda_graph_failed = True
             self._restore_optimizers()
             warnings.warn(
@@ -133,12 +178,19 @@ class CapturedGradientStep:
             )
 
     def _make_optimizers_capturable(self) -> None:
-        """Each optimizer capturable, each group's learning rate a device tensor (kept in ``learning_rates``)."""
+        """
+        Each optimizer capturable, each group's learning rate a device tensor (kept in ``learning_rates``), and
+        each step count on its parameter's device (Adam's non-fused implementations keep it on the CPU).
+        """
         for optimizer in self.model._optimizers():
             for group in optimizer.param_groups:
                 rate = th.tensor(float(group["lr"]), dtype=th.float32, device=self.model.device)
                 group["lr"], group["capturable"] = rate, True
                 self.learning_rates.append((group, rate))
+                for param in group["params"]:
+                    state = optimizer.state.get(param, {})
+                    if isinstance(state.get("step"), th.Tensor):
+                        state["step"] = state["step"].to(device=param.device, dtype=th.float32)
 
     def _restore_optimizers(self) -> None:
         for group, rate in self.learning_rates:

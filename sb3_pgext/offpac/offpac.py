@@ -25,7 +25,7 @@ from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
 from sb3_pgext.common.utils import flush_denormal, repeat_observations, with_callbacks
-from sb3_pgext.offpac.cuda_graph import CapturedGradientStep, batch_slice
+from sb3_pgext.offpac.cuda_graph import CapturedGradientStep, minibatches
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
 from sb3_pgext.registry import check_action_space
 
@@ -371,10 +371,12 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         # losses are checked for NaN / inf there too)
         logs: dict[str, list[th.Tensor]] = defaultdict(list)
         captured = self._captured_step(batch_size)
-        if captured is not None:  # every batch of the call sampled at once, each step one replay of the CUDA graph
-            batches = self.replay_buffer.sample(batch_size * gradient_steps, env=self._vec_normalize_env)  # type: ignore[union-attr]
-            for gradient_step in range(gradient_steps):
-                for key, value in captured(batch_slice(batches, gradient_step, batch_size)).items():
+        if captured is not None:  # the call's minibatches sampled together, each step one replay of the CUDA graph
+            assert self.replay_buffer is not None
+            for gradient_step, replay_data in enumerate(
+                minibatches(self.replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)
+            ):
+                for key, value in captured(replay_data).items():
                     logs[key].append(value)
                 if gradient_step % self.target_update_interval == 0:
                     self._update_targets()
@@ -474,6 +476,8 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         if not (wanted and self.device.type == "cuda" and self.fast_update and not self.use_sde) or self._cuda_graph_failed:
             return None
         if self._cuda_graph_step is None or self._cuda_graph_step.batch_size != batch_size:
+            if self._cuda_graph_step is not None:  # the optimizers as they were, for the new step's eager warm-up
+                self._cuda_graph_step.release()
             self._cuda_graph_step = CapturedGradientStep(self, batch_size)
         return self._cuda_graph_step
 
