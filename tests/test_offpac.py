@@ -99,6 +99,22 @@ def test_fast_update_equals_exact_update(env_id, n_critics):
     assert_fast_update_equals_exact_update(env_id, n_critics, "cpu", gradient_steps=300)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fast_predict_is_sacs_action_bit_for_bit(deterministic):
+    """The fast update's predict (no distribution objects) gives SB3's Actor's actions from the same random stream."""
+    model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, **TINY)
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(16)]))
+    with isolated_random_streams(seed=1):
+        fast = model.policy._predict(obs, deterministic=deterministic)
+    with isolated_random_streams(seed=1):
+        sac = model.actor(obs, deterministic=deterministic)  # SB3's Actor.forward, through the distribution
+    assert th.equal(fast, sac)
+    model.policy.set_training_mode(False)
+    assert not model.actor.training and not model.critic.training
+    model.policy.set_training_mode(True)
+    assert model.actor.training and model.critic.training and model.policy.training
+
+
 def test_fast_update_logs_once_per_train_call(monkeypatch):
     """The logged values are read from the device once per train() call, not once per gradient step."""
     model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, **TINY).learn(64)
