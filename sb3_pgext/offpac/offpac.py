@@ -74,8 +74,9 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
     The fast update (``fast_update=True``) computes the same update with less framework overhead: the
     critics (and their targets) as one batched network, fused Adam steps, the actor's backward pass
     without the critics' (discarded) weight gradients, the Polyak update as one foreach operation, the
-    logged values kept on the device and read once per ``train()`` call, and on the CPU subnormal floats
-    flushed to zero (:func:`~sb3_pgext.common.utils.flush_denormal`). Saved files are the same either way.
+    logged values kept on the device and read once per ``train()`` call, on the CPU subnormal floats
+    flushed to zero (:func:`~sb3_pgext.common.utils.flush_denormal`), and Box actions predicted without
+    building the distribution objects. Saved files are the same either way.
     On CUDA the fast update's gradient step is captured as a CUDA graph and replayed (``cuda_graph``, see
     :mod:`sb3_pgext.offpac.cuda_graph`): one launch per gradient step instead of a few hundred.
 
