@@ -134,7 +134,8 @@ class OffPACPolicy(SACPolicy):
     :param share_features_extractor: Whether to share the features extractor between actor and critic
     :param fast_update: The critics' Q-networks as one batched network (:class:`~sb3_pgext.common.critics.BatchedMLP`,
         same state-dict keys) and the fused implementation of Adam / AdamW (unless ``optimizer_kwargs`` sets
-        ``fused`` or ``foreach``); False: SB3's separate modules and Adam, SAC's arithmetic bit for bit
+        ``fused`` or ``foreach``), and Box actions predicted without SB3's distribution objects (see ``_predict``);
+        False: SB3's separate modules and Adam, SAC's arithmetic bit for bit
     """
 
     actor: Actor | CategoricalActor  # type: ignore[assignment]
