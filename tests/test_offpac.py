@@ -523,6 +523,16 @@ def test_minibatches_are_sampled_together_only_where_rows_are_independent(her, m
     assert sizes == ([8, 8, 8] if her else [16, 8])
 
 
+def test_torch_keeps_the_default_of_distribution_checks_where_the_capture_reads_it():
+    """The capture turns torch.distributions' argument checks off and restores the default it read from a private name."""
+    original = th.distributions.Distribution._validate_args
+    try:
+        th.distributions.Distribution.set_default_validate_args(not original)
+        assert th.distributions.Distribution._validate_args is (not original)
+    finally:
+        th.distributions.Distribution.set_default_validate_args(original)
+
+
 def test_cuda_graph_is_off_on_the_cpu():
     model = OffPAC("MlpPolicy", "Pendulum-v1", seed=0, device="cpu", **TINY).learn(64)
     assert model.cuda_graph is None and model._cuda_graph_step is None
