@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../../.."
 
 PACKAGES=(
     stable-baselines3==2.9.2 sb3-contrib==2.9.2 gymnasium==1.4.0 farama-notifications==0.0.6 rl-zoo3==2.9.2
-    sb3-team-hf-integration==3.2 shimmy==2.0.1 optuna==5.1.0 alembic==1.20.1 mako==1.4.3 sqlalchemy==2.1.9
+    sb3-team-hf-integration==3.2 wasabi==1.1.3 shimmy==2.0.1 optuna==5.1.0 alembic==1.20.1 mako==1.4.3 sqlalchemy==2.1.9
     colorlog==6.12.0 pytablewriter==1.2.1 dataproperty==1.1.1 mbstrdecoder==1.1.5 pathvalidate==3.3.1 tabledata==1.3.5
     tcolorpy==0.1.7 typepy==1.3.5 chardet==6.0.0.post1 sbx-rl==0.28.0 tfp-nightly==0.26.0.dev20261027 gast==0.7.0
     dm-tree==0.1.10 decorator==5.3.2 mujoco==4.0.1 mujoco-core==4.0.1 glfw==2.11.0 pyopengl==3.1.10
