@@ -121,6 +121,7 @@ def test_an_address_without_the_ray_backend_is_refused(tiny_suite, tmp_path):
         run_suite(tiny_suite, tmp_path, address="auto")
 
 
+@pytest.mark.slow  # 40 s of Ray start-up; the default run keeps the Ray runner's main test
 def test_the_driver_leaves_a_run_another_runner_is_training_to_it(tiny_suite, tmp_path, hold_lock, capsys):
     """
     The driver takes each run's lock before submitting its task, as the local runner does: a run whose lock

@@ -398,6 +398,7 @@ def postgresql_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow  # starts a PostgreSQL server (30 s); the journal-storage test shares the code path
 def test_two_workers_share_one_postgresql_study(tmp_path, postgresql_url):
     """
     The multi-machine tuning of docs/guide/zoo.md: the study created once (as the guide's `optuna create-study` does: two
