@@ -136,10 +136,6 @@ class CapturedGradientStep:
             self.graph.replay()
             return {key: value.clone() for key, value in self.outputs.items()}
 
-    def release(self) -> None:
-        """The optimizers as they were before the capture (float learning rates, not capturable)."""
-        self._restore_optimizers()
-
     def update_learning_rates(self) -> None:
         """After SB3 set each parameter group's rate (a float): the float into the group's tensor, the tensor back."""
         for group, rate in self.learning_rates:
@@ -169,7 +165,7 @@ class CapturedGradientStep:
             th.cuda.set_stream(stream)
             th.cuda.synchronize()
             model._cuda_graph_failed = True
-            self._restore_optimizers()
+            self.release()
             warnings.warn(
                 f"OffPAC: capturing the gradient step as a CUDA graph failed ({type(error).__name__}: {error}); "
                 "it trains eagerly from now on (cuda_graph=False turns the capture off)",
@@ -192,7 +188,8 @@ class CapturedGradientStep:
                     if isinstance(state.get("step"), th.Tensor):
                         state["step"] = state["step"].to(device=param.device, dtype=th.float32)
 
-    def _restore_optimizers(self) -> None:
+    def release(self) -> None:
+        """The optimizers as they were before the capture (float learning rates, not capturable)."""
         for group, rate in self.learning_rates:
             group["lr"], group["capturable"] = float(rate), False
         self.learning_rates = []

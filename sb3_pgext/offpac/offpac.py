@@ -371,26 +371,22 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
         # Logged values stay on the device and are read once, after the loop: no synchronisation per step (so the
         # losses are checked for NaN / inf there too)
         logs: dict[str, list[th.Tensor]] = defaultdict(list)
+        assert self.replay_buffer is not None
         captured = self._captured_step(batch_size)
         if captured is not None:  # the call's minibatches sampled together, each step one replay of the CUDA graph
-            assert self.replay_buffer is not None
-            for gradient_step, replay_data in enumerate(
-                minibatches(self.replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)
-            ):
-                for key, value in captured(replay_data).items():
+            batches = minibatches(self.replay_buffer, gradient_steps, batch_size, self._vec_normalize_env)
+            step = captured
+        else:  # a minibatch sampled before each step, as SAC samples it
+            batches = (self.replay_buffer.sample(batch_size, env=self._vec_normalize_env) for _ in range(gradient_steps))
+            step = self._gradient_step
+        # Subnormal floats (Adam's moments of dead units) flushed to zero on the CPU: they slow the arithmetic many
+        # times (see flush_denormal); the exact update keeps SAC's arithmetic bit for bit
+        with flush_denormal(enabled=self.fast_update and self.device.type == "cpu"):
+            for gradient_step, replay_data in enumerate(batches):
+                for key, value in step(replay_data).items():
                     logs[key].append(value)
                 if gradient_step % self.target_update_interval == 0:
                     self._update_targets()
-        else:
-            # Subnormal floats (Adam's moments of dead units) flushed to zero on the CPU: they slow the arithmetic
-            # many times (see flush_denormal); the exact update keeps SAC's arithmetic bit for bit
-            with flush_denormal(enabled=self.fast_update and self.device.type == "cpu"):
-                for gradient_step in range(gradient_steps):
-                    replay_data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)  # type: ignore[union-attr]
-                    for key, value in self._gradient_step(replay_data).items():
-                        logs[key].append(value)
-                    if gradient_step % self.target_update_interval == 0:
-                        self._update_targets()
 
         self._n_updates += gradient_steps
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
@@ -472,9 +468,10 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
 
     def _captured_step(self, batch_size: int) -> CapturedGradientStep | None:
         """The captured gradient step for ``batch_size`` (a new one when the batch size changed), None when eager."""
-        wanted = self.cuda_graph if self.cuda_graph is not None else True
-        # on a device other than CUDA (a file saved with cuda_graph=True loaded on the CPU), eagerly
-        if not (wanted and self.device.type == "cuda" and self.fast_update and not self.use_sde) or self._cuda_graph_failed:
+        # None captures where it can; on a device other than CUDA (a file saved with cuda_graph=True loaded on the
+        # CPU), eagerly
+        capturable = self.device.type == "cuda" and self.fast_update and not self.use_sde
+        if self.cuda_graph is False or not capturable or self._cuda_graph_failed:
             return None
         if self._cuda_graph_step is None or self._cuda_graph_step.batch_size != batch_size:
             if self._cuda_graph_step is not None:  # the optimizers as they were, for the new step's eager warm-up

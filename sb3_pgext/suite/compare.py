@@ -182,9 +182,8 @@ def contenders(
 
         return build
 
-    def eager_offpac(name: str, build: Callable[[], BaseAlgorithm], step: Any) -> list[Contender]:
+    def eager_offpac(name: str, build: Callable[[], BaseAlgorithm], step: Any, unit: str) -> list[Contender]:
         """On CUDA, OffPAC without its captured update beside it (on the CPU the update is eager anyway)."""
-        unit = "gradient steps" if step is _train_step else "env steps"
         return [Contender(name, build, step, unit)] if th.device(device).type == "cuda" else []
 
     def on_policy(model: BaseAlgorithm) -> tuple[Callable[[], None], int]:
@@ -227,7 +226,7 @@ def contenders(
 
             found += [
                 Contender(f"OffPAC, batch {batch_size}", zoo("offpac", batch_size=batch_size), _train_step, "gradient steps"),
-                *eager_offpac(f"OffPAC (eager), batch {batch_size}", zoo("offpac", batch_size=batch_size, cuda_graph=False), _train_step),
+                *eager_offpac(f"OffPAC (eager), batch {batch_size}", zoo("offpac", batch_size=batch_size, cuda_graph=False), _train_step, "gradient steps"),
                 Contender(f"OffPAC (exact), batch {batch_size}", zoo("offpac", batch_size=batch_size, fast_update=False), _train_step, "gradient steps"),
                 Contender(f"SB3 SAC, batch {batch_size}", zoo("sac", batch_size=batch_size), _train_step, "gradient steps"),
             ]  # fmt: skip
@@ -254,7 +253,7 @@ def contenders(
 
         found = [
             Contender("OffPAC", zoo("offpac"), warm_up, "env steps"),
-            *eager_offpac("OffPAC (eager)", zoo("offpac", cuda_graph=False), warm_up),
+            *eager_offpac("OffPAC (eager)", zoo("offpac", cuda_graph=False), warm_up, "env steps"),
             Contender("SB3 SAC", zoo("sac", conf=sac_conf), warm_up, "env steps"),
         ]
         if sbx_available():
