@@ -4,6 +4,8 @@ of the critic fitted on earlier rollouts, against exact gradients; the pieces; t
 the replay buffer, float64 actions, MultiDiscrete / MultiBinary).
 """
 
+import copy
+import itertools
 import json
 import math
 from pathlib import Path
@@ -36,7 +38,7 @@ from sb3_pgext.common.estimators import (
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
 from sb3_pgext.cvpg.per_sample import per_sample_gradients
-from sb3_pgext.cvpg.q_critic import QCritic, joint_action_index, joint_action_probs
+from sb3_pgext.cvpg.q_critic import QCritic, joint_action_index, joint_action_probs, mlp_mse_gradients
 
 DATA = Path(__file__).parent / "data"
 
@@ -571,6 +573,43 @@ def test_default_critic_steps_and_architecture():
     assert CVPG("MlpPolicy", "Pendulum-v1", qf_target="td").q_critic.gradient_steps == 100
 
 
+@pytest.mark.parametrize("hidden", [[], [7], [9, 5]])
+def test_hand_written_critic_gradient_is_autograds(hidden):
+    th.manual_seed(0)
+    sizes = [4, *hidden, 1]
+    modules = []
+    for n_in, n_out in itertools.pairwise(sizes):
+        modules += [th.nn.Linear(n_in, n_out), th.nn.ReLU()]
+    network = th.nn.Sequential(*modules[:-1])
+    inputs, targets = th.randn(33, 4), th.randn(33)
+    loss = th.nn.functional.mse_loss(network(inputs).flatten(), targets)
+    expected = th.autograd.grad(loss, list(network.parameters()))
+    layers = [m for m in network if isinstance(m, th.nn.Linear)]
+    assert th.allclose(mlp_mse_gradients(layers, inputs, targets), loss.detach())
+    by_hand = [g for layer in layers for g in (layer.weight.grad, layer.bias.grad)]
+    assert all(th.allclose(a, b, atol=1e-6) for a, b in zip(by_hand, expected))
+
+
+def test_critic_fit_by_hand_takes_autograds_steps():
+    """The MLP critic's hand-written fit and autograd's take the same minibatches and steps (100 samples, batch 16)."""
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, **TINY)
+    by_hand, by_autograd = model.q_critic, copy.deepcopy(model.q_critic)
+    assert by_hand.hand_written_layers() is not None
+    by_autograd.hand_written_layers = lambda: None  # type: ignore[method-assign]
+    by_hand.gradient_steps = by_autograd.gradient_steps = 40  # passes that end mid-batch
+    obs, actions, targets = th.randn(100, 3), 3 * th.randn(100, 1), th.randn(100)
+    initial = [p.clone() for p in by_hand.parameters()]
+    losses = []
+    for critic in (by_hand, by_autograd):
+        th.manual_seed(1)
+        critic.requires_grad_(True)
+        losses.append(critic.fit_rollout(obs, actions, targets))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert all(th.allclose(a, b, atol=1e-5) for a, b in zip(by_hand.parameters(), by_autograd.parameters()))
+    assert not any(th.equal(a, b) for a, b in zip(by_hand.parameters(), initial)), "every weight was fitted"
+    assert all(group["fused"] for group in by_hand.optimizer.param_groups)
+
+
 # --- the defects --------------------------------------------------------------------------------------
 
 
@@ -829,6 +868,7 @@ def test_old_saved_models_load_and_train(name):
     expected = json.loads((DATA / "cvpg_v0_1.json").read_text())[name]
     model = CVPG.load(DATA / f"{name}.zip")
     assert model.eta == "adaptive" and isinstance(model.q_critic, QCritic)
+    assert all(group["fused"] for group in model.q_critic.optimizer.param_groups), "saved by Adam's default; loads into the fused one"
     obs = th.tensor(expected["obs"], device=model.device)
     with th.no_grad():
         q = model.q_critic(obs) if "actions" not in expected else model.q_critic(obs, th.tensor(expected["actions"], device=model.device))

@@ -89,6 +89,27 @@ def flush_denormal(enabled: bool = True) -> Iterator[None]:
         th.set_flush_denormal(False)
 
 
+@contextmanager
+def optimizer_implementations_kept(optimizers: list[th.optim.Optimizer]) -> Iterator[None]:
+    """
+    Load optimizer states in the block (SB3's ``set_parameters``) and keep each optimizer's implementation (fused,
+    foreach or single-tensor), whatever the file's was: ``Optimizer.load_state_dict`` takes the saved param groups'
+    ``fused`` and ``foreach``. Fused kernels take Adam's step count on the parameters' device, so it is moved there.
+
+    :param optimizers: the optimizers whose states the block loads
+    """
+    implementations = [[(group.get("fused"), group.get("foreach")) for group in opt.param_groups] for opt in optimizers]
+    yield
+    for optimizer, settings in zip(optimizers, implementations):
+        for group, (fused, foreach) in zip(optimizer.param_groups, settings):
+            group["fused"], group["foreach"] = fused, foreach
+            if fused:
+                for param in group["params"]:
+                    state = optimizer.state.get(param, {})
+                    if isinstance(state.get("step"), th.Tensor):
+                        state["step"] = state["step"].to(device=param.device, dtype=th.float32)
+
+
 def _flushes_denormals() -> bool:
     """Whether the calling thread flushes subnormal floats: torch has no getter, so halve the smallest normal float32."""
     return bool(np.float32(2.0**-126) / np.float32(2.0) == 0.0)

@@ -34,7 +34,7 @@ from sb3_pgext.common.estimators import (
     weighted_analytic_term,
 )
 from sb3_pgext.common.gradient_variance import gradient_variance
-from sb3_pgext.common.utils import index_observations, repeat_observations, value_net_layers
+from sb3_pgext.common.utils import index_observations, optimizer_implementations_kept, repeat_observations, value_net_layers
 from sb3_pgext.cvpg.buffers import (
     CVPGBufferMixin,
     CVPGDictRolloutBuffer,
@@ -721,7 +721,8 @@ class CVPG(PPOKL):
         if not isinstance(params, dict):
             _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
         params, exact_match = parameters_without_q_critic(self, params, exact_match)
-        super().set_parameters(params, exact_match=exact_match, device=device)
+        with optimizer_implementations_kept([] if self.q_critic is None else [self.q_critic.optimizer]):  # fused Adam, as built
+            super().set_parameters(params, exact_match=exact_match, device=device)
 
 
 def _check_arguments(

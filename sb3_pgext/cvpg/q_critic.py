@@ -47,9 +47,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_pgext.common.critics import DiscreteCritic
-from sb3_pgext.common.utils import concatenate_observations, index_observations
+from sb3_pgext.common.utils import concatenate_observations, flush_denormal, index_observations
 
 QF_TARGETS = ("advantages", "returns", "td")
+#: :meth:`QCritic.fit_rollout` gathers the minibatches of this many steps at a time (one copy instead of one per step)
+GATHERED_STEPS = 64
 #: The most joint actions of a MultiDiscrete / MultiBinary space the exact ("expected") control variate sums over
 MAX_JOINT_ACTIONS = 1024
 
@@ -171,7 +173,8 @@ class QCritic(nn.Module):
             return DiscreteCritic(observation_space, spaces.Discrete(math.prod(self.choices)), **kwargs)
 
         self.q_net = make_q_net()
-        self.optimizer = th.optim.Adam(self.q_net.parameters(), lr=learning_rate)
+        # torch's fused Adam: the same update as its default (single-tensor on the CPU) in one kernel per step
+        self.optimizer = th.optim.Adam(self.q_net.parameters(), lr=learning_rate, fused=self.device.type in ("cpu", "cuda") or None)
         self.q_net_target: nn.Module | None = None
         self.replay_buffer: ReplayBuffer | None = None
         if target == "td":
@@ -200,8 +203,11 @@ class QCritic(nn.Module):
         if self.choices is not None:
             return q_net(obs)[0]
         assert actions is not None
-        actions = th.clamp(actions.to(th.float32), self.action_low, self.action_high)
-        return q_net(obs, actions)[0].flatten()
+        return q_net(obs, self._clip(actions))[0].flatten()
+
+    def _clip(self, actions: th.Tensor) -> th.Tensor:
+        """Box actions as the env executes them, clipped to the action space's bounds, as float32."""
+        return th.clamp(actions.to(th.float32), self.action_low, self.action_high)
 
     def q_taken(self, obs: PyTorchObs, actions: th.Tensor, target: bool = False) -> th.Tensor:
         """Q(s, a) of the given actions, shape (batch,), for every kind of action space."""
@@ -218,15 +224,12 @@ class QCritic(nn.Module):
 
     # ------------------------------------------------------------------ fitting
 
-    def _step(self, loss: th.Tensor) -> None:
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-
     def fit_rollout(self, observations: PyTorchObs, actions: th.Tensor, targets: th.Tensor) -> float:
         """
         ``gradient_steps`` least-squares steps of Q_w(s_t, a_t) onto per-sample targets (advantages or
         λ-returns) of this rollout and of the ``n_rollouts − 1`` before it, in shuffled passes over their samples.
+        With Box actions and SB3's ``FlattenExtractor`` (the MLP policies' critic) each step's gradient is written by
+        hand (:func:`mlp_mse_gradients`), otherwise it is autograd's; the two agree to float rounding (tested).
 
         :param observations: the rollout's observations (as the policy sees them), batch-first tensors
         :param actions: the rollout's actions
@@ -238,16 +241,47 @@ class QCritic(nn.Module):
             observations = concatenate_observations([rollout[0] for rollout in self.recent_rollouts])
             actions = th.cat([rollout[1] for rollout in self.recent_rollouts])
             targets = th.cat([rollout[2] for rollout in self.recent_rollouts])
-        n_samples = len(targets)
-        n_passes = math.ceil(self.gradient_steps * self.batch_size / n_samples)
+        n_samples, batch_size = len(targets), self.batch_size
+        n_passes = math.ceil(self.gradient_steps * batch_size / n_samples)
         order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(max(n_passes, 1))])  # none for gradient_steps=0
+        layers = self.hand_written_layers()
+        if layers is not None:  # the critic's inputs, [features(s), clip(a)], once: its features extractor has no weights
+            inputs = th.cat([self.q_net.extract_features(observations, self.q_net.features_extractor), self._clip(actions)], dim=1)
         losses = []
-        for step in range(self.gradient_steps):
-            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            loss = F.mse_loss(self.q_taken(index_observations(observations, batch), actions[batch]), targets[batch])
-            self._step(loss)
-            losses.append(loss.detach())
+        with flush_denormal(self.device.type == "cpu"):  # Adam's moments of dead ReLU units go subnormal
+            for first in range(0, self.gradient_steps, GATHERED_STEPS):
+                n_steps = min(GATHERED_STEPS, self.gradient_steps - first)
+                index = order[first * batch_size : (first + n_steps) * batch_size]
+                chunk_targets = targets[index]
+                if layers is not None:
+                    chunk_inputs = inputs[index]
+                else:
+                    chunk_observations, chunk_actions = index_observations(observations, index), actions[index]
+                for step in range(n_steps):
+                    batch = slice(step * batch_size, (step + 1) * batch_size)
+                    if layers is not None:
+                        loss = mlp_mse_gradients(layers, chunk_inputs[batch], chunk_targets[batch])
+                    else:
+                        self.optimizer.zero_grad()
+                        loss = F.mse_loss(self.q_taken(index_observations(chunk_observations, batch), chunk_actions[batch]), chunk_targets[batch])
+                        loss.backward()
+                    self.optimizer.step()
+                    losses.append(loss.detach())
         return th.stack(losses).mean().item() if losses else float("nan")
+
+    def hand_written_layers(self) -> list[nn.Linear] | None:
+        """
+        The Q-network's linear layers when :meth:`fit_rollout` writes its gradients by hand: Box actions, a features
+        extractor without weights (SB3's ``FlattenExtractor``) and linear layers with a ReLU between each two (SB3's
+        ``create_mlp``); None otherwise.
+        """
+        if self.choices is not None or any(True for _ in self.q_net.features_extractor.parameters()):
+            return None
+        modules = list(self.q_net.q_networks[0])  # type: ignore[union-attr]
+        layers, activations = modules[0::2], modules[1::2]
+        if len(layers) == len(activations) + 1 and all(type(m) is nn.Linear for m in layers) and all(type(m) is nn.ReLU for m in activations):
+            return layers  # type: ignore[return-value]
+        return None
 
     def fit_td(self, policy: BasePolicy, vec_normalize_env: VecNormalize | None = None) -> float:
         """
@@ -260,14 +294,44 @@ class QCritic(nn.Module):
         """
         assert self.replay_buffer is not None and self.q_net_target is not None
         losses = []
-        for _ in range(self.gradient_steps):
-            data = self.replay_buffer.sample(self.batch_size, env=vec_normalize_env)
-            with th.no_grad():
-                next_q = self.expected_q(data.next_observations, policy.get_distribution(data.next_observations), target=True)
-                target = data.rewards.flatten() + (1 - data.dones.flatten()) * self.gamma * next_q
-            loss = F.mse_loss(self.q_taken(data.observations, data.actions), target)
-            self._step(loss)
-            polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
-            losses.append(loss.detach())
+        with flush_denormal(self.device.type == "cpu"):
+            for _ in range(self.gradient_steps):
+                data = self.replay_buffer.sample(self.batch_size, env=vec_normalize_env)
+                with th.no_grad():
+                    next_q = self.expected_q(data.next_observations, policy.get_distribution(data.next_observations), target=True)
+                    target = data.rewards.flatten() + (1 - data.dones.flatten()) * self.gamma * next_q
+                loss = F.mse_loss(self.q_taken(data.observations, data.actions), target)
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                polyak_update(self.q_net.parameters(), self.q_net_target.parameters(), self.tau)
+                losses.append(loss.detach())
         return th.stack(losses).mean().item() if losses else float("nan")
 
+
+
+def mlp_mse_gradients(layers: list[nn.Linear], inputs: th.Tensor, targets: th.Tensor) -> th.Tensor:
+    """
+    The gradient of the mean squared error mean_i (f(x_i) − y_i)² of the MLP f made of ``layers`` with a ReLU between
+    each two, written into each weight's and bias's ``.grad``: what ``loss.backward()`` gives, without autograd's
+    bookkeeping, which costs more than the arithmetic at the sizes of CVPG's critics on one CPU core (measured in
+    docs/algorithms/cvpg.md, "Cost").
+
+    :param layers: the linear layers, the last one with one output
+    :param inputs: the minibatch's inputs, shape (batch, layers[0].in_features)
+    :param targets: the regression targets, shape (batch,)
+    :return: the loss, a scalar tensor
+    """
+    with th.no_grad():
+        hidden = [inputs]  # the input of each layer
+        for layer in layers[:-1]:
+            hidden.append(th.addmm(layer.bias, hidden[-1], layer.weight.t()).relu_())
+        last = layers[-1]
+        error = th.addmm(last.bias, hidden[-1], last.weight.t()).squeeze(1) - targets
+        grad_output = error.unsqueeze(1) * (2.0 / len(targets))  # d loss / d f(x)
+        for k in range(len(layers) - 1, -1, -1):
+            layers[k].weight.grad = grad_output.t().mm(hidden[k])
+            layers[k].bias.grad = grad_output.sum(0)
+            if k > 0:  # back through layer k and the ReLU before it (its output is > 0 where its input was)
+                grad_output = grad_output.mm(layers[k].weight).mul_(hidden[k] > 0)
+        return error.square().mean()

@@ -24,7 +24,7 @@ from sb3_pgext.common.estimators import expected_policy_loss, likelihood_ratio_l
 from sb3_pgext.common.finite import FiniteTransitionCheck, check_finite_loss
 from sb3_pgext.common.gradient_variance import gradient_variance
 from sb3_pgext.common.save_util import AtomicSaveMixin, atomic_path
-from sb3_pgext.common.utils import flush_denormal, repeat_observations, with_callbacks
+from sb3_pgext.common.utils import flush_denormal, optimizer_implementations_kept, repeat_observations, with_callbacks
 from sb3_pgext.offpac.cuda_graph import CapturedGradientStep, minibatches
 from sb3_pgext.offpac.policies import CnnPolicy, MlpPolicy, MultiInputPolicy, OffPACPolicy
 from sb3_pgext.registry import check_action_space
@@ -580,18 +580,9 @@ class OffPAC(AtomicSaveMixin, CheckedLoadMixin, OffPolicyAlgorithm):
             if name == "critic.optimizer" and isinstance(self.critic, BatchedCriticMixin):
                 params[name] = self.critic.stacked_optimizer_state(saved, _optimizer_parameters(optimizer))
             check_optimizer_state(name, params[name], _optimizer_parameters(optimizer))
-        optimizers = list(named_optimizers.values())
-        implementations = [[(group.get("fused"), group.get("foreach")) for group in opt.param_groups] for opt in optimizers]
-        super().set_parameters(params, exact_match=exact_match, device=device)
+        with optimizer_implementations_kept(list(named_optimizers.values())):
+            super().set_parameters(params, exact_match=exact_match, device=device)
         self._cuda_graph_step = None  # its graph holds the optimizers' replaced state tensors: captured again when needed
-        for optimizer, settings in zip(optimizers, implementations):
-            for group, (fused, foreach) in zip(optimizer.param_groups, settings):
-                group["fused"], group["foreach"] = fused, foreach
-                if fused:  # fused kernels take the step count on the parameters' device
-                    for param in group["params"]:
-                        state = optimizer.state.get(param, {})
-                        if isinstance(state.get("step"), th.Tensor):
-                            state["step"] = state["step"].to(device=param.device, dtype=th.float32)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         state_dicts = ["policy", "actor.optimizer", "critic.optimizer"]
