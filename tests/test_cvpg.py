@@ -345,15 +345,19 @@ def test_state_part_subtracts_the_reward_to_go_baseline(baseline):
     assert with_cv["variance"] * 5 <= plain["variance"], (with_cv["variance"], plain["variance"])
 
 
-@pytest.mark.parametrize("qf_target, qf_rollouts", [("advantages", 1), ("returns", 1), ("td", 1), ("advantages", 4)])
-def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts):
+@pytest.mark.parametrize(
+    "qf_target, qf_rollouts, eta",
+    [("advantages", 1, "adaptive"), ("returns", 1, "adaptive"), ("td", 1, "adaptive"), ("advantages", 4, "adaptive"),
+     ("returns", 1, "min_variance")],
+)
+def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts, eta):
     """
     The critic is fitted after each update on what came before, never on the rollout it builds Ā for: with the
     policy held fixed (learning rate 0), each rollout's estimate is unbiased given the past, so the mean over
     rollouts is within 5 standard errors of the exact gradient (per coordinate), while the critic keeps changing.
     """
     model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=128, n_epochs=1, batch_size=256,
-                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
+                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, eta=eta, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
                  policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.5)))
     estimates, critics = [], []
     original_prepare = model.prepare_advantages
