@@ -315,7 +315,7 @@ def mlp_mse_gradients(layers: list[nn.Linear], inputs: th.Tensor, targets: th.Te
     The gradient of the mean squared error mean_i (f(x_i) − y_i)² of the MLP f made of ``layers`` with a ReLU between
     each two, written into each weight's and bias's ``.grad``: what ``loss.backward()`` gives, without autograd's
     bookkeeping, which costs more than the arithmetic at the sizes of CVPG's critics on one CPU core (measured in
-    docs/algorithms/cvpg.md, "Cost").
+    docs/algorithms/cvpg.md, "What the critic costs").
 
     :param layers: the linear layers, the last one with one output
     :param inputs: the minibatch's inputs, shape (batch, layers[0].in_features)
