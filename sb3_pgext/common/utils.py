@@ -104,10 +104,18 @@ def optimizer_implementations_kept(optimizers: list[th.optim.Optimizer]) -> Iter
         for group, (fused, foreach) in zip(optimizer.param_groups, settings):
             group["fused"], group["foreach"] = fused, foreach
             if fused:
-                for param in group["params"]:
-                    state = optimizer.state.get(param, {})
-                    if isinstance(state.get("step"), th.Tensor):
-                        state["step"] = state["step"].to(device=param.device, dtype=th.float32)
+                step_counts_on_parameter_device(optimizer, group)
+
+
+def step_counts_on_parameter_device(optimizer: th.optim.Optimizer, group: dict[str, Any]) -> None:
+    """
+    Each parameter's step count in the optimizer's param ``group`` as a float32 tensor on the parameter's device,
+    where fused and capturable kernels read it (torch's other implementations keep it on the CPU).
+    """
+    for param in group["params"]:
+        state = optimizer.state.get(param, {})
+        if isinstance(state.get("step"), th.Tensor):
+            state["step"] = state["step"].to(device=param.device, dtype=th.float32)
 
 
 def _flushes_denormals() -> bool:

@@ -309,7 +309,6 @@ class QCritic(nn.Module):
         return th.stack(losses).mean().item() if losses else float("nan")
 
 
-
 def mlp_mse_gradients(layers: list[nn.Linear], inputs: th.Tensor, targets: th.Tensor) -> th.Tensor:
     """
     The gradient of the mean squared error mean_i (f(x_i) − y_i)² of the MLP f made of ``layers`` with a ReLU between

@@ -36,6 +36,8 @@ from stable_baselines3.common.buffers import DictReplayBuffer, NStepReplayBuffer
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 from stable_baselines3.common.vec_env import VecNormalize
 
+from sb3_pgext.common.utils import step_counts_on_parameter_device
+
 if TYPE_CHECKING:
     from sb3_pgext.offpac.offpac import OffPAC
 
@@ -183,10 +185,7 @@ class CapturedGradientStep:
                 rate = th.tensor(float(group["lr"]), dtype=th.float32, device=self.model.device)
                 group["lr"], group["capturable"] = rate, True
                 self.learning_rates.append((group, rate))
-                for param in group["params"]:
-                    state = optimizer.state.get(param, {})
-                    if isinstance(state.get("step"), th.Tensor):
-                        state["step"] = state["step"].to(device=param.device, dtype=th.float32)
+                step_counts_on_parameter_device(optimizer, group)
 
     def release(self) -> None:
         """The optimizers as they were before the capture (float learning rates, not capturable)."""
