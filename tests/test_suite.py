@@ -529,7 +529,7 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     """compare.json has each model's repeats, their median, the order rotated each round and the goals' ratios of medians."""
     import statistics
 
-    from sb3_pgext.suite.compare import compare
+    from sb3_pgext.suite.compare import PROFILED_CALLS, PROFILED_STEPS, compare
     from sb3_pgext.suite.speed import sbx_available
 
     tiny = {
@@ -556,12 +556,13 @@ def test_compare_times_models_side_by_side_in_rotated_order(tmp_path):
     assert (ppo["case"], ppo["env"], [row["name"] for row in ppo["rows"]]) == ("ppokl-ppo", "CartPole-v1", ["PPOKL", "PPO"])
     for name in ("OffPAC", "OffPAC (exact)", "SB3 SAC"):  # the PyTorch updates' time, and its matrix products
         cost = sac["breakdown"][name]
-        assert 0 < cost["matmul_ms_per_step"] and 0 < cost["ms_per_step"]
+        assert 0 < cost["matmul_ms_per_step"] and 0 < cost["ms_per_step"] and cost["profiled_steps"] == PROFILED_STEPS
     assert ("SBX SAC" in sac["breakdown"]) == sbx_available() and "breakdown" in ppo and not ppo["breakdown"]
     if sbx_available():  # SBX's gradient step, unprofiled: its arithmetic is XLA's, not aten's
         assert set(sac["breakdown"]["SBX SAC"]) == {"ms_per_step"} and sac["breakdown"]["SBX SAC"]["ms_per_step"] > 0
     text = (out / "compare.md").read_text()
     assert "Device: CPU (" in text and f"- OffPAC / SB3 SAC: {goal['ratio']:.2f} (goal ≥ 2.0" in text
+    assert f"under the torch profiler, the median of {PROFILED_CALLS} calls of {PROFILED_STEPS} gradient steps)" in text
     offpac = sac["rows"][0]
     assert f"| OffPAC | {offpac['median']:.1f} | {', '.join(f'{value:.1f}' for value in offpac['values'])} | {offpac['cores']:.2f} |" in text
     assert f"| OffPAC | {1e3 / medians['OffPAC']:.1f} | {sac['breakdown']['OffPAC']['ms_per_step']:.1f} |" in text
