@@ -11,6 +11,18 @@ from sb3_pgext.registry import ALGORITHMS
 # One thread: the default suite runs on 2 cores, in parallel workers
 th.set_num_threads(1)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _sb3_logs_under_pytests_temporary_folder(tmp_path_factory):
+    """
+    SB3's logger makes a folder ``$TMPDIR/SB3-<date and time>`` for every ``learn()`` without a log folder (over a
+    thousand per run of the tests, left behind); ``SB3_LOGDIR`` names the folder instead, here one under pytest's
+    own temporary folder (also for the processes the tests start).
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
+        yield
+
 # The algorithms every generic test runs on: the package's registry
 MODEL_LIST = [algorithm.algo_class for algorithm in ALGORITHMS.values()]
 
