@@ -756,6 +756,38 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
     )
 
 
+def test_sample_efficiency_gives_the_steps_to_the_peers_mean_final_return(tmp_path):
+    """sample_efficiency: per env, the median over seeds of the steps to the peer's mean final return (never: infinity)."""
+    from sb3_pgext.suite.formatting import sample_efficiency
+
+    suite = load_suite("quick")  # _cell's evaluations: every 1,000 steps
+    cells = {
+        # PPO ends at 300, 400, 500: its mean 400 is reached at 3,000 steps (seed 1) and 2,000 (seed 2), never by seed 0
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[100, 200, 300], [100, 300, 400], [200, 400, 500]], [1.0]),
+        # PPOKL reaches 400 at 1,000, 2,000 and 1,000 steps: median 1,000
+        ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[400, 500, 500], [300, 450, 500], [420, 420, 420]], [1.0]),
+        # CVPG: two seeds of three never reach it, so the median seed does not
+        ("CartPole-v1", "cvpg"): _cell("CartPole-v1", "cvpg", [[100, 100, 100], [100, 100, 500], [100, 100, 100]], [1.0]),
+        # SAC alone on Pendulum-v1: no pair, no row
+        ("Pendulum-v1", "sac"): _cell("Pendulum-v1", "sac", [[-900, -150]], [1.0]),
+    }
+    budget = next(env for env in suite.envs if env.env_id == "CartPole-v1").n_timesteps
+    text = "\n".join(sample_efficiency(suite, cells))
+    assert text.startswith("## Sample efficiency: steps to the peer's final return") and f"Evaluations every {suite.eval_freq:,} env steps" in text
+    peer = f"| 3,000 | {3000 / budget:.2f} | 2/3 |"  # PPO: seeds 1 and 2 at 3,000 and 2,000, seed 0 never: median 3,000
+    assert f"\n| CartPole-v1 | PPOKL | PPO | 400 | 1,000 | {1000 / budget:.2f} | 3/3 {peer}\n" in text
+    assert f"\n| CartPole-v1 | CVPG | PPO | 400 | not by the median seed | | 1/3 {peer}\n" in text
+    assert "Pendulum-v1" not in text and text.count("\n| CartPole-v1 |") == 2
+    assert "No env has finished runs" in "\n".join(sample_efficiency(suite, {}))
+    # only a suite that asks for it has the section; anything but a boolean is refused before any run
+    path = tmp_path / "efficiency.yml"
+    path.write_text(SHARED_LABEL_SUITE + "sample_efficiency: true\n")
+    assert load_suite(path).sample_efficiency and not load_suite("quick").sample_efficiency
+    path.write_text(SHARED_LABEL_SUITE + "sample_efficiency: yes please\n")
+    with pytest.raises(ValueError, match="sample_efficiency must be true or false, got 'yes please'"):
+        load_suite(path)
+
+
 SHARED_LABEL_SUITE = """
 description: one algorithm with per-env overrides, as two variants with one label
 seeds: [0, 1, 2]

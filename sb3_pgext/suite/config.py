@@ -16,6 +16,9 @@ compared with the peers of its algorithm unless ``peers`` names its own. Variant
 algorithm with per-env overrides, are one row of the report's aggregates; the rows of one env need names of
 their own.
 
+``sample_efficiency: true`` adds to the report, for each of ours, the env steps it takes to reach its peer's mean
+final return (Gu et al. 2017 report Q-Prop's gain so).
+
 ``logged`` names values the runs log along training (their ``progress.csv``), summarised per env and
 algorithm in the report; ``over`` makes it a ratio of two logged values at the same update::
 
@@ -113,6 +116,7 @@ class Suite:
     :param zoo_entry_aliases: envs whose SB3 hyperparameters are the zoo's entry of another id (v5 → v4)
     :param variants: the suite's variants, by name
     :param logged: values logged along training that the report summarises
+    :param sample_efficiency: whether the report gives the steps each of ours takes to reach its peer's final return
     """
 
     name: str
@@ -126,6 +130,7 @@ class Suite:
     zoo_entry_aliases: dict[str, str] = field(default_factory=dict)
     variants: dict[str, Variant] = field(default_factory=dict)
     logged: list[Logged] = field(default_factory=list)
+    sample_efficiency: bool = False
 
     def zoo_algo(self, algo: str) -> str:
         """The zoo algorithm a name of the suite trains: a variant's algorithm, else the name itself."""
@@ -191,9 +196,13 @@ def load_suite(name_or_path: str | Path) -> Suite:
     with open(path) as file:
         raw: dict[str, Any] = yaml.safe_load(file)
     keys = {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged"}
+    keys.add("sample_efficiency")
     unknown = set(raw) - keys
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    if not isinstance(raw.get("sample_efficiency", False), bool):
+        # a bad value in a file, as every check here (ValueError names the key)
+        raise ValueError(f"{path}: sample_efficiency must be true or false, got {raw['sample_efficiency']!r}")  # noqa: TRY004
     variants = {name: _variant(path, name, entry) for name, entry in (raw.get("variants") or {}).items()}
     logged = []
     for entry in raw.get("logged") or []:
@@ -226,6 +235,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         zoo_entry_aliases=dict(raw.get("zoo_entry_aliases", {})),
         variants=variants,
         logged=logged,
+        sample_efficiency=raw.get("sample_efficiency", False),
     )
     suite.rows()  # two algorithms of one env that the report would name alike are refused here, before any run
     return suite

@@ -170,6 +170,60 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     return lines
 
 
+def _median_steps(steps: list[int | None]) -> float:
+    """The median over seeds of the steps to a return, a seed that never reaches it counted as never (infinity)."""
+    return float(np.median([np.inf if step is None else step for step in steps]))
+
+
+def _steps_and_share(steps: list[int | None], budget: int) -> str:
+    median = _median_steps(steps)
+    reached = sum(step is not None for step in steps)
+    if not np.isfinite(median):
+        return f"not by the median seed | | {reached}/{len(steps)}"
+    return f"{median:,.0f} | {median / budget:.2f} | {reached}/{len(steps)}"
+
+
+def sample_efficiency(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
+    """
+    The report's section on sample efficiency: for each of ours and its peer on an env, the env steps each takes
+    to reach the peer's mean final return (over the peer's seeds), the median over seeds, and that as a share of
+    the budget. The peer's own steps are the reference (its seeds that end above their mean reach it by the budget,
+    those below may never); a share well below the peer's says ours gets there with fewer samples.
+    """
+    rows = []
+    for env in suite.envs:
+        for algo in env.algos:
+            peer = suite.peer(algo, env)
+            ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
+            if ours is None or theirs is None:
+                continue
+            target = float(np.mean(theirs.finals))
+            rows.append(
+                f"| {env.env_id} | {display(algo, suite)} | {display(peer, suite)} | {_fmt(target)} "  # type: ignore[arg-type]
+                f"| {_steps_and_share(ours.steps_to(target), env.n_timesteps)} "
+                f"| {_steps_and_share(theirs.steps_to(target), env.n_timesteps)} |"
+            )
+    lines = [
+        "## Sample efficiency: steps to the peer's final return",
+        "",
+        (
+            "For each of ours and its peer on an env: the env steps until an evaluation first reaches the peer's mean "
+            "final return (over its seeds), the median over seeds (a seed that never reaches it counts as never), that "
+            f"median as a share of the budget, and the seeds that reach it. Evaluations every {suite.eval_freq:,} env "
+            "steps: the steps are multiples of that."
+        ),
+        "",
+    ]
+    if not rows:
+        return lines + ["No env has finished runs of one of ours and its peer yet.", ""]
+    return lines + [
+        "| env | ours | peer | peer's final mean | ours: steps | share of budget | seeds | peer: steps | share of budget | seeds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
 def provenance(results: list[dict[str, Any]]) -> str:
     """
     The versions and CPUs the runs recorded in their ``result.json`` (every distinct value), and how many trained

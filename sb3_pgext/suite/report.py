@@ -9,9 +9,9 @@ Per env and algorithm: the final deterministic evaluation (the last of the zoo's
 algorithm's SB3 peer. Per env, learning curves. Over envs, on scores normalised from a random agent (0)
 to the RL Zoo's reference score (1) (:mod:`sb3_pgext.suite.scores`): IQM, mean and optimality gap
 with CIs, and the probability that each of ours beats its peer. A list of every place where one of
-ours trails its peer (final score, steps to threshold, env steps per second), the values the runs logged
-along training, and the updates per second on CPU and GPU when :mod:`sb3_pgext.suite.speed` has measured
-them. The bootstrap is seeded, so the same runs always give the same report.
+ours trails its peer (final score, steps to threshold, env steps per second), for a suite that asks for it
+the steps each of ours takes to reach its peer's final return, the values the runs logged along training,
+and the updates per second on CPU and GPU when :mod:`sb3_pgext.suite.speed` has measured them. The bootstrap is seeded, so the same runs always give the same report.
 """
 
 import json
@@ -22,7 +22,16 @@ import numpy as np
 from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.suite.config import Suite, display
 from sb3_pgext.suite.decomposition import decomposition_section
-from sb3_pgext.suite.formatting import comparisons, env_table, peers_name, provenance, row_peers, selection_options, trailing
+from sb3_pgext.suite.formatting import (
+    comparisons,
+    env_table,
+    peers_name,
+    provenance,
+    row_peers,
+    sample_efficiency,
+    selection_options,
+    trailing,
+)
 from sb3_pgext.suite.plots import PAIR_SEPARATOR, learning_curves, plot_aggregates, plot_probability_of_improvement
 from sb3_pgext.suite.results import (
     BOOTSTRAP_REPS,
@@ -246,6 +255,8 @@ def write_report(suite: Suite, out: Path, command: str) -> Path:
             curves.append(f"![{env.env_id}]({name})")
     trails = trailing(suite, cells)
     lines += ["## Where ours trail their peers", ""] + (trails or ["Nowhere in the finished runs."]) + [""]
+    if suite.sample_efficiency:
+        lines += sample_efficiency(suite, cells)
     lines += aggregates(suite, cells, out)
     lines += logged_section(suite, out)
     lines += decomposition_section(suite, out, cells)

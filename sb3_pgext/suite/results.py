@@ -70,7 +70,11 @@ class Cell:
         return {statistic: _interval(self.finals[:, None], statistic) for statistic in ("mean", "iqm")}
 
     def steps_to_threshold(self) -> list[int | None]:
-        reached = self.returns >= self.env.threshold
+        return self.steps_to(self.env.threshold)
+
+    def steps_to(self, target: float) -> list[int | None]:
+        """Per seed, the env steps of the first evaluation whose mean return is at least ``target`` (None: none is)."""
+        reached = self.returns >= target
         return [int(self.timesteps[np.argmax(row)]) if row.any() else None for row in reached]
 
     @property
