@@ -4,6 +4,7 @@ peers, the per-env tables, the sentences on where ours trail their peers, the ru
 of the Reproduce command that select the finished part of a suite.
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -118,6 +119,16 @@ SAME_BY_DESIGN = {
 }
 
 
+def finished_pairs(suite: Suite, cells: dict[tuple[str, str], Cell]) -> Iterator[tuple[EnvSpec, str, str, Cell, Cell]]:
+    """(env, ours, its peer, our cell, the peer's cell) for every one of ours that has finished runs beside its peer's."""
+    for env in suite.envs:
+        for algo in env.algos:
+            peer = suite.peer(algo, env)
+            ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
+            if peer is not None and ours is not None and theirs is not None:
+                yield env, algo, peer, ours, theirs
+
+
 def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     """
     One plain sentence for every cell where one of ours trails its peer: a lower final mean, a threshold
@@ -125,48 +136,43 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     its peer's seed for seed is said to be the same runs instead.
     """
     lines = []
-    for env in suite.envs:
-        for algo in env.algos:
-            peer = suite.peer(algo, env)
-            ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
-            if ours is None or theirs is None:
-                continue
-            name, peer_name = display(algo, suite), display(peer, suite)  # type: ignore[arg-type]
-            if ours.seeds == theirs.seeds and np.array_equal(ours.returns, theirs.returns):
-                lines.append(
-                    f"- **{name} and {peer_name} on {env.env_id} are the same runs**: their evaluations are equal seed "
-                    f"for seed{SAME_BY_DESIGN.get((algo, peer), '')}, so this row compares only speed."  # type: ignore[arg-type]
-                )
-                continue
-            ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
-            peer_mean, peer_low, peer_high = theirs.final_estimates["mean"]
-            if ours_mean < peer_mean:
-                if min(len(ours.seeds), len(theirs.seeds)) < MIN_SEEDS_FOR_CI:
-                    overlap = f"too few seeds to tell: {len(ours.seeds)} and {len(theirs.seeds)}"
-                else:
-                    overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
-                lines.append(
-                    f"- **{name} trails {peer_name} on {env.env_id}**: final {estimate(ours_mean, ours_low, ours_high, len(ours.seeds))} "
-                    f"vs {estimate(peer_mean, peer_low, peer_high, len(theirs.seeds))} ({overlap})."
-                )
-            ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
-            # Fewer seeds reaching it is the finding (the median of those that did may even be earlier).
-            if len(ours_steps) < len(peer_steps):
-                reach = f"reaches {env.env_id}'s threshold {env.threshold:g} on fewer seeds than {peer_name}"
-            elif ours_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps):
-                reach = f"reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}"
+    for env, algo, peer, ours, theirs in finished_pairs(suite, cells):
+        name, peer_name = display(algo, suite), display(peer, suite)
+        if ours.seeds == theirs.seeds and np.array_equal(ours.returns, theirs.returns):
+            lines.append(
+                f"- **{name} and {peer_name} on {env.env_id} are the same runs**: their evaluations are equal seed "
+                f"for seed{SAME_BY_DESIGN.get((algo, peer), '')}, so this row compares only speed."
+            )
+            continue
+        ours_mean, ours_low, ours_high = ours.final_estimates["mean"]
+        peer_mean, peer_low, peer_high = theirs.final_estimates["mean"]
+        if ours_mean < peer_mean:
+            if min(len(ours.seeds), len(theirs.seeds)) < MIN_SEEDS_FOR_CI:
+                overlap = f"too few seeds to tell: {len(ours.seeds)} and {len(theirs.seeds)}"
             else:
-                reach = ""
-            if reach:
-                lines.append(
-                    f"- **{name} {reach}**: {_reach(ours_steps, len(ours.seeds))} vs {_reach(peer_steps, len(theirs.seeds))}."
-                )
-            ours_fps, peer_fps = _median_fps(ours), _median_fps(theirs)
-            if ours_fps and peer_fps and ours_fps / peer_fps < SLOWER_RATIO:
-                lines.append(
-                    f"- **{name} is slower than {peer_name} on {env.env_id}**: {ours_fps:.0f} vs {peer_fps:.0f} env steps/s "
-                    f"({ours_fps / peer_fps:.2f}×)."
-                )
+                overlap = "the CIs overlap" if ours_high >= peer_low else "the CIs do not overlap"
+            lines.append(
+                f"- **{name} trails {peer_name} on {env.env_id}**: final {estimate(ours_mean, ours_low, ours_high, len(ours.seeds))} "
+                f"vs {estimate(peer_mean, peer_low, peer_high, len(theirs.seeds))} ({overlap})."
+            )
+        ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
+        # Fewer seeds reaching it is the finding (the median of those that did may even be earlier).
+        if len(ours_steps) < len(peer_steps):
+            reach = f"reaches {env.env_id}'s threshold {env.threshold:g} on fewer seeds than {peer_name}"
+        elif ours_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps):
+            reach = f"reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}"
+        else:
+            reach = ""
+        if reach:
+            lines.append(
+                f"- **{name} {reach}**: {_reach(ours_steps, len(ours.seeds))} vs {_reach(peer_steps, len(theirs.seeds))}."
+            )
+        ours_fps, peer_fps = _median_fps(ours), _median_fps(theirs)
+        if ours_fps and peer_fps and ours_fps / peer_fps < SLOWER_RATIO:
+            lines.append(
+                f"- **{name} is slower than {peer_name} on {env.env_id}**: {ours_fps:.0f} vs {peer_fps:.0f} env steps/s "
+                f"({ours_fps / peer_fps:.2f}×)."
+            )
     return lines
 
 
@@ -191,18 +197,13 @@ def sample_efficiency(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[
     those below may never); a share well below the peer's says ours gets there with fewer samples.
     """
     rows = []
-    for env in suite.envs:
-        for algo in env.algos:
-            peer = suite.peer(algo, env)
-            ours, theirs = cells.get((env.env_id, algo)), cells.get((env.env_id, peer)) if peer else None
-            if ours is None or theirs is None:
-                continue
-            target = float(np.mean(theirs.finals))
-            rows.append(
-                f"| {env.env_id} | {display(algo, suite)} | {display(peer, suite)} | {_fmt(target)} "  # type: ignore[arg-type]
-                f"| {_steps_and_share(ours.steps_to(target), env.n_timesteps)} "
-                f"| {_steps_and_share(theirs.steps_to(target), env.n_timesteps)} |"
-            )
+    for env, algo, peer, ours, theirs in finished_pairs(suite, cells):
+        target = float(np.mean(theirs.finals))
+        rows.append(
+            f"| {env.env_id} | {display(algo, suite)} | {display(peer, suite)} | {_fmt(target)} "
+            f"| {_steps_and_share(ours.steps_to(target), env.n_timesteps)} "
+            f"| {_steps_and_share(theirs.steps_to(target), env.n_timesteps)} |"
+        )
     lines = [
         "## Sample efficiency: steps to the peer's final return",
         "",
