@@ -254,7 +254,7 @@ envs:
 
 def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_values(tmp_path):
     """Every run writes SB3's progress.csv (full precision); the report's logged section is computed from those files."""
-    from sb3_pgext.suite.results import read_progress
+    from sb3_pgext.suite.results import logged_values, read_progress
 
     path = tmp_path / "logged.yml"
     path.write_text(LOGGED_SUITE)
@@ -276,7 +276,13 @@ def test_runs_keep_their_progress_csv_and_the_report_summarises_the_logged_value
     expected = f"| cvpg-measured | {np.median(pooled):.4g} (seeds {min(map(np.median, runs)):.4g} to {max(map(np.median, runs)):.4g}"
     assert "## Logged along training" in text and expected in text
     thirds = [np.median([run[third] for run in runs]) for third in range(3)]  # 3 updates per run: one per third
-    assert f"{np.mean(pooled < 1):.0%} below 1; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}; 2 runs, 6 updates) |" in text
+    last = [run[2] for run in runs]  # each run's last third: its third update; the range over seeds, for the ratio only
+    assert (
+        f"{np.mean(pooled < 1):.0%} below 1; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}, "
+        f"the seeds' last thirds {min(last):.3g} to {max(last):.3g}; 2 runs, 6 updates) |"
+    ) in text
+    corr = [logged_values(read_progress(job.log_dir(out) / "progress.csv"), suite.logged[1]) for job in jobs_of(suite)]
+    assert f"by third of training {' / '.join(f'{np.median([run[third] for run in corr]):.3g}' for third in range(3))}; 2 runs" in text
     # a suite whose runs did not log the values says so
     no_runs = tmp_path / "empty"
     no_runs.mkdir()

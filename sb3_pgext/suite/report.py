@@ -178,7 +178,8 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
         "",
         "From each finished run's `progress.csv` (every logger dump, full precision): the median over all logged "
         "updates of all seeds, the range of the seeds' own medians, for a ratio the share of updates below 1, and the "
-        "median over the first, middle and last third of each run's updates (pooled over seeds).",
+        "median over the first, middle and last third of each run's updates (pooled over seeds; for a ratio also the "
+        "range of the seeds' own last-third medians).",
         "",
     ]
     found = False
@@ -202,6 +203,9 @@ def logged_section(suite: Suite, out: Path) -> list[str]:
                     splits = [np.array_split(values, 3) for values in runs]
                     thirds = [np.median(np.concatenate([split[third] for split in splits])) for third in range(3)]
                     cell += f"; by third of training {' / '.join(f'{value:.3g}' for value in thirds)}"
+                    if entry.over is not None:  # a ratio that rises above 1 late in some run shows here
+                        last = [float(np.median(split[2])) for split in splits]
+                        cell += f", the seeds' last thirds {min(last):.3g} to {max(last):.3g}"
                 cells.append(cell + f"; {len(runs)} runs, {pooled.size} updates)")
             if logged_any:
                 rows.append(f"| {display(algo, suite)} | " + " | ".join(cells) + " |")
