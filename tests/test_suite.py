@@ -763,10 +763,15 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
 
 
 def test_sample_efficiency_gives_the_steps_to_the_peers_mean_final_return(tmp_path):
-    """sample_efficiency: per env, the median over seeds of the steps to the peer's mean final return (never: infinity)."""
+    """
+    sample_efficiency: on the suite's envs for it, the median over seeds of the steps to the peer's mean final return
+    (never: infinity), and P(ours > peer) over those envs.
+    """
+    import dataclasses
+
     from sb3_pgext.suite.formatting import sample_efficiency
 
-    suite = load_suite("quick")  # _cell's evaluations: every 1,000 steps
+    suite = dataclasses.replace(load_suite("quick"), sample_efficiency=("CartPole-v1",))  # _cell: evaluations every 1,000 steps
     cells = {
         # PPO ends at 300, 400, 500: its mean 400 is reached at 3,000 steps (seed 1) and 2,000 (seed 2), never by seed 0
         ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[100, 200, 300], [100, 300, 400], [200, 400, 500]], [1.0]),
@@ -774,24 +779,31 @@ def test_sample_efficiency_gives_the_steps_to_the_peers_mean_final_return(tmp_pa
         ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[400, 500, 500], [300, 450, 500], [420, 420, 420]], [1.0]),
         # CVPG: two seeds of three never reach it, so the median seed does not
         ("CartPole-v1", "cvpg"): _cell("CartPole-v1", "cvpg", [[100, 100, 100], [100, 100, 500], [100, 100, 100]], [1.0]),
-        # SAC alone on Pendulum-v1: no pair, no row
-        ("Pendulum-v1", "sac"): _cell("Pendulum-v1", "sac", [[-900, -150]], [1.0]),
+        # Pendulum-v1 is not one of the section's envs
+        ("Pendulum-v1", "ppokl"): _cell("Pendulum-v1", "ppokl", [[-900, -150]], [1.0]),
+        ("Pendulum-v1", "ppo"): _cell("Pendulum-v1", "ppo", [[-900, -150]], [1.0]),
     }
     budget = next(env for env in suite.envs if env.env_id == "CartPole-v1").n_timesteps
     text = "\n".join(sample_efficiency(suite, cells))
-    assert text.startswith("## Sample efficiency: steps to the peer's final return") and f"Evaluations every {suite.eval_freq:,} env steps" in text
+    assert text.startswith("## Sample efficiency: steps to the peer's final return\n\nOn CartPole-v1, for each of ours")
+    assert f"Evaluations every {suite.eval_freq:,} env steps" in text
     peer = f"| 3,000 | {3000 / budget:.2f} | 2/3 |"  # PPO: seeds 1 and 2 at 3,000 and 2,000, seed 0 never: median 3,000
     assert f"\n| CartPole-v1 | PPOKL | PPO | 400 | 1,000 | {1000 / budget:.2f} | 3/3 {peer}\n" in text
     assert f"\n| CartPole-v1 | CVPG | PPO | 400 | not by the median seed | | 1/3 {peer}\n" in text
-    assert "Pendulum-v1" not in text and text.count("\n| CartPole-v1 |") == 2
+    assert "Pendulum-v1 |" not in text and text.count("\n| CartPole-v1 |") == 2
+    # P(PPOKL > PPO) over the section's envs, by hand: finals (500, 500, 420) against (300, 400, 500), ties count half
+    assert "\n| PPOKL | PPO | 0.78 [" in text and "\n| CVPG | PPO | 0.28 [" in text
     assert "No env has finished runs" in "\n".join(sample_efficiency(suite, {}))
-    # only a suite that asks for it has the section; anything but a boolean is refused before any run
+    # a suite asks for it with true (every env) or a list of its envs; anything else is refused before any run
     path = tmp_path / "efficiency.yml"
     path.write_text(SHARED_LABEL_SUITE + "sample_efficiency: true\n")
-    assert load_suite(path).sample_efficiency and not load_suite("quick").sample_efficiency
-    path.write_text(SHARED_LABEL_SUITE + "sample_efficiency: yes please\n")
-    with pytest.raises(ValueError, match="sample_efficiency must be true or false, got 'yes please'"):
-        load_suite(path)
+    assert load_suite(path).sample_efficiency == ("CartPole-v1", "Pendulum-v1") and load_suite("quick").sample_efficiency == ()
+    path.write_text(SHARED_LABEL_SUITE + "sample_efficiency: [Pendulum-v1]\n")
+    assert load_suite(path).sample_efficiency == ("Pendulum-v1",)
+    for bad in ("yes please", "[Hopper-v5]", "[]"):
+        path.write_text(SHARED_LABEL_SUITE + f"sample_efficiency: {bad}\n")
+        with pytest.raises(ValueError, match="sample_efficiency must be true, false or a list of the suite's envs"):
+            load_suite(path)
 
 
 SHARED_LABEL_SUITE = """

@@ -16,8 +16,9 @@ compared with the peers of its algorithm unless ``peers`` names its own. Variant
 algorithm with per-env overrides, are one row of the report's aggregates; the rows of one env need names of
 their own.
 
-``sample_efficiency: true`` adds to the report, for each of ours, the env steps it takes to reach its peer's mean
-final return (Gu et al. 2017 report Q-Prop's gain so).
+``sample_efficiency`` (``true``, or a list of the suite's envs) adds to the report, for each of ours on those envs,
+the env steps it takes to reach its peer's mean final return (Gu et al. 2017 report Q-Prop's gain so), and the
+probability that it beats its peer over those envs.
 
 ``logged`` names values the runs log along training (their ``progress.csv``), summarised per env and
 algorithm in the report; ``over`` makes it a ratio of two logged values at the same update::
@@ -116,7 +117,8 @@ class Suite:
     :param zoo_entry_aliases: envs whose SB3 hyperparameters are the zoo's entry of another id (v5 → v4)
     :param variants: the suite's variants, by name
     :param logged: values logged along training that the report summarises
-    :param sample_efficiency: whether the report gives the steps each of ours takes to reach its peer's final return
+    :param sample_efficiency: the envs on which the report gives the steps each of ours takes to reach its peer's final
+        return (none: no such section)
     """
 
     name: str
@@ -130,7 +132,7 @@ class Suite:
     zoo_entry_aliases: dict[str, str] = field(default_factory=dict)
     variants: dict[str, Variant] = field(default_factory=dict)
     logged: list[Logged] = field(default_factory=list)
-    sample_efficiency: bool = False
+    sample_efficiency: tuple[str, ...] = ()
 
     def zoo_algo(self, algo: str) -> str:
         """The zoo algorithm a name of the suite trains: a variant's algorithm, else the name itself."""
@@ -200,9 +202,6 @@ def load_suite(name_or_path: str | Path) -> Suite:
     unknown = set(raw) - keys
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-    if not isinstance(raw.get("sample_efficiency", False), bool):
-        # a bad value in a file, as every check here (ValueError names the key)
-        raise ValueError(f"{path}: sample_efficiency must be true or false, got {raw['sample_efficiency']!r}")  # noqa: TRY004
     variants = {name: _variant(path, name, entry) for name, entry in (raw.get("variants") or {}).items()}
     logged = []
     for entry in raw.get("logged") or []:
@@ -220,6 +219,16 @@ def load_suite(name_or_path: str | Path) -> Suite:
         envs.append(
             EnvSpec(env_id, int(entry["n_timesteps"]), float(entry["threshold"]), tuple(entry["algos"]), str(entry.get("note", "")))
         )
+    efficiency = raw.get("sample_efficiency", False)
+    env_ids = [env.env_id for env in envs]
+    if efficiency is True:
+        efficiency = env_ids
+    elif efficiency is False:
+        efficiency = []
+    elif not isinstance(efficiency, list) or not efficiency or not set(efficiency) <= set(env_ids):
+        raise ValueError(
+            f"{path}: sample_efficiency must be true, false or a list of the suite's envs {env_ids}, got {efficiency!r}"
+        )
     seeds = [int(seed) for seed in raw["seeds"]]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"{path}: seeds must be a non-empty list of distinct integers, got {raw['seeds']}")
@@ -235,7 +244,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
         zoo_entry_aliases=dict(raw.get("zoo_entry_aliases", {})),
         variants=variants,
         logged=logged,
-        sample_efficiency=raw.get("sample_efficiency", False),
+        sample_efficiency=tuple(env_id for env_id in env_ids if env_id in efficiency),
     )
     suite.rows()  # two algorithms of one env that the report would name alike are refused here, before any run
     return suite

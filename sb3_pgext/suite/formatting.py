@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from sb3_pgext.suite.config import EnvSpec, Suite, display, is_ours
-from sb3_pgext.suite.results import Cell
+from sb3_pgext.suite.results import Cell, bootstrap, normalized_scores
 from sb3_pgext.suite.runner import jobs_of
 
 
@@ -191,13 +191,18 @@ def _steps_and_share(steps: list[int | None], budget: int) -> str:
 
 def sample_efficiency(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     """
-    The report's section on sample efficiency: for each of ours and its peer on an env, the env steps each takes
-    to reach the peer's mean final return (over the peer's seeds), the median over seeds, and that as a share of
-    the budget. The peer's own steps are the reference (its seeds that end above their mean reach it by the budget,
-    those below may never); a share well below the peer's says ours gets there with fewer samples.
+    The report's section on sample efficiency, over the suite's ``sample_efficiency`` envs: for each of ours and its
+    peer on an env, the env steps each takes to reach the peer's mean final return (over the peer's seeds), the median
+    over seeds, and that as a share of the budget; then, for each of ours run beside its peer on all of those envs,
+    the probability that a run of ours ends above a run of its peer on one of them. The peer's own steps are the
+    reference (its seeds that end above their mean reach it by the budget, those below may never); a share well
+    below the peer's says ours gets there with fewer samples.
     """
+    envs = [env for env in suite.envs if env.env_id in suite.sample_efficiency]
     rows = []
     for env, algo, peer, ours, theirs in finished_pairs(suite, cells):
+        if env not in envs:
+            continue
         target = float(np.mean(theirs.finals))
         rows.append(
             f"| {env.env_id} | {display(algo, suite)} | {display(peer, suite)} | {_fmt(target)} "
@@ -208,21 +213,51 @@ def sample_efficiency(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[
         "## Sample efficiency: steps to the peer's final return",
         "",
         (
-            "For each of ours and its peer on an env: the env steps until an evaluation first reaches the peer's mean "
-            "final return (over its seeds), the median over seeds (a seed that never reaches it counts as never), that "
-            f"median as a share of the budget, and the seeds that reach it. Evaluations every {suite.eval_freq:,} env "
-            "steps: the steps are multiples of that."
+            f"On {', '.join(env.env_id for env in envs)}, for each of ours and its peer: the env steps until an "
+            "evaluation first reaches the peer's mean final return (over its seeds), the median over seeds (a seed that "
+            "never reaches it counts as never), that median as a share of the budget, and the seeds that reach it. "
+            f"Evaluations every {suite.eval_freq:,} env steps: the steps are multiples of that."
         ),
         "",
     ]
     if not rows:
         return lines + ["No env has finished runs of one of ours and its peer yet.", ""]
-    return lines + [
+    lines += [
         "| env | ours | peer | peer's final mean | ours: steps | share of budget | seeds | peer: steps | share of budget | seeds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
     ]
+    return lines + _probability_over(suite, cells, envs)
+
+
+def _probability_over(suite: Suite, cells: dict[tuple[str, str], Cell], envs: list[EnvSpec]) -> list[str]:
+    """P(ours > peer) with its 95% CI over ``envs``, for each of ours with finished runs beside its peer on all of them."""
+    from rliable import metrics
+
+    pairs = {}
+    for name, per_env in suite.rows().items():
+        per_env = {env.env_id: per_env[env.env_id] for env in envs if env.env_id in per_env}
+        peers = row_peers(suite, per_env) if len(per_env) == len(envs) else {}
+        ours = normalized_scores(envs, cells, per_env) if peers else None
+        theirs = normalized_scores(envs, cells, peers) if peers else None
+        if ours is not None and theirs is not None:
+            pairs[(name, peers_name(suite, peers))] = (ours, theirs)
+    if not pairs:
+        return [f"P(ours > peer) over these envs appears once one of ours and its peer have runs on all {len(envs)}.", ""]
+    keyed = {f"{name} > {peer}": pair for (name, peer), pair in pairs.items()}
+    points, intervals = bootstrap(keyed, metrics.probability_of_improvement)
+    lines = [
+        "Over these envs, P(ours > peer): the chance that a run of ours ends above a run of its peer on one of them, "
+        "drawn at random (scores normalised as in the aggregate below; 0.5: no difference).",
+        "",
+        "| ours | peer | P(ours > peer) [95% CI] |",
+        "| --- | --- | --- |",
+    ]
+    for name, peer in pairs:
+        point, interval = float(np.ravel(points[f"{name} > {peer}"])[0]), np.ravel(intervals[f"{name} > {peer}"])
+        lines.append(f"| {name} | {peer} | {point:.2f} [{interval[0]:.2f}, {interval[1]:.2f}] |")
+    return lines + [""]
 
 
 def provenance(results: list[dict[str, Any]]) -> str:
