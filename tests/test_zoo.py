@@ -194,8 +194,13 @@ def test_sampler_builds_models_and_converts_back(algo, env_id):
         assert trial.user_attrs["worker"].endswith(f":{os.getpid()}")
         estimators.add(kwargs.get("actor_gradient"))
         model = ALGOS[algo]("MlpPolicy", env, **kwargs)
-        assert model.gamma == pytest.approx(1 - trial.params["one_minus_gamma"])
-        if algo != "offpac":
+        if algo == "cvpg":  # the entry's discount, λ and network stay; the step sizes and the critic are drawn
+            assert not {"one_minus_gamma", "net_arch", "policy_kwargs"} & (set(trial.params) | set(kwargs))
+            assert (model.n_steps, model.batch_size) == (2 ** trial.params["n_steps_pow"], 2 ** trial.params["batch_size_pow"])
+            assert (model.qf_gradient_steps, model.eta) == (trial.params["qf_gradient_steps"], trial.params["eta"])
+        else:
+            assert model.gamma == pytest.approx(1 - trial.params["one_minus_gamma"])
+        if algo == "ppokl":
             assert model.horizon_aware_value == trial.params["horizon_aware_value"]
         study.tell(trial, 0.0)
     if algo == "offpac":  # the estimators offered match the action space
