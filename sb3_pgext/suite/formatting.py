@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from sb3_pgext.suite.config import EnvSpec, Suite, display, is_ours
+from sb3_pgext.suite.plots import PAIR_SEPARATOR
 from sb3_pgext.suite.results import Cell, bootstrap, normalized_scores
 from sb3_pgext.suite.runner import jobs_of
 
@@ -228,36 +229,56 @@ def sample_efficiency(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[
         *rows,
         "",
     ]
-    return lines + _probability_over(suite, cells, envs)
-
-
-def _probability_over(suite: Suite, cells: dict[tuple[str, str], Cell], envs: list[EnvSpec]) -> list[str]:
-    """P(ours > peer) with its 95% CI over ``envs``, for each of ours with finished runs beside its peer on all of them."""
-    from rliable import metrics
-
-    pairs = {}
-    for name, per_env in suite.rows().items():
-        per_env = {env.env_id: per_env[env.env_id] for env in envs if env.env_id in per_env}
-        peers = row_peers(suite, per_env) if len(per_env) == len(envs) else {}
-        ours = normalized_scores(envs, cells, per_env) if peers else None
-        theirs = normalized_scores(envs, cells, peers) if peers else None
-        if ours is not None and theirs is not None:
-            pairs[(name, peers_name(suite, peers))] = (ours, theirs)
+    pairs = peer_pairs(suite, cells, envs)
     if not pairs:
-        return [f"P(ours > peer) over these envs appears once one of ours and its peer have runs on all {len(envs)}.", ""]
-    keyed = {f"{name} > {peer}": pair for (name, peer), pair in pairs.items()}
-    points, intervals = bootstrap(keyed, metrics.probability_of_improvement)
-    lines = [
+        return lines + [
+            f"P(ours > peer) over these envs appears once one of ours and its peer have runs on all {len(envs)}.",
+            "",
+        ]
+    table, _, _ = probability_rows(pairs)
+    return lines + [
         "Over these envs, P(ours > peer): the chance that a run of ours ends above a run of its peer on one of them, "
         "drawn at random (scores normalised as in the aggregate below; 0.5: no difference).",
         "",
-        "| ours | peer | P(ours > peer) [95% CI] |",
-        "| --- | --- | --- |",
+        *table,
+        "",
     ]
-    for name, peer in pairs:
-        point, interval = float(np.ravel(points[f"{name} > {peer}"])[0]), np.ravel(intervals[f"{name} > {peer}"])
-        lines.append(f"| {name} | {peer} | {point:.2f} [{interval[0]:.2f}, {interval[1]:.2f}] |")
-    return lines + [""]
+
+
+def peer_pairs(
+    suite: Suite, cells: dict[tuple[str, str], Cell], envs: list[EnvSpec]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """
+    For each of ours with finished runs beside its peer's on every one of ``envs``, keyed
+    ``"<ours><PAIR_SEPARATOR><its peers' name over envs>"``: its normalised final scores over ``envs`` and the peer's
+    (:func:`~sb3_pgext.suite.results.normalized_scores`).
+    """
+    pairs = {}
+    for name, per_env in suite.rows().items():
+        per_env = {env.env_id: per_env[env.env_id] for env in envs if env.env_id in per_env}
+        if len(per_env) < len(envs) or not (peers := row_peers(suite, per_env)):
+            continue
+        ours, theirs = normalized_scores(envs, cells, per_env), normalized_scores(envs, cells, peers)
+        if ours is not None and theirs is not None:
+            pairs[f"{name}{PAIR_SEPARATOR}{peers_name(suite, peers)}"] = (ours, theirs)
+    return pairs
+
+
+def probability_rows(
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+    """
+    P(ours > peer) of each of :func:`peer_pairs`, with its 95% stratified-bootstrap CI: the report's table (header and
+    rows), and rliable's point estimates and intervals (for the plot).
+    """
+    from rliable import metrics
+
+    probabilities, intervals = bootstrap(pairs, metrics.probability_of_improvement)
+    lines = ["| ours | peer | P(ours > peer) [95% CI] |", "| --- | --- | --- |"]
+    for pair in pairs:
+        probability, ci = float(np.ravel(probabilities[pair])[0]), np.ravel(intervals[pair])
+        lines.append(f"| {pair.replace(PAIR_SEPARATOR, ' | ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
+    return lines, probabilities, intervals
 
 
 def provenance(results: list[dict[str, Any]]) -> str:

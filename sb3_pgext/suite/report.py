@@ -25,9 +25,9 @@ from sb3_pgext.suite.decomposition import decomposition_section
 from sb3_pgext.suite.formatting import (
     comparisons,
     env_table,
-    peers_name,
+    peer_pairs,
+    probability_rows,
     provenance,
-    row_peers,
     sample_efficiency,
     selection_options,
     trailing,
@@ -111,15 +111,9 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         matrix = normalized_scores(envs, cells, per_env)
         if matrix is not None:
             scores[name] = matrix
-    pairs = {}
-    for name, per_env in by_name.items():
-        if not (peers := row_peers(suite, per_env)):
-            continue
-        peer_name = peers_name(suite, peers)
-        ours, theirs = scores.get(name), normalized_scores(envs, cells, peers)  # None where a peer is missing on an env
-        if ours is not None and theirs is not None:
-            scores.setdefault(peer_name, theirs)
-            pairs[f"{name}{PAIR_SEPARATOR}{peer_name}"] = (ours, theirs)
+    pairs = peer_pairs(suite, cells, envs)
+    for pair, (_, theirs) in pairs.items():
+        scores.setdefault(pair.split(PAIR_SEPARATOR)[1], theirs)
     if not scores:
         return ["Aggregates appear once an algorithm has finished runs on every env that has runs.", ""]
 
@@ -149,17 +143,13 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     plot_aggregates(points, intervals, list(scores), out / "aggregate.png")
     lines += ["", "![aggregate](aggregate.png)", ""]
     if pairs:
-        probabilities, probability_cis = bootstrap(pairs, metrics.probability_of_improvement)
+        table, probabilities, probability_cis = probability_rows(pairs)
         lines += [
             "Probability of improvement P(ours > peer): the chance that a run of ours beats a run of its peer on a "
             "randomly drawn env (0.5: no difference).",
             "",
-            "| ours | peer | P(ours > peer) [95% CI] |",
-            "| --- | --- | --- |",
+            *table,
         ]
-        for pair in pairs:
-            probability, ci = float(np.ravel(probabilities[pair])[0]), np.ravel(probability_cis[pair])
-            lines.append(f"| {pair.replace(PAIR_SEPARATOR, ' | ')} | {probability:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] |")
         plot_probability_of_improvement(probabilities, probability_cis, out / "probability_of_improvement.png")
         lines += ["", "![probability of improvement](probability_of_improvement.png)", ""]
     return lines
