@@ -23,6 +23,7 @@ def _sb3_logs_under_pytests_temporary_folder(tmp_path_factory):
         patch.setenv("SB3_LOGDIR", str(tmp_path_factory.mktemp("sb3_logs")))
         yield
 
+
 # The algorithms every generic test runs on: the package's registry
 MODEL_LIST = [algorithm.algo_class for algorithm in ALGORITHMS.values()]
 

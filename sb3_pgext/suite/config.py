@@ -197,8 +197,10 @@ def load_suite(name_or_path: str | Path) -> Suite:
     path = suite_path(name_or_path)
     with open(path) as file:
         raw: dict[str, Any] = yaml.safe_load(file)
-    keys = {"description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged"}
-    keys.add("sample_efficiency")
+    keys = {
+        "description", "seeds", "eval_freq", "eval_episodes", "envs", "peers", "zoo_entry_aliases", "variants", "logged",
+        "sample_efficiency",
+    }  # fmt: skip
     unknown = set(raw) - keys
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
