@@ -38,6 +38,7 @@ from sb3_pgext.common.estimators import (
 from sb3_pgext.common.gradient_variance import flatten_gradients
 from sb3_pgext.cvpg.buffers import CVPGRolloutBufferSamples
 from sb3_pgext.cvpg.per_sample import per_sample_gradients
+from sb3_pgext.cvpg import q_critic as q_critic_module
 from sb3_pgext.cvpg.q_critic import QCritic, joint_action_index, joint_action_probs, mlp_mse_gradients
 
 DATA = Path(__file__).parent / "data"
@@ -346,18 +347,20 @@ def test_state_part_subtracts_the_reward_to_go_baseline(baseline):
 
 
 @pytest.mark.parametrize(
-    "qf_target, qf_rollouts, eta",
-    [("advantages", 1, "adaptive"), ("returns", 1, "adaptive"), ("td", 1, "adaptive"), ("advantages", 4, "adaptive"),
-     ("returns", 1, "min_variance")],
+    "qf_target, qf_rollouts, eta, qf_optimizer",
+    [("advantages", 1, "adaptive", "adam"), ("returns", 1, "adaptive", "adam"), ("td", 1, "adaptive", "adam"),
+     ("advantages", 4, "adaptive", "adam"), ("returns", 1, "min_variance", "adam"), ("returns", 1, "adaptive", "lbfgs"),
+     ("returns", 4, "min_variance", "lbfgs")],
 )
-def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts, eta):
+def test_learned_critic_gives_an_unbiased_estimator(qf_target, qf_rollouts, eta, qf_optimizer):
     """
     The critic is fitted after each update on what came before, never on the rollout it builds Ā for: with the
     policy held fixed (learning rate 0), each rollout's estimate is unbiased given the past, so the mean over
     rollouts is within 5 standard errors of the exact gradient (per coordinate), while the critic keeps changing.
     """
     model = CVPG("MlpPolicy", make_vec_env(GaussianBandit, n_envs=2, seed=0), n_steps=128, n_epochs=1, batch_size=256,
-                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, eta=eta, qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
+                 learning_rate=0.0, seed=0, qf_target=qf_target, qf_rollouts=qf_rollouts, eta=eta, qf_optimizer=qf_optimizer,
+                 qf_gradient_steps=10, qf_batch_size=128, qf_net_arch=[16],
                  policy_kwargs=dict(net_arch=dict(pi=[], vf=[]), log_std_init=math.log(0.5)))
     estimates, critics = [], []
     original_prepare = model.prepare_advantages
@@ -617,6 +620,50 @@ def test_critic_fit_by_hand_takes_autograds_steps():
     assert all(group["fused"] for group in by_hand.optimizer.param_groups)
 
 
+def test_lbfgs_critic_fit_by_hand_and_by_autograd_agree_and_fit():
+    """
+    qf_optimizer="lbfgs": the hand-written gradient and autograd's (in chunks of 30 of the 100 samples) take the same
+    10 iterations; on targets the critic can represent (another critic's outputs), 50 more leave under 5% of their
+    variance unexplained, and the returned loss is the mean squared error after the fit.
+    """
+    model = CVPG("MlpPolicy", "Pendulum-v1", seed=0, qf_optimizer="lbfgs", **{**TINY, "qf_net_arch": [16, 16]})
+    assert CVPG("MlpPolicy", "Pendulum-v1", qf_optimizer="lbfgs").q_critic.gradient_steps == 50  # the default
+    by_hand, by_autograd = model.q_critic, copy.deepcopy(model.q_critic)
+    by_autograd.hand_written_layers = lambda: None  # type: ignore[method-assign]
+    by_hand.gradient_steps = by_autograd.gradient_steps = 10
+    th.manual_seed(1)
+    obs, actions = th.randn(100, 3), th.randn(100, 1)
+    teacher = CVPG("MlpPolicy", "Pendulum-v1", seed=1, **{**TINY, "qf_net_arch": [16, 16]}).q_critic
+    with th.no_grad():
+        targets = teacher(obs, actions)
+    losses = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(q_critic_module, "LBFGS_CHUNK", 30)
+        for critic in (by_hand, by_autograd):
+            critic.requires_grad_(True)
+            losses.append(critic.fit_rollout(obs, actions, targets))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+    assert all(th.allclose(a, b, atol=1e-5) for a, b in zip(by_hand.parameters(), by_autograd.parameters()))
+    by_hand.gradient_steps = 50
+    loss = by_hand.fit_rollout(obs, actions, targets)
+    with th.no_grad():
+        error = th.nn.functional.mse_loss(by_hand(obs, actions), targets).item()
+    assert loss == pytest.approx(error, rel=1e-5)
+    assert error < 0.05 * targets.var(unbiased=False).item(), (error, targets.var().item())
+
+
+def test_lbfgs_fits_a_discrete_critic():
+    """The finite-action critic (autograd's gradient): L-BFGS lowers the squared error on the fit's samples."""
+    model = CVPG("MlpPolicy", "CartPole-v1", seed=0, qf_optimizer="lbfgs", **{**TINY, "qf_gradient_steps": 20})
+    critic = model.q_critic
+    obs, actions, targets = th.randn(64, 4), th.randint(0, 2, (64,)), th.randn(64)
+    with th.no_grad():
+        before = th.nn.functional.mse_loss(critic.q_taken(obs, actions), targets).item()
+    critic.requires_grad_(True)
+    after = critic.fit_rollout(obs, actions, targets)
+    assert after < 0.8 * before, (before, after)
+
+
 # --- the defects --------------------------------------------------------------------------------------
 
 
@@ -756,6 +803,8 @@ def test_cuda(env_id, qf_target):
         (IdentityEnvBox(), dict(surrogate="trpo"), "surrogate"),
         (IdentityEnvBox(), dict(baseline="median"), "baseline"),
         (IdentityEnvBox(), dict(qf_target="mc"), "qf_target"),
+        (IdentityEnvBox(), dict(qf_optimizer="sgd"), "qf_optimizer"),
+        (IdentityEnvBox(), dict(qf_optimizer="lbfgs", qf_target="td"), "qf_optimizer.*td"),
         (IdentityEnvBox(), dict(qf_batch_size=0), "qf_batch_size"),
         (IdentityEnvBox(), dict(qf_gradient_steps=-1), "qf_gradient_steps"),
         (IdentityEnvBox(), dict(qf_rollouts=0), "qf_rollouts"),

@@ -186,8 +186,8 @@ def test_sampler_builds_models_and_converts_back(algo, env_id):
     env = gym.make(env_id)
     n_actions = env.action_space.shape[0] if isinstance(env.action_space, gym.spaces.Box) else 0
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    estimators = set()
-    for _ in range(6):
+    estimators, optimizers = set(), set()
+    for _ in range(8):
         trial = study.ask()
         kwargs = SAMPLERS[algo](trial, n_actions, 1, {"using_her_replay_buffer": False, "her_kwargs": {}})
         assert CONVERTERS[algo](trial.params) == kwargs
@@ -197,12 +197,16 @@ def test_sampler_builds_models_and_converts_back(algo, env_id):
         if algo == "cvpg":  # the entry's discount, λ and network stay; the step sizes and the critic are drawn
             assert not {"one_minus_gamma", "net_arch", "policy_kwargs"} & (set(trial.params) | set(kwargs))
             assert (model.n_steps, model.batch_size) == (2 ** trial.params["n_steps_pow"], 2 ** trial.params["batch_size_pow"])
-            assert (model.qf_gradient_steps, model.eta) == (trial.params["qf_gradient_steps"], trial.params["eta"])
+            steps = trial.params.get("qf_gradient_steps", trial.params.get("qf_lbfgs_iterations"))
+            assert (model.qf_optimizer, model.qf_gradient_steps, model.eta) == (trial.params["qf_optimizer"], steps, trial.params["eta"])
+            optimizers.add(model.qf_optimizer)
         else:
             assert model.gamma == pytest.approx(1 - trial.params["one_minus_gamma"])
         if algo == "ppokl":
             assert model.horizon_aware_value == trial.params["horizon_aware_value"]
         study.tell(trial, 0.0)
+    if algo == "cvpg":
+        assert optimizers == {"adam", "lbfgs"}
     if algo == "offpac":  # the estimators offered match the action space
         assert estimators <= ({"reparameterization", "likelihood"} if n_actions else {"expected", "likelihood"})
 

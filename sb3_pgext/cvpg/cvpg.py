@@ -45,6 +45,7 @@ from sb3_pgext.cvpg.per_sample import per_sample_gradient_size, per_sample_gradi
 from sb3_pgext.cvpg.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_pgext.cvpg.q_critic import (
     MAX_JOINT_ACTIONS,
+    QF_OPTIMIZERS,
     QF_TARGETS,
     QCritic,
     action_choices,
@@ -62,6 +63,8 @@ BASELINES = ("value", "mean", "none")
 #: qf_gradient_steps=None: passes over the rollout for qf_target="advantages" / "returns", steps for "td" (fewer passes
 #: cut less variance: docs/algorithms/cvpg.md, "Where the variance cut comes from")
 DEFAULT_QF_PASSES, DEFAULT_QF_TD_STEPS = 100, 100
+#: qf_gradient_steps=None with qf_optimizer="lbfgs": L-BFGS's iterations per rollout
+DEFAULT_QF_LBFGS_ITERATIONS = 50
 #: eta="min_variance": the samples of each fold whose per-sample gradients measure η, at most, and at least; between
 #: the two, as many as keep a rollout's per-sample gradients within 2^24 values (64 MiB, and their cost with it)
 ETA_SAMPLES_PER_FOLD, MIN_ETA_SAMPLES_PER_FOLD, PER_SAMPLE_GRADIENT_VALUES = 256, 32, 2**24
@@ -166,11 +169,14 @@ class CVPG(PPOKL):
         corrects V), "advantages" (onto the rollout's Â, so Q_w tracks A^π up to a function of s; the default
         of 0.1.0, which cut no variance on HalfCheetah-v5) or "td" (Q-Prop's off-policy critic:
         expected-SARSA TD on a replay buffer of every step, with a Polyak target network)
+    :param qf_optimizer: how the Q critic's least-squares fit ("advantages", "returns") is minimised: "adam"
+        (``qf_gradient_steps`` minibatch steps of Adam) or "lbfgs" (``qf_gradient_steps`` iterations of L-BFGS on all
+        of the fit's samples at once, each with a line search; no learning rate or minibatch); "td" takes Adam's steps
     :param qf_learning_rate: learning rate of the Q critic's Adam optimizer
     :param qf_buffer_size: size of the Q critic's replay buffer (``qf_target="td"``)
-    :param qf_batch_size: minibatch size of the Q critic's updates
-    :param qf_gradient_steps: Q critic updates per rollout; None: 100 passes over the rollout ("advantages", "returns")
-        or 100 ("td")
+    :param qf_batch_size: minibatch size of the Q critic's Adam updates
+    :param qf_gradient_steps: Q critic updates per rollout (Adam's steps, or L-BFGS's iterations); None: 100 passes over
+        the rollout with Adam ("advantages", "returns"), 50 iterations of L-BFGS, or 100 steps ("td")
     :param qf_rollouts: for ``qf_target`` "advantages" and "returns", how many of the most recent rollouts the Q
         critic regresses on (their samples together, in ``qf_gradient_steps`` steps): more data for the critic,
         all of it from rollouts before the one its Ā is applied to
@@ -238,6 +244,7 @@ class CVPG(PPOKL):
         kl_estimator: str = "analytic",
         kl_direction: str = "forward",
         qf_target: str = "returns",
+        qf_optimizer: str = "adam",
         qf_learning_rate: float = 1e-3,
         qf_buffer_size: int = 1_000_000,
         qf_batch_size: int = 256,
@@ -257,7 +264,7 @@ class CVPG(PPOKL):
         _init_setup_model: bool = True,
     ):
         _check_arguments(
-            control_variate, eta, surrogate, baseline, qf_target, qf_learning_rate, qf_buffer_size, qf_batch_size,
+            control_variate, eta, surrogate, baseline, qf_target, qf_optimizer, qf_learning_rate, qf_buffer_size, qf_batch_size,
             qf_gradient_steps, qf_rollouts, qf_tau, n_cv_samples, n_epochs, batch_size, clip_range,
         )  # fmt: skip
         penalty = surrogate == "kl"
@@ -307,6 +314,7 @@ class CVPG(PPOKL):
         self.surrogate = surrogate
         self.baseline = baseline
         self.qf_target = qf_target
+        self.qf_optimizer = qf_optimizer
         self.qf_learning_rate = qf_learning_rate
         self.qf_buffer_size = qf_buffer_size
         self.qf_batch_size = qf_batch_size
@@ -381,9 +389,12 @@ class CVPG(PPOKL):
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
         gradient_steps = self.qf_gradient_steps
-        if gradient_steps is None:
-            n_samples = self.n_steps * self.n_envs
-            gradient_steps = math.ceil(DEFAULT_QF_PASSES * n_samples / self.qf_batch_size) if self.qf_target != "td" else DEFAULT_QF_TD_STEPS
+        if gradient_steps is None and self.qf_target == "td":
+            gradient_steps = DEFAULT_QF_TD_STEPS
+        elif gradient_steps is None and self.qf_optimizer == "lbfgs":
+            gradient_steps = DEFAULT_QF_LBFGS_ITERATIONS
+        elif gradient_steps is None:
+            gradient_steps = math.ceil(DEFAULT_QF_PASSES * self.n_steps * self.n_envs / self.qf_batch_size)
         self.q_critic = QCritic(
             self.observation_space,
             self.action_space,
@@ -395,6 +406,7 @@ class CVPG(PPOKL):
             batch_size=self.qf_batch_size,
             gradient_steps=gradient_steps,
             n_rollouts=self.qf_rollouts,
+            optimizer=self.qf_optimizer,
             buffer_size=self.qf_buffer_size,
             tau=self.qf_tau,
             gamma=self.gamma,
@@ -731,6 +743,7 @@ def _check_arguments(
     surrogate: str,
     baseline: str,
     qf_target: str,
+    qf_optimizer: str,
     qf_learning_rate: float,
     qf_buffer_size: int,
     qf_batch_size: int,
@@ -748,6 +761,9 @@ def _check_arguments(
     check_choice("surrogate", surrogate, SURROGATES)
     check_choice("baseline", baseline, BASELINES)
     check_choice("qf_target", qf_target, QF_TARGETS)
+    check_choice("qf_optimizer", qf_optimizer, QF_OPTIMIZERS)
+    if qf_optimizer == "lbfgs" and qf_target == "td":
+        raise ValueError('qf_optimizer="lbfgs" fits the critic by least squares on whole rollouts: it needs qf_target "returns" or "advantages", got "td"')
     check_number("qf_learning_rate", qf_learning_rate, low=0, low_open=True)
     for name, value in dict(qf_buffer_size=qf_buffer_size, qf_batch_size=qf_batch_size, qf_rollouts=qf_rollouts, n_cv_samples=n_cv_samples).items():
         check_integer(name, value, 1)

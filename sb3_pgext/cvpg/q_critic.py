@@ -50,6 +50,10 @@ from sb3_pgext.common.critics import DiscreteCritic
 from sb3_pgext.common.utils import concatenate_observations, flush_denormal, index_observations
 
 QF_TARGETS = ("advantages", "returns", "td")
+#: How :meth:`QCritic.fit_rollout` minimises the squared error: Adam's minibatch steps, or L-BFGS on all the samples
+QF_OPTIMIZERS = ("adam", "lbfgs")
+#: L-BFGS's memory (pairs of steps and gradient changes), and the samples per chunk of its autograd evaluations
+LBFGS_HISTORY, LBFGS_CHUNK = 20, 8192
 #: :meth:`QCritic.fit_rollout` gathers the minibatches of this many steps at a time (one copy instead of one per step)
 GATHERED_STEPS = 64
 #: The most joint actions of a MultiDiscrete / MultiBinary space the exact ("expected") control variate sums over
@@ -117,10 +121,13 @@ class QCritic(nn.Module):
     :param target: "advantages" or "returns" (regression onto the rollout's Â or λ-returns), or "td"
         (expected-SARSA TD on a replay buffer)
     :param learning_rate: learning rate of the Adam optimizer
-    :param batch_size: minibatch size of an update
-    :param gradient_steps: updates per rollout
+    :param batch_size: minibatch size of an update (Adam)
+    :param gradient_steps: updates per rollout: Adam's steps, or L-BFGS's iterations
     :param n_rollouts: how many of the most recent rollouts :meth:`fit_rollout` regresses on ("advantages",
         "returns"): their samples together, in ``gradient_steps`` steps
+    :param optimizer: how :meth:`fit_rollout` fits ("advantages", "returns"): "adam" (``gradient_steps`` steps of
+        ``batch_size`` samples) or "lbfgs" (``gradient_steps`` iterations of L-BFGS on all the samples, each with a
+        strong-Wolfe line search); "td" always takes Adam's steps
     :param buffer_size: replay buffer size ("td")
     :param tau: Polyak coefficient of the target network ("td")
     :param gamma: discount factor of the TD target ("td")
@@ -140,6 +147,7 @@ class QCritic(nn.Module):
         batch_size: int = 256,
         gradient_steps: int = 100,
         n_rollouts: int = 1,
+        optimizer: str = "adam",
         buffer_size: int = 1_000_000,
         tau: float = 0.005,
         gamma: float = 0.99,
@@ -150,6 +158,7 @@ class QCritic(nn.Module):
         self.target = target
         self.batch_size = batch_size
         self.gradient_steps = gradient_steps
+        self.optimizer_name = optimizer
         #: the (observations, actions, targets) of the last ``n_rollouts`` rollouts :meth:`fit_rollout` was given
         self.recent_rollouts: deque[tuple[PyTorchObs, th.Tensor, th.Tensor]] = deque(maxlen=n_rollouts)
         self.tau = tau
@@ -226,48 +235,103 @@ class QCritic(nn.Module):
 
     def fit_rollout(self, observations: PyTorchObs, actions: th.Tensor, targets: th.Tensor) -> float:
         """
-        ``gradient_steps`` least-squares steps of Q_w(s_t, a_t) onto per-sample targets (advantages or
-        λ-returns) of this rollout and of the ``n_rollouts − 1`` before it, in shuffled passes over their samples.
-        With Box actions and SB3's ``FlattenExtractor`` (the MLP policies' critic) each step's gradient is written by
-        hand (:func:`mlp_mse_gradients`), otherwise it is autograd's; the two agree to float rounding (tested).
+        Least squares of Q_w(s_t, a_t) onto per-sample targets (advantages or λ-returns) of this rollout and of the
+        ``n_rollouts − 1`` before it, warm-started: ``gradient_steps`` Adam steps on shuffled minibatches
+        (:meth:`_fit_adam`), or ``gradient_steps`` L-BFGS iterations on all the samples (:meth:`_fit_lbfgs`). With Box
+        actions and SB3's ``FlattenExtractor`` (the MLP policies' critic) the gradient is written by hand
+        (:func:`mlp_mse_gradients`), otherwise it is autograd's; the two agree to float rounding (tested).
 
         :param observations: the rollout's observations (as the policy sees them), batch-first tensors
         :param actions: the rollout's actions
         :param targets: the regression targets, shape (n_samples,)
-        :return: the mean squared error over the steps (nan with no step)
+        :return: the mean squared error: Adam's over its steps, L-BFGS's after the fit (nan with no step)
         """
         self.recent_rollouts.append((observations, actions, targets))
         if len(self.recent_rollouts) > 1:
             observations = concatenate_observations([rollout[0] for rollout in self.recent_rollouts])
             actions = th.cat([rollout[1] for rollout in self.recent_rollouts])
             targets = th.cat([rollout[2] for rollout in self.recent_rollouts])
-        n_samples, batch_size = len(targets), self.batch_size
-        n_passes = math.ceil(self.gradient_steps * batch_size / n_samples)
-        order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(max(n_passes, 1))])  # none for gradient_steps=0
+        if self.gradient_steps == 0:
+            return float("nan")
         layers = self.hand_written_layers()
+        inputs = None
         if layers is not None:  # the critic's inputs, [features(s), clip(a)], once: its features extractor has no weights
             inputs = th.cat([self.q_net.extract_features(observations, self.q_net.features_extractor), self._clip(actions)], dim=1)
-        losses = []
         with flush_denormal(self.device.type == "cpu"):  # Adam's moments of dead ReLU units go subnormal
-            for first in range(0, self.gradient_steps, GATHERED_STEPS):
-                n_steps = min(GATHERED_STEPS, self.gradient_steps - first)
-                index = order[first * batch_size : (first + n_steps) * batch_size]
-                chunk_targets = targets[index]
+            if self.optimizer_name == "lbfgs":
+                return self._fit_lbfgs(observations, actions, targets, layers, inputs)
+            return self._fit_adam(observations, actions, targets, layers, inputs)
+
+    def _fit_adam(
+        self, observations: PyTorchObs, actions: th.Tensor, targets: th.Tensor, layers: list[nn.Linear] | None, inputs: th.Tensor | None
+    ) -> float:
+        """``gradient_steps`` steps of Adam, in shuffled passes over the samples; the mean squared error over the steps."""
+        n_samples, batch_size = len(targets), self.batch_size
+        n_passes = math.ceil(self.gradient_steps * batch_size / n_samples)
+        order = th.cat([th.randperm(n_samples, device=self.device) for _ in range(n_passes)])
+        losses = []
+        for first in range(0, self.gradient_steps, GATHERED_STEPS):
+            n_steps = min(GATHERED_STEPS, self.gradient_steps - first)
+            index = order[first * batch_size : (first + n_steps) * batch_size]
+            chunk_targets = targets[index]
+            if layers is not None:
+                chunk_inputs = inputs[index]  # type: ignore[index]
+            else:
+                chunk_observations, chunk_actions = index_observations(observations, index), actions[index]
+            for step in range(n_steps):
+                batch = slice(step * batch_size, (step + 1) * batch_size)
                 if layers is not None:
-                    chunk_inputs = inputs[index]
+                    loss = mlp_mse_gradients(layers, chunk_inputs[batch], chunk_targets[batch])
                 else:
-                    chunk_observations, chunk_actions = index_observations(observations, index), actions[index]
-                for step in range(n_steps):
-                    batch = slice(step * batch_size, (step + 1) * batch_size)
-                    if layers is not None:
-                        loss = mlp_mse_gradients(layers, chunk_inputs[batch], chunk_targets[batch])
-                    else:
-                        self.optimizer.zero_grad()
-                        loss = F.mse_loss(self.q_taken(index_observations(chunk_observations, batch), chunk_actions[batch]), chunk_targets[batch])
-                        loss.backward()
-                    self.optimizer.step()
-                    losses.append(loss.detach())
-        return th.stack(losses).mean().item() if losses else float("nan")
+                    self.optimizer.zero_grad()
+                    loss = F.mse_loss(self.q_taken(index_observations(chunk_observations, batch), chunk_actions[batch]), chunk_targets[batch])
+                    loss.backward()
+                self.optimizer.step()
+                losses.append(loss.detach())
+        return th.stack(losses).mean().item()
+
+    def _fit_lbfgs(
+        self, observations: PyTorchObs, actions: th.Tensor, targets: th.Tensor, layers: list[nn.Linear] | None, inputs: th.Tensor | None
+    ) -> float:
+        """
+        ``gradient_steps`` iterations of L-BFGS (``torch.optim.LBFGS``, strong-Wolfe line search, a memory of
+        ``LBFGS_HISTORY`` steps, started afresh each fit) on the mean squared error over all the samples, divided by
+        the targets' variance (the share of it left unexplained: the stopping tolerances then do not depend on the
+        rewards' scale). Each iteration evaluates the loss and its gradient on every sample, about 1.1 times on
+        average; the autograd path does so in chunks of ``LBFGS_CHUNK`` samples. The mean squared error after the fit.
+        """
+        parameters = list(self.q_net.parameters())
+        scale = 1.0 / max(float(targets.var(unbiased=False)), 1e-8)
+        optimizer = th.optim.LBFGS(
+            parameters,
+            max_iter=self.gradient_steps,
+            history_size=LBFGS_HISTORY,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+        )
+
+        def closure() -> th.Tensor:
+            if layers is not None:
+                loss = mlp_mse_gradients(layers, inputs, targets)  # type: ignore[arg-type]
+                for parameter in parameters:
+                    parameter.grad.mul_(scale)  # type: ignore[union-attr]
+                return loss * scale
+            optimizer.zero_grad()
+            total = th.zeros((), device=self.device)
+            for chunk in th.arange(len(targets), device=self.device).split(LBFGS_CHUNK):
+                chunk_loss = F.mse_loss(self.q_taken(index_observations(observations, chunk), actions[chunk]), targets[chunk], reduction="sum")
+                (chunk_loss * (scale / len(targets))).backward()
+                total += chunk_loss.detach()
+            return total * (scale / len(targets))
+
+        optimizer.step(closure)
+        with th.no_grad():  # the loss after the fit (the closure's last call may have been a rejected line-search point)
+            errors = [
+                F.mse_loss(self.q_taken(index_observations(observations, chunk), actions[chunk]), targets[chunk], reduction="sum")
+                for chunk in th.arange(len(targets), device=self.device).split(LBFGS_CHUNK)
+            ]
+        return (th.stack(errors).sum() / len(targets)).item()
 
     def hand_written_layers(self) -> list[nn.Linear] | None:
         """

@@ -57,10 +57,16 @@ def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
 
 
 def convert_cvpg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
-    """Raw values of :func:`sample_cvpg_params` to constructor arguments: ``batch_size`` and ``n_steps`` from powers of 2."""
+    """
+    Raw values of :func:`sample_cvpg_params` to constructor arguments: ``batch_size`` and ``n_steps`` from powers of 2,
+    L-BFGS's iterations as ``qf_gradient_steps``. (Trials sampled before ``qf_optimizer`` was drawn have none: they
+    ran the default, Adam.)
+    """
     hyperparams = dict(sampled_params)
     for name in ("batch_size", "n_steps"):
         hyperparams[name] = 2 ** hyperparams.pop(f"{name}_pow")
+    if "qf_lbfgs_iterations" in hyperparams:
+        hyperparams["qf_gradient_steps"] = hyperparams.pop("qf_lbfgs_iterations")
     return hyperparams
 
 
@@ -69,8 +75,9 @@ def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     CVPG: what a lower-variance gradient lets one change, on top of the env's entry (the RL Zoo's PPO entry, whose
     discount, GAE λ, network, entropy bonus and gSDE it keeps): the rollout's length, the minibatch, the step size,
     the epochs and the clip range (Gu et al. 2017 report Q-Prop's gain at smaller batches); and the Q critic's
-    learning rate, steps per rollout and rollouts replayed, and η's rule (Q-Prop's η*, or the η of least measured
-    variance). The critic stays fitted on the λ-returns (the cvpg-variance suite's best target).
+    optimizer (Adam, with its learning rate and steps per rollout, or L-BFGS, with its iterations), the rollouts it
+    regresses on, and η's rule (Q-Prop's η*, or the η of least measured variance). The critic stays fitted on the
+    λ-returns (the cvpg-variance suite's best target).
     """
     _record_worker(trial)
     trial.suggest_int("n_steps_pow", 5, 11)
@@ -78,9 +85,12 @@ def sample_cvpg_params(trial: optuna.Trial, n_actions: int, n_envs: int, additio
     trial.suggest_float("learning_rate", 1e-5, 0.003, log=True)
     trial.suggest_categorical("n_epochs", [1, 5, 10, 20])
     trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3, 0.4])
-    trial.suggest_float("qf_learning_rate", 1e-4, 3e-3, log=True)
-    # None: the default, 100 passes over the rollout (what cuts the variance most, at 0.6-0.8x PPO's speed)
-    trial.suggest_categorical("qf_gradient_steps", [32, 64, 128, 256, None])
+    if trial.suggest_categorical("qf_optimizer", ["adam", "lbfgs"]) == "lbfgs":
+        trial.suggest_categorical("qf_lbfgs_iterations", [20, 50, 100])  # on the whole rollout; no learning rate
+    else:
+        trial.suggest_float("qf_learning_rate", 1e-4, 3e-3, log=True)
+        # None: Adam's default, 100 passes over the rollout
+        trial.suggest_categorical("qf_gradient_steps", [32, 64, 128, 256, None])
     trial.suggest_categorical("qf_rollouts", [1, 4, 16])
     trial.suggest_categorical("eta", ["adaptive", "min_variance"])
     return CONVERTERS["cvpg"](trial.params)
