@@ -760,8 +760,11 @@ def test_save_load_keeps_the_critic(tmp_path):
     assert saved.keys() == restored.keys() and all(th.equal(saved[key], restored[key]) for key in saved)
     assert any(value.abs().sum() > 0 for value in restored.values()), "a fitted critic"
     assert loaded.control_variate == "taylor" and loaded.qf_target == "returns" and loaded.eta == "adaptive"
+    assert loaded.qf_optimizer == loaded.q_critic.optimizer_name == "adam"
     loaded.learn(64, reset_num_timesteps=False)
     assert loaded.num_timesteps == 128
+    CVPG("MlpPolicy", "Pendulum-v1", seed=0, qf_optimizer="lbfgs", **TINY).save(tmp_path / "lbfgs")
+    assert CVPG.load(tmp_path / "lbfgs").q_critic.optimizer_name == "lbfgs"
 
 
 def test_older_cvpg_parameters_warm_start_the_policy():
@@ -924,6 +927,7 @@ def test_old_saved_models_load_and_train(name):
     expected = json.loads((DATA / "cvpg_v0_1.json").read_text())[name]
     model = CVPG.load(DATA / f"{name}.zip")
     assert model.eta == "adaptive" and isinstance(model.q_critic, QCritic)
+    assert model.qf_optimizer == model.q_critic.optimizer_name == "adam", "saved before qf_optimizer existed: Adam's fit"
     assert all(group["fused"] for group in model.q_critic.optimizer.param_groups), "saved by Adam's default; loads into the fused one"
     obs = th.tensor(expected["obs"], device=model.device)
     with th.no_grad():

@@ -594,7 +594,10 @@ def test_compare_pins_every_thread_of_the_process_to_the_cores_asked_for():
 
 
 def test_compare_cvpg_with_sb3_ppo(tmp_path):
-    """cvpg-ppo: CVPG and SB3's PPO side by side, the goal ratio 0.8; on HalfCheetah-v5 PPO takes the zoo's v4 entry."""
+    """
+    cvpg-ppo: CVPG, CVPG with the L-BFGS critic fit and SB3's PPO side by side, the goal ratio 0.8; on HalfCheetah-v5 PPO
+    takes the zoo's v4 entry.
+    """
     from sb3_pgext.suite.compare import compare
 
     small = {"n_envs": 1, "n_steps": 32, "batch_size": 16, "n_epochs": 2}
@@ -603,7 +606,7 @@ def test_compare_cvpg_with_sb3_ppo(tmp_path):
     data = json.loads(compare(tmp_path, repeats=2, steps=32, cases=("cvpg-ppo",), envs=envs, hyperparams=tiny).read_text())
     assert [(result["case"], result["env"]) for result in data["results"]] == [("cvpg-ppo", env) for env in envs]
     for result in data["results"]:
-        assert [row["name"] for row in result["rows"]] == ["CVPG", "PPO"] and result["unit"] == "env steps/s"
+        assert [row["name"] for row in result["rows"]] == ["CVPG", "CVPG (L-BFGS critic fit)", "PPO"] and result["unit"] == "env steps/s"
         medians = {row["name"]: row["median"] for row in result["rows"]}
         goal = result["goals"][0]
         assert (goal["name"], goal["reference"], goal["goal"]) == ("CVPG", "PPO", 0.8)

@@ -59,8 +59,7 @@ def sample_ppokl_params(trial: optuna.Trial, n_actions: int, n_envs: int, additi
 def convert_cvpg_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     """
     Raw values of :func:`sample_cvpg_params` to constructor arguments: ``batch_size`` and ``n_steps`` from powers of 2,
-    L-BFGS's iterations as ``qf_gradient_steps``. (Trials sampled before ``qf_optimizer`` was drawn have none: they
-    ran the default, Adam.)
+    L-BFGS's iterations as ``qf_gradient_steps`` (trials sampled before ``qf_optimizer`` was drawn ran Adam, the default).
     """
     hyperparams = dict(sampled_params)
     for name in ("batch_size", "n_steps"):
