@@ -304,15 +304,18 @@ def report() -> None:
         complete = sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
         if not complete:
             continue
+        # the parameters of the five best, in the order drawn (a conditional one, such as L-BFGS's iterations, only where drawn)
+        columns = list(dict.fromkeys(key for trial in complete[:5] for key in trial["params"]))
         lines += [
             "Ranked by the last evaluation, ties (the env's maximum, often) broken by the mean of the run's evaluations:",
-            "the run that got there sooner.",
+            "the run that got there sooner. A blank cell: a parameter the trial did not draw (a conditional one, or one",
+            "added to the space after it ran: CVPG's trials before `qf_optimizer` was drawn ran Adam, the default).",
             "",
-            "| trial | value | mean of evaluations | " + " | ".join(complete[0]["params"]) + " |",
-            "| --- " * (len(complete[0]["params"]) + 3) + "|",
+            "| trial | value | mean of evaluations | " + " | ".join(columns) + " |",
+            "| --- " * (len(columns) + 3) + "|",
         ]
         for trial in complete[:5]:
-            values = [_fmt(trial["params"].get(key, "")) for key in complete[0]["params"]]
+            values = [_fmt(trial["params"].get(key, "")) for key in columns]
             lines += [f"| {trial['number']} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
         best = complete[0]
         if verify_path(study).exists():
