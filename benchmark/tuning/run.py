@@ -83,7 +83,7 @@ STUDIES = {
         Study("ppokl", "LunarLander-v3", 500_000, 30),
         Study("offpac", "Acrobot-v1", 200_000, 20),
         Study("offpac", "LunarLander-v3", 500_000, 15),
-        Study("cvpg", "Pendulum-v1", 100_000, 30),
+        Study("cvpg", "Pendulum-v1", 100_000, 50),  # 30 before the sampler drew the critic's optimizer, 20 with it
         Study("cvpg", "LunarLanderContinuous-v3", 300_000, 20),
         Study("cvpg", "HalfCheetah-v5", 300_000, 12),
         Study("cvpg", "Hopper-v5", 300_000, 12),
