@@ -390,12 +390,13 @@ class CVPG(PPOKL):
         if self.control_variate == "none":
             return  # no critic: nothing else touches the random streams, so PPO's results are kept bit for bit
         gradient_steps = self.qf_gradient_steps
-        if gradient_steps is None and self.qf_target == "td":
-            gradient_steps = DEFAULT_QF_TD_STEPS
-        elif gradient_steps is None and self.qf_optimizer == "lbfgs":
-            gradient_steps = DEFAULT_QF_LBFGS_ITERATIONS
-        elif gradient_steps is None:
-            gradient_steps = math.ceil(DEFAULT_QF_PASSES * self.n_steps * self.n_envs / self.qf_batch_size)
+        if gradient_steps is None:
+            if self.qf_target == "td":
+                gradient_steps = DEFAULT_QF_TD_STEPS
+            elif self.qf_optimizer == "lbfgs":
+                gradient_steps = DEFAULT_QF_LBFGS_ITERATIONS
+            else:
+                gradient_steps = math.ceil(DEFAULT_QF_PASSES * self.n_steps * self.n_envs / self.qf_batch_size)
         self.q_critic = QCritic(
             self.observation_space,
             self.action_space,

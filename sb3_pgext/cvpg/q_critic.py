@@ -311,6 +311,12 @@ class QCritic(nn.Module):
             tolerance_change=1e-12,
         )
 
+        chunks = th.arange(len(targets), device=self.device).split(LBFGS_CHUNK)
+
+        def squared_error(chunk: th.Tensor) -> th.Tensor:
+            """The sum of the chunk's squared errors, through the critic's modules (autograd's path)."""
+            return F.mse_loss(self.q_taken(index_observations(observations, chunk), actions[chunk]), targets[chunk], reduction="sum")
+
         def closure() -> th.Tensor:
             if layers is not None:
                 loss = mlp_mse_gradients(layers, inputs, targets)  # type: ignore[arg-type]
@@ -319,19 +325,15 @@ class QCritic(nn.Module):
                 return loss * scale
             optimizer.zero_grad()
             total = th.zeros((), device=self.device)
-            for chunk in th.arange(len(targets), device=self.device).split(LBFGS_CHUNK):
-                chunk_loss = F.mse_loss(self.q_taken(index_observations(observations, chunk), actions[chunk]), targets[chunk], reduction="sum")
+            for chunk in chunks:
+                chunk_loss = squared_error(chunk)
                 (chunk_loss * (scale / len(targets))).backward()
                 total += chunk_loss.detach()
             return total * (scale / len(targets))
 
         optimizer.step(closure)
         with th.no_grad():  # the loss after the fit (the closure's last call may have been a rejected line-search point)
-            errors = [
-                F.mse_loss(self.q_taken(index_observations(observations, chunk), actions[chunk]), targets[chunk], reduction="sum")
-                for chunk in th.arange(len(targets), device=self.device).split(LBFGS_CHUNK)
-            ]
-        return (th.stack(errors).sum() / len(targets)).item()
+            return (sum(squared_error(chunk) for chunk in chunks) / len(targets)).item()
 
     def hand_written_layers(self) -> list[nn.Linear] | None:
         """
