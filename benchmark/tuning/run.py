@@ -22,6 +22,9 @@ export, so a search goes on where the last session stopped; a trial cut off by a
 failed when the search resumes (the zoo's ``--max-total-trials`` would count it as running for ever), and its
 number is not reused.
 
+A study may queue start points before the sampler's own draws (the env's yml entry, ``Study.start_points``); each is
+one more trial, recorded as such in the export and the report.
+
 A study's best value is one unseeded run's final evaluation, the largest of many noisy draws: it overstates what
 the hyperparameters reach. ``verify`` trains the study's best complete trials (by that value) again at seeds 0, 1
 and 2, each ``python -m sb3_pgext.zoo train --trial-id N --seed S`` at the study's budget with 5 evaluations, and
@@ -61,17 +64,23 @@ class Study:
     :param env: the Gymnasium id
     :param n_timesteps: each trial's budget (the standard suite's, the budget the entry is for)
     :param n_trials: the trials it runs (complete and pruned; failed ones are not counted)
+    :param start_points: raw parameters, as the sampler draws them, of trials queued before the sampler's next own
+        draw (Optuna's ``enqueue_trial``): the env's yml entry, so that the search measures where it starts from
     """
 
     algo: str
     env: str
     n_timesteps: int
     n_trials: int
+    start_points: tuple[dict[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
         return f"{self.algo}-{self.env}"
 
+
+#: CVPG's critic and η as the constructor's defaults set them, in the CVPG sampler's raw parameters
+_CVPG_DEFAULT_CRITIC = {"qf_optimizer": "adam", "qf_learning_rate": 1e-3, "qf_gradient_steps": None, "qf_rollouts": 1, "eta": "adaptive"}
 
 STUDIES = {
     study.name: study
@@ -85,8 +94,12 @@ STUDIES = {
         Study("offpac", "LunarLander-v3", 500_000, 15),
         Study("cvpg", "Pendulum-v1", 100_000, 50),  # 30 before the sampler drew the critic's optimizer, 20 with it
         Study("cvpg", "LunarLanderContinuous-v3", 300_000, 20),
-        Study("cvpg", "HalfCheetah-v5", 300_000, 12),
-        Study("cvpg", "Hopper-v5", 300_000, 12),
+        # the MuJoCo searches queue the entry itself (zoo PPO's values, CVPG's default critic), added after trial 8 of
+        # HalfCheetah-v5's and trial 0 of Hopper-v5's: their best draws had not reached the entry's return
+        Study("cvpg", "HalfCheetah-v5", 300_000, 12, ({**_CVPG_DEFAULT_CRITIC, "n_steps_pow": 9, "batch_size_pow": 6,
+              "learning_rate": 2.0633e-05, "n_epochs": 20, "clip_range": 0.1},)),
+        Study("cvpg", "Hopper-v5", 300_000, 12, ({**_CVPG_DEFAULT_CRITIC, "n_steps_pow": 9, "batch_size_pow": 5,
+              "learning_rate": 9.80828e-05, "n_epochs": 5, "clip_range": 0.2},)),
     )
 }
 #: the zoo flags every study shares
@@ -182,6 +195,20 @@ def export(study: Study, optuna_study: optuna.Study) -> None:
     os.replace(temporary, path)
 
 
+def enqueue_start_points(study: Study, optuna_study: optuna.Study) -> None:
+    """Queue the study's start points that no trial has taken yet (each trial records its point's index)."""
+    taken = {trial.user_attrs.get("start_point") for trial in optuna_study.get_trials(deepcopy=False)}
+    for index, params in enumerate(study.start_points):
+        if index not in taken:
+            optuna_study.enqueue_trial(params, user_attrs={"start_point": index})
+
+
+def next_trial_number(optuna_study: optuna.Study) -> int:
+    """The number of the trial the next zoo process runs: the first queued one, else a new one."""
+    waiting = optuna_study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return min(trial.number for trial in waiting) if waiting else len(optuna_study.trials)
+
+
 def counted(optuna_study: optuna.Study) -> int:
     return len(optuna_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -196,12 +223,13 @@ def run(study: Study, n_trials: int | None) -> None:
             raise SystemExit(f"another runner is on {study.name} (lock {WORK / study.name}.lock)") from None
         optuna_study = open_study(study)
         fail_cut_off_trials(optuna_study)
+        enqueue_start_points(study, optuna_study)
         export(study, optuna_study)
         # "python" found first in the runner's own environment; the zoo process dies with the runner (a killed session)
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         env = {**os.environ, "PATH": path, PARENT_PID_VARIABLE: str(os.getpid())}
         while counted(optuna_study) < target:
-            number = len(optuna_study.trials)
+            number = next_trial_number(optuna_study)
             print(f"{study.name}: trial {number} ({counted(optuna_study)} of {target} done)", flush=True)
             started = time.monotonic()
             with open(WORK / f"{study.name}.trial.log", "w") as log:
@@ -316,7 +344,12 @@ def report() -> None:
         ]
         for trial in complete[:5]:
             values = [_fmt(trial["params"].get(key, "")) for key in columns]
-            lines += [f"| {trial['number']} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
+            label = f"{trial['number']} (the entry)" if "start_point" in trial["user_attrs"] else str(trial["number"])
+            lines += [f"| {label} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
+        for trial in trials:
+            if "start_point" in trial["user_attrs"]:
+                value = f"{trial['value']:.1f}" if trial["state"] == "COMPLETE" else trial["state"].lower()
+                lines += ["", f"The entry's own values, queued as trial {trial['number']}: {value}."]
         best = complete[0]
         if verify_path(study).exists():
             runs = json.loads(verify_path(study).read_text(encoding="utf-8"))["runs"]
