@@ -597,7 +597,7 @@ def test_compare_cvpg_with_sb3_ppo(tmp_path):
     """
     cvpg-ppo: CVPG, CVPG with the L-BFGS critic fit and SB3's PPO side by side, the goal ratio 0.8; on HalfCheetah-v5 PPO
     takes the zoo's v4 entry. On Pendulum-v1, whose cvpg.yml entry was tuned away from PPO's, CVPG also trains PPO's
-    entry (with both fits); on HalfCheetah-v5, whose entry is PPO's with a smaller critic, that would be the same model.
+    entry with its defaults (both fits); on HalfCheetah-v5, whose entry is PPO's with a smaller critic, it does not.
     """
     from sb3_pgext.suite.compare import compare
 
