@@ -94,8 +94,9 @@ STUDIES = {
         Study("offpac", "LunarLander-v3", 500_000, 15),
         Study("cvpg", "Pendulum-v1", 100_000, 50),  # 30 before the sampler drew the critic's optimizer, 20 with it
         Study("cvpg", "LunarLanderContinuous-v3", 300_000, 20),
-        # the MuJoCo searches queue the entry itself (zoo PPO's values, CVPG's default critic), added after trial 8 of
-        # HalfCheetah-v5's and trial 0 of Hopper-v5's: their best draws had not reached the entry's return
+        # the MuJoCo searches queue the entry itself (zoo PPO's values, CVPG's default critic; its 64×64 critic stays the
+        # entry's): trial 10 of HalfCheetah-v5's, trial 2 of Hopper-v5's, queued when their best draws had not reached
+        # the entry's return
         Study("cvpg", "HalfCheetah-v5", 300_000, 12, ({**_CVPG_DEFAULT_CRITIC, "n_steps_pow": 9, "batch_size_pow": 6,
               "learning_rate": 2.0633e-05, "n_epochs": 20, "clip_range": 0.1},)),
         Study("cvpg", "Hopper-v5", 300_000, 12, ({**_CVPG_DEFAULT_CRITIC, "n_steps_pow": 9, "batch_size_pow": 5,
