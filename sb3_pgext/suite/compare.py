@@ -251,12 +251,11 @@ def contenders(
         ppo_file = ppo_conf or zoo_hyperparams_path("ppo")
         cvpg_entry = yaml.safe_load(hyperparams_path("cvpg").read_text())[env_id]
         critic = {key: value for key, value in cvpg_entry.items() if key.startswith("qf_") or key == "eta"}
-        ppo_settings = dict(hyperparams.get("cvpg", {}))  # the overrides asked for, as the other contenders take them
         ppo_entry = yaml.safe_load(ppo_file.read_text())[env_id]
         if {key: value for key, value in cvpg_entry.items() if key not in critic} != ppo_entry:
             found += [
-                Contender("CVPG, PPO's settings", zoo("cvpg", conf=ppo_file, **ppo_settings), on_policy, "env steps"),
-                Contender("CVPG, PPO's settings (L-BFGS critic fit)", zoo("cvpg", conf=ppo_file, **{**ppo_settings, "qf_optimizer": "lbfgs"}),
+                Contender("CVPG, PPO's settings", zoo("cvpg", conf=ppo_file), on_policy, "env steps"),
+                Contender("CVPG, PPO's settings (L-BFGS critic fit)", zoo("cvpg", conf=ppo_file, qf_optimizer="lbfgs"),
                           on_policy, "env steps"),
             ]  # fmt: skip
         return [*found, Contender("PPO", zoo("ppo", conf=ppo_conf), on_policy, "env steps")]
