@@ -362,9 +362,9 @@ def report() -> None:
             for number, values in sorted(finals.items(), key=lambda item: -sum(item[1]) / len(item[1])):
                 lines += [f"| {number} | {sum(values) / len(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |"]
             complete_runs = {number: values for number, values in finals.items() if len(values) == len(VERIFY_SEEDS)}
-            if complete_runs:
-                number = max(complete_runs, key=lambda n: sum(complete_runs[n]) / len(complete_runs[n]))
-                best = next(trial for trial in complete if trial["number"] == number)
+            if complete_runs:  # the best mean over the seeds; of tied trials, the one the search ranked higher
+                verified = [trial for trial in complete if trial["number"] in complete_runs]
+                best = max(verified, key=lambda trial: sum(complete_runs[trial["number"]]) / len(VERIFY_SEEDS))
         converted = CONVERTERS[study.algo](dict(best["params"]))
         lines += ["", f"Trial {best['number']}'s hyperparameters (as `--trial-id {best['number']}` builds them):", "", "```yaml"]
         lines += [f"{key}: {_fmt(value)}" for key, value in converted.items()]
