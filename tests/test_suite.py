@@ -984,6 +984,9 @@ def test_every_packaged_variant_builds_through_the_zoo_and_trains(tmp_path, suit
             assert get_callback_list({"callback": value}), value
             continue
         actual = getattr(model, key)
+        if isinstance(value, str) and value.startswith("lin_"):  # the zoo's linear schedule, from its value to 0
+            value = float(value.removeprefix("lin_"))
+            assert actual(0.5) == pytest.approx(value / 2), key
         assert (actual(1.0) if callable(actual) else actual) == value, key  # a schedule at the start of training
     steps = max(64, model.n_envs * getattr(model, "n_steps", 0) * 2)
     model.learn(steps)
