@@ -864,6 +864,34 @@ def test_variants_sharing_a_label_are_one_row_over_envs_and_only_the_suites_algo
         load_suite(path)
 
 
+def test_rows_left_out_of_the_aggregate_are_aggregated_over_their_complete_cells_beside_their_peer(tmp_path):
+    """An algorithm that runs on some envs only (DQN, SAC, OffPAC beside DQN) gets a row over the envs where all of
+    the suite's seeds finished, its peer's IQM over the same envs beside it; an unfinished cell is left out."""
+    from sb3_pgext.suite.report import aggregates
+
+    suite = load_suite("quick")
+    five = len(suite.seeds)
+    cartpole_mid = 23.7 + (500 - 23.7) / 2  # normalised: 0.5
+    cells = {}
+    for env_id, final in (("CartPole-v1", 500), ("Acrobot-v1", -80), ("Pendulum-v1", -200)):
+        for algo in ("ppokl", "ppo"):
+            cells[(env_id, algo)] = _cell(env_id, algo, [[final, final]] * five, [1.0])
+    cells[("CartPole-v1", "offpac")] = _cell("CartPole-v1", "offpac", [[100, 500]] * five, [1.0])
+    cells[("CartPole-v1", "dqn")] = _cell("CartPole-v1", "dqn", [[100, cartpole_mid]] * five, [1.0])
+    cells[("Pendulum-v1", "offpac")] = _cell("Pendulum-v1", "offpac", [[-900, -150]] * 3, [1.0])  # 3 of 5 seeds
+    cells[("Pendulum-v1", "sac")] = _cell("Pendulum-v1", "sac", [[-900, -150]] * 2, [1.0])
+    text = "\n".join(aggregates(suite, cells, tmp_path))
+    main, partial = text.split("Each row left out above")
+    partial = partial.split("Probability of improvement")[0]
+    assert "\n| PPOKL | " in main and "\n| OffPAC | " not in main and "\n| DQN | " not in main
+    assert "\n| OffPAC | CartPole-v1 | 1.00 [1.00, 1.00] | 1.00 [1.00, 1.00] | DQN | 0.50 [0.50, 0.50] |" in partial
+    assert "\n| DQN | CartPole-v1 | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50] | — | — |" in partial
+    assert "| SAC |" not in partial and "| PPOKL |" not in partial and "Pendulum-v1 |" not in partial
+    # with every row on every env, the table is not written
+    full = {key: cell for key, cell in cells.items() if key[1] in ("ppokl", "ppo")}
+    assert "Each row left out above" not in "\n".join(aggregates(suite, full, tmp_path))
+
+
 def test_too_few_seeds_get_no_confidence_interval():
     """One seed each: no "[x, x]" CI and no claim that CIs (of one value) do not overlap; three seeds: CIs again."""
     from sb3_pgext.suite.formatting import MIN_SEEDS_FOR_CI, env_table, trailing

@@ -15,12 +15,13 @@ and the updates per second on CPU and GPU when :mod:`sb3_pgext.suite.speed` has 
 """
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from sb3_pgext.common.save_util import write_text_atomically
-from sb3_pgext.suite.config import Suite, display
+from sb3_pgext.suite.config import EnvSpec, Suite, display
 from sb3_pgext.suite.decomposition import decomposition_section
 from sb3_pgext.suite.formatting import (
     comparisons,
@@ -142,6 +143,7 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         lines.append(" | ".join([f"| {name}"] + [f"{p[i]:.2f} [{ci[0, i]:.2f}, {ci[1, i]:.2f}]" for i in range(3)]) + " |")
     plot_aggregates(points, intervals, list(scores), out / "aggregate.png")
     lines += ["", "![aggregate](aggregate.png)", ""]
+    lines += partial_aggregates(suite, cells, envs, set(scores), estimates)
     if pairs:
         table, probabilities, probability_cis = probability_rows(pairs)
         lines += [
@@ -153,6 +155,63 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
         plot_probability_of_improvement(probabilities, probability_cis, out / "probability_of_improvement.png")
         lines += ["", "![probability of improvement](probability_of_improvement.png)", ""]
     return lines
+
+
+def partial_aggregates(
+    suite: Suite,
+    cells: dict[tuple[str, str], Cell],
+    envs: list[EnvSpec],
+    aggregated: set[str],
+    estimates: Callable[[np.ndarray], np.ndarray],
+) -> list[str]:
+    """
+    The rows left out of the aggregate over every env (an algorithm for one action space, or cells not run yet), each
+    over the envs where all of its seeds have finished, beside its peer over the same envs where the peer's seeds have
+    all finished there too.
+    """
+    table = []
+    for name, per_env in suite.rows().items():
+        own = [env for env in envs if _complete(cells.get((env.env_id, per_env.get(env.env_id, ""))), suite)]
+        if name in aggregated or not own:
+            continue
+        matrix = normalized_scores(own, cells, per_env)
+        if matrix is None:
+            continue
+        points, intervals = bootstrap({name: matrix}, estimates)
+        cells_text = [f"{points[name][i]:.2f} [{intervals[name][0, i]:.2f}, {intervals[name][1, i]:.2f}]" for i in range(2)]
+        peers = {env.env_id: suite.peer(per_env[env.env_id], env) for env in own}
+        peer_names = {display(peer, suite) for peer in peers.values() if peer is not None}
+        peer_text = ["—", "—"]
+        if len(peer_names) == 1 and all(peer is not None for peer in peers.values()):
+            peer_name = peer_names.pop()
+            peer_matrix = None
+            if all(_complete(cells.get((env_id, peer)), suite) for env_id, peer in peers.items()):
+                peer_matrix = normalized_scores(own, cells, {env_id: str(peer) for env_id, peer in peers.items()})
+            if peer_matrix is not None:
+                peer_points, peer_intervals = bootstrap({peer_name: peer_matrix}, estimates)
+                peer_text = [
+                    peer_name,
+                    f"{peer_points[peer_name][0]:.2f} [{peer_intervals[peer_name][0, 0]:.2f}, {peer_intervals[peer_name][1, 0]:.2f}]",
+                ]
+            else:
+                peer_text = [peer_name, "not all seeds run"]
+        table.append(f"| {name} | {', '.join(env.env_id for env in own)} | " + " | ".join(cells_text + peer_text) + " |")
+    if not table:
+        return []
+    return [
+        "Each row left out above (one that runs on some of the envs only, or whose other cells have not all finished), "
+        "over the envs where all its seeds have finished. Rows over different envs do not compare with each other: "
+        "read a row beside its peer's IQM over the same envs.",
+        "",
+        "| algorithm | envs | IQM [95% CI] | mean [95% CI] | peer | peer's IQM over the same envs [95% CI] |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *table,
+        "",
+    ]
+
+
+def _complete(cell: Cell | None, suite: Suite) -> bool:
+    return cell is not None and len(cell.seeds) == len(suite.seeds)
 
 
 def logged_section(suite: Suite, out: Path) -> list[str]:
