@@ -140,10 +140,10 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
     ]
     for name in scores:
         p, ci = points[name], intervals[name]
-        lines.append(" | ".join([f"| {name}"] + [f"{p[i]:.2f} [{ci[0, i]:.2f}, {ci[1, i]:.2f}]" for i in range(3)]) + " |")
+        lines.append(" | ".join([f"| {name}"] + [_with_ci(p, ci, i) for i in range(3)]) + " |")
     plot_aggregates(points, intervals, list(scores), out / "aggregate.png")
     lines += ["", "![aggregate](aggregate.png)", ""]
-    lines += partial_aggregates(suite, cells, envs, set(scores), estimates)
+    lines += partial_aggregates(suite, by_name, cells, envs, set(scores), estimates)
     if pairs:
         table, probabilities, probability_cis = probability_rows(pairs)
         lines += [
@@ -159,6 +159,7 @@ def aggregates(suite: Suite, cells: dict[tuple[str, str], Cell], out: Path) -> l
 
 def partial_aggregates(
     suite: Suite,
+    by_name: dict[str, dict[str, str]],
     cells: dict[tuple[str, str], Cell],
     envs: list[EnvSpec],
     aggregated: set[str],
@@ -170,32 +171,16 @@ def partial_aggregates(
     all finished there too.
     """
     table = []
-    for name, per_env in suite.rows().items():
-        own = [env for env in envs if _complete(cells.get((env.env_id, per_env.get(env.env_id, ""))), suite)]
-        if name in aggregated or not own:
+    for name, per_env in by_name.items():
+        if name in aggregated:
             continue
-        matrix = normalized_scores(own, cells, per_env)
+        own = [env for env in envs if _complete(cells.get((env.env_id, per_env.get(env.env_id, ""))), suite)]
+        matrix = normalized_scores(own, cells, per_env) if own else None
         if matrix is None:
             continue
         points, intervals = bootstrap({name: matrix}, estimates)
-        cells_text = [f"{points[name][i]:.2f} [{intervals[name][0, i]:.2f}, {intervals[name][1, i]:.2f}]" for i in range(2)]
-        peers = {env.env_id: suite.peer(per_env[env.env_id], env) for env in own}
-        peer_names = {display(peer, suite) for peer in peers.values() if peer is not None}
-        peer_text = ["—", "—"]
-        if len(peer_names) == 1 and all(peer is not None for peer in peers.values()):
-            peer_name = peer_names.pop()
-            peer_matrix = None
-            if all(_complete(cells.get((env_id, peer)), suite) for env_id, peer in peers.items()):
-                peer_matrix = normalized_scores(own, cells, {env_id: str(peer) for env_id, peer in peers.items()})
-            if peer_matrix is not None:
-                peer_points, peer_intervals = bootstrap({peer_name: peer_matrix}, estimates)
-                peer_text = [
-                    peer_name,
-                    f"{peer_points[peer_name][0]:.2f} [{peer_intervals[peer_name][0, 0]:.2f}, {peer_intervals[peer_name][1, 0]:.2f}]",
-                ]
-            else:
-                peer_text = [peer_name, "not all seeds run"]
-        table.append(f"| {name} | {', '.join(env.env_id for env in own)} | " + " | ".join(cells_text + peer_text) + " |")
+        row = [name, ", ".join(env.env_id for env in own), *(_with_ci(points[name], intervals[name], i) for i in range(2))]
+        table.append("| " + " | ".join(row + _peer_over(suite, cells, own, per_env, estimates)) + " |")
     if not table:
         return []
     return [
@@ -210,8 +195,34 @@ def partial_aggregates(
     ]
 
 
+def _peer_over(
+    suite: Suite,
+    cells: dict[tuple[str, str], Cell],
+    envs: list[EnvSpec],
+    per_env: dict[str, str],
+    estimates: Callable[[np.ndarray], np.ndarray],
+) -> list[str]:
+    """A row's peer and the peer's IQM over ``envs``: "—" where the row has no peer, or not the same one, on each."""
+    peer_of = {env.env_id: peer for env in envs if (peer := suite.peer(per_env[env.env_id], env)) is not None}
+    names = {display(peer, suite) for peer in peer_of.values()}
+    if len(peer_of) != len(envs) or len(names) != 1:
+        return ["—", "—"]
+    peer_name = names.pop()
+    complete = all(_complete(cells.get(key), suite) for key in peer_of.items())
+    matrix = normalized_scores(envs, cells, peer_of) if complete else None
+    if matrix is None:
+        return [peer_name, "not all seeds run"]
+    points, intervals = bootstrap({peer_name: matrix}, estimates)
+    return [peer_name, _with_ci(points[peer_name], intervals[peer_name], 0)]
+
+
 def _complete(cell: Cell | None, suite: Suite) -> bool:
     return cell is not None and len(cell.seeds) == len(suite.seeds)
+
+
+def _with_ci(points: np.ndarray, intervals: np.ndarray, index: int) -> str:
+    """Estimate ``index`` of rliable's point estimates and their 95% CIs, as "point [low, high]"."""
+    return f"{points[index]:.2f} [{intervals[0, index]:.2f}, {intervals[1, index]:.2f}]"
 
 
 def logged_section(suite: Suite, out: Path) -> list[str]:
