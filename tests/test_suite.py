@@ -1012,6 +1012,10 @@ def test_every_packaged_variant_builds_through_the_zoo_and_trains(tmp_path, suit
             assert get_callback_list({"callback": value}), value
             continue
         actual = getattr(model, key)
+        if key == "policy_kwargs" and isinstance(value, str):  # a Python expression the zoo evaluates in its own module
+            import rl_zoo3.exp_manager
+
+            value = eval(value, vars(rl_zoo3.exp_manager))
         if isinstance(value, str) and value.startswith("lin_"):  # the zoo's linear schedule, from its value to 0
             value = float(value.removeprefix("lin_"))
             assert actual(0.5) == pytest.approx(value / 2), key
