@@ -84,7 +84,8 @@ class Study:
         return f"{self.algo}-{self.env}"
 
 
-#: seeds no suite of the package runs, for verifying a search's best trials
+#: seeds held out from the suites that measure the entries (0-4), for verifying a search's best trials (ppokl-entries,
+#: which compares entries before they are kept, trains 10-14)
 HELD_OUT_SEEDS = (10, 11, 12)
 #: CVPG's critic and η as the constructor's defaults set them, in the CVPG sampler's raw parameters
 _CVPG_DEFAULT_CRITIC = {"qf_optimizer": "adam", "qf_learning_rate": 1e-3, "qf_gradient_steps": None, "qf_rollouts": 1, "eta": "adaptive"}
