@@ -31,11 +31,11 @@ one more trial, recorded as such in the export and the report.
 A study's best value is one unseeded run's final evaluation, the largest of many noisy draws: it overstates what
 the hyperparameters reach. ``verify`` trains the study's best complete trials (by that value) again at 3 seeds
 (``Study.verify_seeds``: 10, 11 and 12, held out from the standard suite's 0 to 4, for the studies from
-ppokl-LunarLanderContinuous-v3 on; 0, 1 and 2 for the earlier ones, as they ran), each
-``python -m sb3_pgext.zoo train --trial-id N --seed S`` at the study's budget with 5 evaluations, and records each
-run's final evaluation in ``benchmark/tuning/STUDY.verify.json`` (committed; runs already there are skipped). The yml
-takes the trial whose mean final evaluation over the seeds is best; the standard suite (5 seeds) is what measures the
-entry.
+ppokl-LunarLanderContinuous-v3 on; 0, 1 and 2 for the earlier ones, as they ran), and the queued entry with them where
+it is not among the best, each ``python -m sb3_pgext.zoo train --trial-id N --seed S`` at the study's budget with 5
+evaluations, and records each run's final evaluation in ``benchmark/tuning/STUDY.verify.json`` (committed; runs
+already there are skipped). The yml takes the trial whose mean final evaluation over the seeds is best; the standard
+suite (5 seeds) is what measures the entry.
 """
 
 import argparse
@@ -276,11 +276,16 @@ def verify_path(study: Study) -> Path:
 
 
 def verify(study: Study, n_trials: int) -> None:
-    """Train the study's best ``n_trials`` complete trials at each of its ``verify_seeds``; record their final evaluations."""
+    """
+    Train the study's best ``n_trials`` complete trials, and its start points (the yml entry it was queued with) where
+    they are not among them, at each of its ``verify_seeds``; record their final evaluations. The entry is so measured
+    at the same seeds as the trials that would replace it.
+    """
     import numpy as np
 
     exported = json.loads(export_path(study).read_text(encoding="utf-8"))
-    best = sorted((trial for trial in exported["trials"] if trial["state"] == "COMPLETE"), key=ranking, reverse=True)[:n_trials]
+    complete = sorted((trial for trial in exported["trials"] if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
+    best = complete[:n_trials] + [trial for trial in complete[n_trials:] if "start_point" in trial["user_attrs"]]
     path = verify_path(study)
     results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"runs": {}}
     optuna_study = open_study(study)  # the journal the zoo reads the trials' parameters from (rebuilt if missing)
@@ -383,8 +388,10 @@ def report() -> None:
                 finals.setdefault(int(key.split("/")[0]), []).append(run["final"])
             lines += ["", f"Verified: the best trials again at seeds {', '.join(map(str, study.verify_seeds))} (`python benchmark/tuning/run.py verify {name}`), final evaluation:", ""]
             lines += ["| trial | mean over seeds | per seed |", "| --- | --- | --- |"]
+            entries = {trial["number"] for trial in trials if "start_point" in trial["user_attrs"]}
             for number, values in sorted(finals.items(), key=lambda item: -sum(item[1]) / len(item[1])):
-                lines += [f"| {number} | {sum(values) / len(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |"]
+                label = f"{number} (the entry)" if number in entries else str(number)
+                lines += [f"| {label} | {sum(values) / len(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |"]
             complete_runs = {number: values for number, values in finals.items() if len(values) == len(study.verify_seeds)}
             if complete_runs:  # the best mean over the seeds; of tied trials, the one the search ranked higher
                 verified = [trial for trial in complete if trial["number"] in complete_runs]
@@ -402,7 +409,7 @@ def main() -> None:
     run_parser = commands.add_parser("run", help="run a study's remaining trials")
     run_parser.add_argument("study", choices=sorted(STUDIES))
     run_parser.add_argument("--trials", type=int, help="stop at this many complete and pruned trials (default: the study's)")
-    verify_parser = commands.add_parser("verify", help="the best trials again at the study's 3 verify seeds")
+    verify_parser = commands.add_parser("verify", help="the best trials and the entry again at the study's 3 verify seeds")
     verify_parser.add_argument("study", choices=sorted(STUDIES))
     verify_parser.add_argument("--trials", type=int, default=VERIFY_TRIALS, help="how many of the best trials (default: 5)")
     commands.add_parser("report", help="write benchmark/tuning/results.md")
