@@ -284,8 +284,8 @@ def verify(study: Study, n_trials: int) -> None:
     import numpy as np
 
     exported = json.loads(export_path(study).read_text(encoding="utf-8"))
-    complete = sorted((trial for trial in exported["trials"] if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
-    best = complete[:n_trials] + [trial for trial in complete[n_trials:] if "start_point" in trial["user_attrs"]]
+    complete = ranked_complete(exported["trials"])
+    best = complete[:n_trials] + [trial for trial in complete[n_trials:] if is_entry(trial)]
     path = verify_path(study)
     results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"runs": {}}
     optuna_study = open_study(study)  # the journal the zoo reads the trials' parameters from (rebuilt if missing)
@@ -321,6 +321,21 @@ def ranking(trial: dict[str, Any]) -> tuple[float, float]:
     """A complete trial's rank: its value (the last evaluation), then the mean of its evaluations along the run."""
     evaluations = list(trial["intermediate_values"].values())
     return trial["value"], sum(evaluations) / len(evaluations) if evaluations else float("-inf")
+
+
+def ranked_complete(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """An export's complete trials, best first (``ranking``)."""
+    return sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
+
+
+def is_entry(trial: dict[str, Any]) -> bool:
+    """Whether an exported trial is one of the study's queued start points (the yml entry)."""
+    return "start_point" in trial["user_attrs"]
+
+
+def trial_label(number: int, entries: set[int]) -> str:
+    """A trial's number as the report's tables give it, the entry marked."""
+    return f"{number} (the entry)" if number in entries else str(number)
 
 
 def _fmt(value: Any) -> str:
@@ -359,7 +374,7 @@ def report() -> None:
             f"`python benchmark/tuning/run.py run {name}`: each trial `{exported['command']}`",
             "",
         ]
-        complete = sorted((trial for trial in trials if trial["state"] == "COMPLETE"), key=ranking, reverse=True)
+        complete = ranked_complete(trials)
         if not complete:
             continue
         # the parameters of the five best, in the order drawn (a conditional one, such as L-BFGS's iterations, only where drawn)
@@ -372,12 +387,12 @@ def report() -> None:
             "| trial | value | mean of evaluations | " + " | ".join(columns) + " |",
             "| --- " * (len(columns) + 3) + "|",
         ]
+        entries = {trial["number"] for trial in trials if is_entry(trial)}
         for trial in complete[:5]:
             values = [_fmt(trial["params"].get(key, "")) for key in columns]
-            label = f"{trial['number']} (the entry)" if "start_point" in trial["user_attrs"] else str(trial["number"])
-            lines += [f"| {label} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
+            lines += [f"| {trial_label(trial['number'], entries)} | {trial['value']:.1f} | {ranking(trial)[1]:.1f} | " + " | ".join(values) + " |"]
         for trial in trials:
-            if "start_point" in trial["user_attrs"]:
+            if is_entry(trial):
                 value = f"{trial['value']:.1f}" if trial["state"] == "COMPLETE" else trial["state"].lower()
                 lines += ["", f"The entry's own values, queued as trial {trial['number']}: {value}."]
         best = complete[0]
@@ -388,10 +403,8 @@ def report() -> None:
                 finals.setdefault(int(key.split("/")[0]), []).append(run["final"])
             lines += ["", f"Verified: the best trials again at seeds {', '.join(map(str, study.verify_seeds))} (`python benchmark/tuning/run.py verify {name}`), final evaluation:", ""]
             lines += ["| trial | mean over seeds | per seed |", "| --- | --- | --- |"]
-            entries = {trial["number"] for trial in trials if "start_point" in trial["user_attrs"]}
             for number, values in sorted(finals.items(), key=lambda item: -sum(item[1]) / len(item[1])):
-                label = f"{number} (the entry)" if number in entries else str(number)
-                lines += [f"| {label} | {sum(values) / len(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |"]
+                lines += [f"| {trial_label(number, entries)} | {sum(values) / len(values):.1f} | {', '.join(f'{v:.1f}' for v in values)} |"]
             complete_runs = {number: values for number, values in finals.items() if len(values) == len(study.verify_seeds)}
             if complete_runs:  # the best mean over the seeds; of tied trials, the one the search ranked higher
                 verified = [trial for trial in complete if trial["number"] in complete_runs]
