@@ -33,9 +33,10 @@ the hyperparameters reach. ``verify`` trains the study's best complete trials (b
 (``Study.verify_seeds``: 10, 11 and 12, held out from the standard suite's 0 to 4, for the studies from
 ppokl-LunarLanderContinuous-v3 on; 0, 1 and 2 for the earlier ones, as they ran), and the queued entry with them where
 it is not among the best, each ``python -m sb3_pgext.zoo train --trial-id N --seed S`` at the study's budget with 5
-evaluations, and records each run's final evaluation in ``benchmark/tuning/STUDY.verify.json`` (committed; runs
-already there are skipped). The yml takes the trial whose mean final evaluation over the seeds is best; the standard
-suite (5 seeds) is what measures the entry.
+evaluations (trial 0, which the zoo's ``--trial-id`` cannot name, with its parameters given as ``--hyperparams``), and
+records each run's final evaluation in ``benchmark/tuning/STUDY.verify.json`` (committed; runs already there are
+skipped). The yml takes the trial whose mean final evaluation over the seeds is best; the standard suite (5 seeds) is
+what measures the entry.
 """
 
 import argparse
@@ -54,6 +55,7 @@ from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
 
 from sb3_pgext.common.processes import PARENT_PID_VARIABLE
+from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -275,6 +277,18 @@ def verify_path(study: Study) -> Path:
     return HERE / f"{study.name}.verify.json"
 
 
+def trial_flags(study: Study, trial: dict[str, Any]) -> list[str]:
+    """
+    The zoo flags that train an exported trial's hyperparameters: ``--trial-id N`` on the study's journal, or, for trial
+    0 (the zoo reads ``--trial-id 0`` as no trial id), its raw parameters converted as the zoo's ``--trial-id`` would,
+    given with ``--hyperparams`` (each value's Python literal, which the zoo evaluates).
+    """
+    if trial["number"] > 0:
+        return ["--trial-id", str(trial["number"]), "--storage", str(journal_path(study).relative_to(ROOT)), "--study-name", study.name]
+    hyperparams = CONVERTERS[study.algo](trial["params"])
+    return ["--hyperparams", *(f"{key}:{value!r}" for key, value in hyperparams.items())]
+
+
 def verify(study: Study, n_trials: int) -> None:
     """
     Train the study's best ``n_trials`` complete trials, and its start points (the yml entry it was queued with) where
@@ -299,8 +313,7 @@ def verify(study: Study, n_trials: int) -> None:
             folder = WORK / "verify" / study.name / f"trial{trial['number']}-seed{seed}"
             command = [
                 "python", "-m", "sb3_pgext.zoo", "train", "--algo", study.algo, "--env", study.env, "--seed", str(seed),
-                "--trial-id", str(trial["number"]), "--storage", str(journal_path(study).relative_to(ROOT)),
-                "--study-name", study.name, "-n", str(study.n_timesteps), "--eval-freq", str(study.n_timesteps // 5),
+                *trial_flags(study, trial), "-n", str(study.n_timesteps), "--eval-freq", str(study.n_timesteps // 5),
                 "--eval-episodes", "10", "--num-threads", "1", "-f", str(folder.relative_to(ROOT)),
             ]  # fmt: skip
             print(f"{study.name}: trial {trial['number']}, seed {seed}", flush=True)
@@ -312,7 +325,10 @@ def verify(study: Study, n_trials: int) -> None:
                 raise SystemExit(f"trial {trial['number']} at seed {seed} failed: see {WORK / study.name}.verify.log")
             final = float(np.load(evaluations[-1])["results"][-1].mean())
             results["runs"][key] = {"final": final, "duration_s": round(time.monotonic() - started)}
-            results["command"] = " ".join(command[:-1] + ["benchmark/tuning/work/verify/STUDY/trialN-seedS"])
+            if trial["number"] > 0:  # the command of every trial but 0, whose own is kept with its runs
+                results["command"] = " ".join(command[:-1] + ["benchmark/tuning/work/verify/STUDY/trialN-seedS"])
+            else:
+                results["runs"][key]["command"] = " ".join(command)
             print(f"  final evaluation {final:.1f}", flush=True)
             path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
