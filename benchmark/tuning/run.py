@@ -53,6 +53,7 @@ from typing import Any
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
+from torch import nn
 
 from sb3_pgext.common.processes import PARENT_PID_VARIABLE
 from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
@@ -286,7 +287,24 @@ def trial_flags(study: Study, trial: dict[str, Any]) -> list[str]:
     if trial["number"] > 0:
         return ["--trial-id", str(trial["number"]), "--storage", str(journal_path(study).relative_to(ROOT)), "--study-name", study.name]
     hyperparams = CONVERTERS[study.algo](trial["params"])
-    return ["--hyperparams", *(f"{key}:{value!r}" for key, value in hyperparams.items())]
+    return ["--hyperparams", *(f"{key}:{python_literal(value)}" for key, value in hyperparams.items())]
+
+
+def python_literal(value: Any) -> str:
+    """
+    A converted hyperparameter as Python source that the zoo's ``--hyperparams`` evaluates back to it (in the namespace
+    of ``rl_zoo3.utils``, where ``nn`` is ``torch.nn``): literals, and ``torch.nn`` classes such as an activation.
+    """
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {python_literal(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        items = [python_literal(item) for item in value]
+        return f"[{', '.join(items)}]" if isinstance(value, list) else f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+    if isinstance(value, type) and getattr(nn, value.__name__, None) is value:
+        return f"nn.{value.__name__}"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise TypeError(f"no --hyperparams literal for {value!r}")
 
 
 def verify(study: Study, n_trials: int) -> None:
