@@ -43,6 +43,7 @@ import argparse
 import fcntl
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -346,7 +347,7 @@ def verify(study: Study, n_trials: int) -> None:
             if trial["number"] > 0:  # the command of every trial but 0, whose own is kept with its runs
                 results["command"] = " ".join(command[:-1] + ["benchmark/tuning/work/verify/STUDY/trialN-seedS"])
             else:
-                results["runs"][key]["command"] = " ".join(command)
+                results["runs"][key]["command"] = shlex.join(command)
             print(f"  final evaluation {final:.1f}", flush=True)
             path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
