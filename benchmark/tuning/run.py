@@ -445,7 +445,7 @@ def report() -> None:
                 verified = [trial for trial in complete if trial["number"] in complete_runs]
                 best = max(verified, key=lambda trial: sum(complete_runs[trial["number"]]) / len(study.verify_seeds))
         converted = CONVERTERS[study.algo](dict(best["params"]))
-        lines += ["", f"Trial {best['number']}'s hyperparameters (as `--trial-id {best['number']}` builds them):", "", "```yaml"]
+        lines += ["", f"Trial {best['number']}'s hyperparameters (its parameters as the zoo's `--trial-id` converts them):", "", "```yaml"]
         lines += [f"{key}: {_fmt(value)}" for key, value in converted.items()]
         lines += ["```", ""]
     (HERE / "results.md").write_text("\n".join(lines), encoding="utf-8")
