@@ -9,6 +9,7 @@ import pytest
 from rl_zoo3.utils import StoreDict
 from torch import nn
 
+from sb3_pgext.zoo.cli import python_literal
 from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
 
 RUN_PY = Path(__file__).resolve().parents[1] / "benchmark" / "tuning" / "run.py"
@@ -52,8 +53,8 @@ def test_a_later_trial_is_named_by_its_number(tuning_run):
     assert flags[flags.index("--study-name") + 1] == study.name
 
 
-def test_python_literal_round_trips_nested_values_and_refuses_others(tuning_run):
+def test_python_literal_round_trips_nested_values_and_refuses_others():
     value = {"net_arch": {"pi": [64], "vf": [64]}, "activation_fn": nn.Tanh, "pair": (1, 2.5), "one": ("a",), "x": None}
-    assert zoo_hyperparams(["--hyperparams", f"v:{tuning_run.python_literal(value)}"])["v"] == value
+    assert zoo_hyperparams(["--hyperparams", f"v:{python_literal(value)}"])["v"] == value
     with pytest.raises(TypeError, match="no --hyperparams literal"):
-        tuning_run.python_literal(object())
+        python_literal(object())

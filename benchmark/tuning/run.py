@@ -54,9 +54,9 @@ from typing import Any
 import optuna
 from optuna.distributions import distribution_to_json, json_to_distribution
 from optuna.trial import TrialState
-from torch import nn
 
 from sb3_pgext.common.processes import PARENT_PID_VARIABLE
+from sb3_pgext.zoo.cli import python_literal
 from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
 
 HERE = Path(__file__).resolve().parent
@@ -291,23 +291,6 @@ def trial_flags(study: Study, trial: dict[str, Any]) -> list[str]:
     return ["--hyperparams", *(f"{key}:{python_literal(value)}" for key, value in hyperparams.items())]
 
 
-def python_literal(value: Any) -> str:
-    """
-    A converted hyperparameter as Python source that the zoo's ``--hyperparams`` evaluates back to it (in the namespace
-    of ``rl_zoo3.utils``, where ``nn`` is ``torch.nn``): literals, and ``torch.nn`` classes such as an activation.
-    """
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key!r}: {python_literal(item)}" for key, item in value.items()) + "}"
-    if isinstance(value, list | tuple):
-        items = [python_literal(item) for item in value]
-        return f"[{', '.join(items)}]" if isinstance(value, list) else f"({', '.join(items)}{',' if len(items) == 1 else ''})"
-    if isinstance(value, type) and getattr(nn, value.__name__, None) is value:
-        return f"nn.{value.__name__}"
-    if value is None or isinstance(value, bool | int | float | str):
-        return repr(value)
-    raise TypeError(f"no --hyperparams literal for {value!r}")
-
-
 def verify(study: Study, n_trials: int) -> None:
     """
     Train the study's best ``n_trials`` complete trials, and its start points (the yml entry it was queued with) where
@@ -379,8 +362,6 @@ def _fmt(value: Any) -> str:
 
 def report() -> None:
     """``results.md``: per study, its trials, the best five and the best trial's hyperparameters as the zoo converts them."""
-    from sb3_pgext.zoo.hyperparams_opt import CONVERTERS
-
     lines = [
         "# Hyperparameter searches",
         "",

@@ -36,6 +36,7 @@ from sb3_pgext.common.processes import PARENT_PID_VARIABLE
 from sb3_pgext.common.save_util import write_text_atomically
 from sb3_pgext.registry import ALGORITHMS as OUR_ALGOS
 from sb3_pgext.suite.config import EnvSpec, Suite
+from sb3_pgext.zoo.cli import python_literal
 from sb3_pgext.zoo.derived import zoo_hyperparams_path
 
 _FPS = re.compile(r"\|\s*fps\s*\|\s*([0-9.]+)\s*\|")
@@ -137,7 +138,7 @@ def train_command(suite: Suite, job: Job, out: Path, device: str, conf: Path | N
     ]  # fmt: skip
     overrides = suite.overrides(job.algo)
     if overrides:
-        command += ["-params", *(f"{key}:{value!r}" for key, value in overrides.items())]
+        command += ["-params", *(f"{key}:{python_literal(value)}" for key, value in overrides.items())]
     return command + (["--conf-file", str(conf)] if conf else [])
 
 

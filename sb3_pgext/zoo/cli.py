@@ -21,6 +21,9 @@ import importlib
 import runpy
 import sys
 import warnings
+from typing import Any
+
+from torch import nn
 
 from sb3_pgext.common.compat import gym_as_gymnasium
 from sb3_pgext.common.hyperparams import hyperparams_path
@@ -77,6 +80,27 @@ def with_package_conf_file(flags: list[str]) -> list[str]:
     if known.conf_file is not None or known.algo not in ALGOS:
         return flags
     return [*flags, "--conf-file", str(hyperparams_path(known.algo))]
+
+
+def python_literal(value: Any) -> str:
+    """
+    A hyperparameter's value as the Python source that ``train --hyperparams key:SOURCE`` (``-params``) evaluates back
+    to it (rl_zoo3's ``StoreDict``, in the namespace of ``rl_zoo3.utils``, where ``nn`` is ``torch.nn``): literals,
+    nested in dicts, lists and tuples, and ``torch.nn`` classes such as an activation (whose ``repr`` is not Python).
+
+    :param value: the value
+    :return: its source
+    """
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: {python_literal(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        items = [python_literal(item) for item in value]
+        return f"[{', '.join(items)}]" if isinstance(value, list) else f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+    if isinstance(value, type) and getattr(nn, value.__name__, None) is value:
+        return f"nn.{value.__name__}"
+    if value is None or isinstance(value, bool | int | float | str):
+        return repr(value)
+    raise TypeError(f"no --hyperparams literal for {value!r}")
 
 
 def run_main_block(module_name: str) -> None:
