@@ -768,6 +768,19 @@ def test_trailing_says_where_ours_trail_and_when_runs_are_the_same():
         "1/3 seeds, median 1,000 steps vs 3/3 seeds, median 2,000 steps."
     )
 
+    # A cell with 2 of its seeds finished, both reaching the threshold, against a complete one whose 3 seeds all do: the
+    # same share and the same median: nothing trails. With 1 of 2 reaching it: a smaller share of its seeds
+    partial = {
+        ("CartPole-v1", "ppo"): _cell("CartPole-v1", "ppo", [[100, 500], [100, 500], [500, 500]], [2000.0]),
+        ("CartPole-v1", "ppokl"): _cell("CartPole-v1", "ppokl", [[100, 500], [100, 500]], [2000.0]),
+    }
+    assert trailing(suite, partial) == []
+    partial[("CartPole-v1", "ppokl")] = _cell("CartPole-v1", "ppokl", [[100, 500], [100, 100]], [2000.0])
+    assert "\n".join(trailing(suite, partial)).endswith(
+        "**PPOKL reaches CartPole-v1's threshold 475 on a smaller share of its seeds than PPO**: "
+        "1/2 seeds, median 2,000 steps vs 3/3 seeds, median 2,000 steps."
+    )
+
 
 def test_sample_efficiency_gives_the_steps_to_the_peers_mean_final_return(tmp_path):
     """

@@ -133,7 +133,7 @@ def finished_pairs(suite: Suite, cells: dict[tuple[str, str], Cell]) -> Iterator
 def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     """
     One plain sentence for every cell where one of ours trails its peer: a lower final mean, a threshold
-    reached by fewer seeds or later (median), or fewer env steps per second. A cell whose evaluations equal
+    reached by a smaller share of the seeds run or later (median), or fewer env steps per second. A cell whose evaluations equal
     its peer's seed for seed is said to be the same runs instead.
     """
     lines = []
@@ -157,10 +157,13 @@ def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
                 f"vs {estimate(peer_mean, peer_low, peer_high, len(theirs.seeds))} ({overlap})."
             )
         ours_steps, peer_steps = ours.reached_steps, theirs.reached_steps
-        # Fewer seeds reaching it is the finding (the median of those that did may even be earlier).
-        if len(ours_steps) < len(peer_steps):
-            reach = f"reaches {env.env_id}'s threshold {env.threshold:g} on fewer seeds than {peer_name}"
-        elif ours_steps and len(ours_steps) == len(peer_steps) and np.median(ours_steps) > np.median(peer_steps):
+        # A smaller share of the seeds run reaching it is the finding (the median of those that did may even be earlier);
+        # shares, not counts, so that a cell with some of its seeds finished compares with a complete one.
+        ours_share, peer_share = len(ours_steps) * len(theirs.seeds), len(peer_steps) * len(ours.seeds)
+        if ours_share < peer_share:
+            fewer = "on fewer seeds" if len(ours.seeds) == len(theirs.seeds) else "on a smaller share of its seeds"
+            reach = f"reaches {env.env_id}'s threshold {env.threshold:g} {fewer} than {peer_name}"
+        elif ours_steps and ours_share == peer_share and np.median(ours_steps) > np.median(peer_steps):
             reach = f"reaches {env.env_id}'s threshold {env.threshold:g} later than {peer_name}"
         else:
             reach = ""
