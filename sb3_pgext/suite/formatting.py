@@ -133,8 +133,8 @@ def finished_pairs(suite: Suite, cells: dict[tuple[str, str], Cell]) -> Iterator
 def trailing(suite: Suite, cells: dict[tuple[str, str], Cell]) -> list[str]:
     """
     One plain sentence for every cell where one of ours trails its peer: a lower final mean, a threshold
-    reached by a smaller share of the seeds run or later (median), or fewer env steps per second. A cell whose evaluations equal
-    its peer's seed for seed is said to be the same runs instead.
+    reached by a smaller share of the seeds run or later (median), or fewer env steps per second. A cell whose
+    evaluations equal its peer's seed for seed is said to be the same runs instead.
     """
     lines = []
     for env, algo, peer, ours, theirs in finished_pairs(suite, cells):
